@@ -1,0 +1,56 @@
+"""The command-line convention every job shares:
+
+    python jobs/<job>.py --config <preset|file.yaml> [--set a.b=value ...] [--out DIR] ...
+
+Config errors are reported in one line and exit with status 2 before Ray starts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from raymmr.config import Config, ConfigError, load_config
+
+
+def base_parser(description: str, *, out_default: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", help="preset name (tiny, base) or a YAML file (default: tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set loss.w_img=0.5 (repeatable)")
+    p.add_argument("--out", default=out_default, required=out_default is None,
+                   help="run directory: local path, s3://... or gs://...")
+    return p
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="shard directory or URL pattern (default: data.train_shards, else SynthRad)")
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps / finetune.steps)")
+    p.add_argument("--num-workers", help="Ray Train workers: N, or MIN:MAX for elastic training")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (overrides train.gpus_per_worker)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (overrides train.cpus_per_worker)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+
+
+def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) -> Config:
+    overrides = list(args.overrides)
+    if steps_key and getattr(args, "steps", None) is not None:
+        overrides.append(f"{steps_key}={args.steps}")
+    for flag, key in [("gpus_per_worker", "train.gpus_per_worker"), ("cpus_per_worker", "train.cpus_per_worker")]:
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return load_config(args.config, overrides)
+
+
+def run_main(fn) -> None:
+    """Run a job's main; user errors print one line and exit 2 instead of a traceback."""
+    from raymmr.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from raymmr.train.launch import JobError  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        fn()
+    except (ConfigError, JobError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

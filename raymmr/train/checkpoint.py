@@ -1,0 +1,109 @@
+"""DeepSpeed checkpoints through Ray Train: save on every rank, verify before resuming.
+
+Every rank calls ``engine.save_checkpoint`` (a collective) into its own fresh directory and
+writes a ``rank-<r>.done`` marker after its files are complete; Ray Train merges the rank
+directories into one persisted checkpoint. A checkpoint is *complete* when the markers of every
+rank of the world that wrote it are present, so a partially written one is never resumed from.
+The tag is fixed (``TAG``) rather than DeepSpeed's ``latest`` file.
+
+Checkpoint files hold pickled optimizer state written by DeepSpeed from this run's own workers;
+they are loaded only from run directories the user points at (never from data shards).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+TAG = "state"
+META = "raymmr_checkpoint.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class CheckpointMeta:
+    step: int
+    world_size: int
+    zero_stage: int
+    stage: str  # "pretrain" | "finetune"
+
+
+def save(engine, meta: CheckpointMeta, rank: int, client_state: dict) -> str:
+    """Write this rank's part of the checkpoint into a new temp dir and return the dir."""
+    # mkdtemp (not a context manager): with async upload the dir must outlive this call.
+    path = Path(tempfile.mkdtemp(prefix=f"raymmr-ckpt-{meta.step}-r{rank}-"))
+    engine.save_checkpoint(str(path), tag=TAG, client_state=client_state, save_latest=False)
+    if rank == 0:
+        (path / META).write_text(json.dumps(meta.__dict__))
+    (path / f"rank-{rank}.done").write_text(str(meta.step))
+    return str(path)
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    path = Path(path)
+    if not (path / META).exists():
+        raise CheckpointError(f"{path} is not a raymmr checkpoint (no {META})")
+    return CheckpointMeta(**json.loads((path / META).read_text()))
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when the metadata and the done-marker of every writing rank are present."""
+    path = Path(path)
+    try:
+        meta = read_meta(path)
+    except (CheckpointError, ValueError, TypeError):
+        return False
+    return all((path / f"rank-{r}.done").exists() for r in range(meta.world_size)) and (path / TAG).is_dir()
+
+
+def latest_complete(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under a run directory (``<run>/ray*/checkpoint_*``)."""
+    candidates = [p for p in Path(run_dir).glob("ray*/step_*") if p.is_dir() and is_complete(p)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: read_meta(p).step)
+
+
+def check_resumable(meta: CheckpointMeta, *, world_size: int, zero_stage: int, where: str) -> None:
+    """ZeRO shards the optimizer by data-parallel rank: a different world size cannot load it."""
+    if meta.zero_stage > 0 and meta.world_size != world_size:
+        raise CheckpointError(
+            f"checkpoint {where} was written by {meta.world_size} workers with ZeRO-{meta.zero_stage}, "
+            f"but this run has {world_size}. ZeRO optimizer shards cannot be re-partitioned as they are: "
+            "convert it with `python -m deepspeed.checkpoint.ds_to_universal --input_folder "
+            f"{where}/{TAG} --output_folder {where}/{TAG}_universal` and load the universal checkpoint, "
+            "or resume with the original --num-workers."
+        )
+
+
+def load(engine, path: str | Path, *, world_size: int, zero_stage: int) -> tuple[CheckpointMeta, dict]:
+    """Load a complete checkpoint into ``engine`` on every rank; returns (meta, client_state)."""
+    path = Path(path)
+    if not is_complete(path):
+        raise CheckpointError(f"checkpoint {path} is incomplete (missing rank markers); refusing to resume from it")
+    meta = read_meta(path)
+    check_resumable(meta, world_size=world_size, zero_stage=zero_stage, where=str(path))
+    load_path, client_state = engine.load_checkpoint(str(path), tag=TAG)
+    if load_path is None:
+        raise CheckpointError(f"DeepSpeed found no checkpoint under {path}/{TAG}")
+    return meta, client_state or {}
+
+
+def consolidate(path: str | Path):
+    """Full fp32 state dict from a (possibly ZeRO-sharded) checkpoint, with DeepSpeed's own
+    ``zero_to_fp32`` utility; stage 0 checkpoints hold the full module already."""
+    import torch  # noqa: PLC0415
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
+
+    path = Path(path)
+    meta = read_meta(path)
+    if meta.zero_stage == 0:
+        # Our own checkpoint from this run; DeepSpeed pickles more than tensors in it.
+        state = torch.load(path / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {k: v.float() for k, v in state["module"].items()}
+    return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=TAG)

@@ -1,0 +1,190 @@
+"""Driver side of a training job: validate, find the data, start (or join) Ray, fit a
+``TorchTrainer`` whose workers run ``raymmr.train.worker.train_loop_per_worker``, then export
+consolidated weights. Everything that can be wrong with the input fails here, before Ray asks
+for any resource."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raymmr.config import Config, to_yaml
+from raymmr.train import checkpoint as ckpt
+from raymmr.train.rundir import RunDir
+
+
+class JobError(RuntimeError):
+    """A problem with the job's input that the user can fix; the message says how."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    export_dir: str
+    last_metrics: dict
+
+
+def parse_num_workers(spec: str | int) -> int | tuple[int, int]:
+    """``"4"`` -> 4; ``"2:8"`` -> (2, 8), Ray Train's elastic range."""
+    if isinstance(spec, int):
+        return spec
+    try:
+        if ":" in spec:
+            lo, hi = (int(x) for x in spec.split(":"))
+            if not 1 <= lo <= hi:
+                raise ValueError
+            return (lo, hi)
+        n = int(spec)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        raise JobError(f"--num-workers {spec!r}: expected N or MIN:MAX with 1 <= MIN <= MAX") from None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr"))
+
+
+def resolve_data(cfg: Config, data: str | None) -> str:
+    """The shard set to train on: ``--data``, else ``data.train_shards``, else SynthRad shards
+    generated once for this data config (reused by later runs)."""
+    from raymmr.data.shards import make_synthrad_shards, shard_urls  # noqa: PLC0415
+
+    data = data or cfg.data.train_shards
+    if not data:
+        digest = hashlib.sha1(json.dumps(cfg.to_dict()["data"], sort_keys=True).encode()).hexdigest()[:10]
+        data = str(cache_dir() / "synthrad" / digest)
+        make_synthrad_shards(data, cfg.data)
+    try:
+        shard_urls(data, "train")
+    except (ValueError, FileNotFoundError) as e:
+        raise JobError(f"--data {data}: {e}") from None
+    return data
+
+
+def check_run_dir(run: RunDir, resume: bool) -> None:
+    existing = (run.local / "config.yaml").exists() or any(run.local.glob("ray*"))
+    if existing and not resume:
+        raise JobError(
+            f"--out {run} already holds a run; pass --resume {run} to continue it, or choose a new --out"
+        )
+    if resume and not existing:
+        raise JobError(f"--resume {run}: no run there (no config.yaml)")
+
+
+def run_training(
+    cfg: Config,
+    *,
+    stage: str,
+    out: str,
+    data: str | None = None,
+    resume: bool = False,
+    init_from: str | None = None,
+    num_workers: str | int | None = None,
+    address: str | None = None,
+) -> TrainResult:
+    import ray  # noqa: PLC0415
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
+    from ray.train.torch import TorchConfig, TorchTrainer  # noqa: PLC0415
+
+    from raymmr.train.worker import train_loop_per_worker  # noqa: PLC0415
+
+    run = RunDir(out)
+    check_run_dir(run, resume)
+    workers = parse_num_workers(num_workers if num_workers is not None else cfg.train.num_workers)
+    if isinstance(workers, tuple) and cfg.train.zero_stage > 0:
+        print(
+            f"[{stage}] elastic {workers[0]}:{workers[1]} workers with ZeRO-{cfg.train.zero_stage}: a restart at a "
+            "different size cannot load ZeRO optimizer shards; raymmr refuses such a resume with the conversion "
+            "command (deepspeed.checkpoint.ds_to_universal)",
+            flush=True,
+        )
+    if init_from and not (Path(init_from) / "model.safetensors").exists() and not (
+        Path(init_from) / "export" / "model.safetensors"
+    ).exists():
+        raise JobError(f"--init {init_from}: no model.safetensors there or in its export/ folder")
+    data = resolve_data(cfg, data)
+    resume_from = None
+    if resume:
+        latest = ckpt.latest_complete(run.local)
+        if latest is None:
+            raise JobError(f"--resume {run}: no complete checkpoint under it")
+        resume_from = latest
+        print(f"[{stage}] resuming from {latest}", flush=True)
+    (run.local / "config.yaml").write_text(to_yaml(cfg))
+    run.upload("config.yaml")
+
+    job = {
+        "config_yaml": to_yaml(cfg),
+        "stage": stage,
+        "run_dir": run.url,
+        "data": data,
+        "init_from": init_from,
+        "index_path": str(run.local / "similar_index.safetensors"),
+        "inject_failure": os.environ.get("RAYMMR_INJECT_FAILURE"),
+    }
+    if not ray.is_initialized():
+        # address None: RAY_ADDRESS (set by `ray job submit`) or a new embedded local Ray, whose
+        # dashboard and job server listen on localhost only.
+        ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    gpus = cfg.train.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job,
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo", timeout_s=1800),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})},
+        ),
+        run_config=RunConfig(
+            storage_path=run.url if run.remote else str(run.local),
+            # A fresh name per launch: Ray Train V2 silently resumes a reused name.
+            name="ray" if not resume else f"ray-resume-{time.strftime('%Y%m%d-%H%M%S')}",
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker)))}},
+        ),
+        resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(resume_from)) if resume_from else None,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    export_dir = export_latest(cfg, run, data)
+    return TrainResult(run_dir=run.url, export_dir=export_dir, last_metrics=dict(result.metrics or {}))
+
+
+def export_latest(cfg: Config, run: RunDir, data: str) -> str:
+    """Consolidate the newest complete checkpoint (DeepSpeed ``zero_to_fp32``) into
+    ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
+    from raymmr.data.shards import read_manifest  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from raymmr.model.export import save_export  # noqa: PLC0415
+    from raymmr.model.model import RaymmrModel  # noqa: PLC0415
+
+    latest = ckpt.latest_complete(run.local)
+    if latest is None:
+        raise JobError(f"{run}: training finished without a complete checkpoint to export")
+    manifest = read_manifest(data)
+    tokenizer_path = cfg.data.tokenizer or str(Path(data) / "tokenizer.json")
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = RaymmrModel(
+        cfg.model,
+        vocab_size=len(tokenizer),
+        num_answers=len(manifest["answers"]),
+        pad_token_id=tokenizer.pad_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+    state = ckpt.consolidate(latest)
+    model.load_state_dict(state, strict=True)
+    export_dir = run.local / "export"
+    save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_path, answers=manifest["answers"])
+    run.upload("export")
+    return str(export_dir)
+
+

@@ -1,0 +1,279 @@
+"""Everything a worker builds before its loop: config, device, data, model, engine, task.
+
+Kept apart from ``worker.py`` so the loop reads as a loop. Nothing here starts collectives
+except the similar-image index (fine-tuning), which every rank builds together.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from raymmr.config import Config, load_config
+
+
+@dataclass
+class WorkerContext:
+    cfg: Config
+    stage: str
+    rank: int
+    world_size: int
+    device: torch.device
+    bf16: bool
+    engine: Any
+    task: Callable
+    batches: Iterator
+    val_batches: Callable[[], Any]
+    total_steps: int
+    flops_per_sample: float
+    peak_flops: float
+    update_momentum: Callable[[], None]
+    extra: dict = field(default_factory=dict)
+
+
+def config_from_yaml(text: str) -> Config:
+    """The driver's resolved config, validated again on the worker (same code, same result)."""
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        return load_config(f.name)
+    finally:
+        Path(f.name).unlink()
+
+
+def mean_count_across_ranks(world_size: int):
+    """``mean_count`` for the task: the mean over ranks of a local count (all_reduce / world),
+    so a masked loss local_sum / mean_count averaged by data parallelism is sum / global_count."""
+    if world_size == 1:
+        return lambda count: count
+
+    def mean_count(count: torch.Tensor) -> torch.Tensor:
+        total = count.detach().float().clone()
+        dist.all_reduce(total)
+        return total / world_size
+
+    return mean_count
+
+
+def build_worker_context(job: dict) -> WorkerContext:
+    import ray.train  # noqa: PLC0415
+
+    from raymmr.data.loader import make_loader  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_urls  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from raymmr.model.model import RaymmrModel  # noqa: PLC0415
+    from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
+    from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
+    from raymmr.train.metrics import measured_peak_flops  # noqa: PLC0415
+
+    cfg = config_from_yaml(job["config_yaml"])
+    stage = job["stage"]
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    on_gpu = torch.cuda.is_available() and cfg.train.gpus_per_worker > 0
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.train.seed * 1000 + rank)
+    if not on_gpu:
+        # Ray gives each CPU worker its CPU share; torch would otherwise spawn a thread per core.
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+
+    data = job["data"]
+    manifest = read_manifest(data)
+    tokenizer = load_tokenizer(cfg.data.tokenizer or str(Path(data) / "tokenizer.json"))
+    answers = manifest["answers"]
+    model = RaymmrModel(
+        cfg.model,
+        vocab_size=len(tokenizer),
+        num_answers=len(answers),
+        pad_token_id=tokenizer.pad_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+    if job.get("init_from"):
+        load_initial_weights(model, job["init_from"], rank)
+    model.to(device)
+
+    mean_count = mean_count_across_ranks(world_size)
+
+    loader_args = dict(
+        tokenizer=tokenizer,
+        answers=answers,
+        max_text_len=cfg.model.max_text_len,
+        batch_size=cfg.train.batch_size,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        loader_workers=cfg.data.loader_workers,
+        perturbation=cfg.perturbation,
+        image_size=cfg.data.image_size,
+        manifest=manifest,
+    )
+    train_urls = shard_urls(data, "train")
+    key_to_row, index_embeddings = None, None
+    if stage == "finetune":
+        # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
+        # different numbers of batches here.
+        key_to_row, index_embeddings = similar_image_index(
+            model, make_loader, train_urls, loader_args, job, device, rank, world_size
+        )
+        task = functools.partial(
+            _finetune, cfg=cfg, index_embeddings=index_embeddings, mean_count=mean_count, fn=finetune_terms
+        )
+    else:
+        task = functools.partial(_pretrain, cfg=cfg, mean_count=mean_count, fn=pretrain_terms)
+
+    steps = cfg.train.steps if stage == "pretrain" else cfg.finetune.steps
+    lr = cfg.train.lr if stage == "pretrain" else cfg.finetune.lr
+    engine = build_engine(model, cfg.train, lr=lr, total_steps=steps, on_gpu=on_gpu)
+
+    samples_per_epoch = cfg.data.samples_per_epoch or manifest["splits"]["train"]["count"]
+    batches = epochs(
+        lambda epoch: make_loader(
+            train_urls,
+            epoch_mode=cfg.data.epoch_mode,
+            samples_per_epoch=samples_per_epoch,
+            seed=cfg.data.seed,
+            epoch=epoch,
+            key_to_row=key_to_row,
+            **loader_args,
+        ),
+        exact=cfg.data.epoch_mode == "exact",
+        world_size=world_size,
+        device=device,
+    )
+    val_urls = shard_urls(cfg.data.val_shards or data, "val")
+    n_val = cfg.train.val_batches * cfg.train.batch_size * world_size
+
+    def val_batches():
+        # Resampled with a fixed seed and epoch: the same samples at every validation, and the
+        # same number of batches on every rank.
+        return make_loader(
+            val_urls, epoch_mode="resampled", samples_per_epoch=n_val, seed=cfg.data.seed + 1, epoch=0,
+            key_to_row=key_to_row, **{**loader_args, "shuffle_buffer": 0, "loader_workers": 0},
+        )
+
+    zero3 = cfg.train.zero_stage == 3
+    return WorkerContext(
+        cfg=cfg,
+        stage=stage,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        bf16=use_bf16(cfg.train, on_gpu),
+        engine=engine,
+        task=task,
+        batches=batches,
+        val_batches=val_batches,
+        total_steps=steps,
+        flops_per_sample=model.flops_per_sample(stage, cfg.loss, cfg.masking),
+        peak_flops=measured_peak_flops(device),
+        update_momentum=functools.partial(update_momentum, engine.module, zero3),
+    )
+
+
+def _pretrain(model, batch, *, cfg, mean_count, fn):
+    return fn(model, batch, cfg, mean_count=mean_count)
+
+
+def _finetune(model, batch, *, cfg, index_embeddings, mean_count, fn):
+    return fn(model, batch, cfg, index_embeddings=index_embeddings, mean_count=mean_count)
+
+
+def update_momentum(model, zero3: bool) -> None:
+    """EMA of the momentum encoders after each optimizer step. Under ZeRO-3 each rank holds only
+    its partition (``ds_tensor``) of every parameter, and online and momentum copies are split
+    identically, so the EMA runs partition-wise with no gather."""
+    if zero3:
+        model.update_momentum(tensor_of=lambda p: p.ds_tensor)
+    else:
+        model.update_momentum()
+
+
+def epochs(make: Callable[[int], Any], *, exact: bool, world_size: int, device) -> Iterator:
+    """Batches across epochs. Resampled epochs have the same length on every rank. Exact epochs
+    may not (shard splits differ), so each rank tells the others whether it still has a batch and
+    all move to the next epoch together — no rank waits forever in a collective."""
+    for epoch in itertools.count():
+        it = iter(make(epoch))
+        while True:
+            batch = next(it, None)
+            if exact and world_size > 1:
+                has = torch.tensor([0.0 if batch is None else 1.0], device=device)
+                dist.all_reduce(has, op=dist.ReduceOp.MIN)
+                if has.item() == 0.0:
+                    break
+            if batch is None:
+                break
+            yield batch
+
+
+def load_initial_weights(model, init_from: str, rank: int) -> None:
+    """Initialise fine-tuning from a pre-training export (``<run>/export`` or the export dir).
+    An answer head whose vocabulary size differs (another dataset) is left freshly initialised."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    path = Path(init_from)
+    if (path / "export" / "model.safetensors").exists():
+        path = path / "export"
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"--init {init_from}: no model.safetensors there or in its export/ folder")
+    state = load_file(str(weights))
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    for k in mismatched:
+        state.pop(k)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if rank == 0 and (mismatched or missing or unexpected):
+        print(f"[init] from {weights}: re-initialised {mismatched or []}, missing {missing}, unexpected {unexpected}")
+
+
+@torch.no_grad()
+def similar_image_index(model, make_loader, urls, loader_args, job, device, rank, world_size):
+    """Global image embeddings of the train split from the pre-trained model (SPEC §4), built by
+    all ranks together (each embeds its exact-epoch share, then all-gather) or loaded from
+    ``<run>/similar_index.safetensors``. Returns (key -> row, embeddings [N, D] on device)."""
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    path = Path(job["index_path"])
+    if not path.exists():
+        was_training = model.training
+        model.eval()
+        keys, embs = [], []
+        loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0, key_to_row=None,
+                             **{**loader_args, "shuffle_buffer": 0})
+        for batch in loader:
+            embs.append(model.encode_image(batch["image"].to(device)).float().cpu())
+            keys += list(batch["key"])
+        model.train(was_training)
+        local = torch.cat(embs) if embs else torch.zeros(0, model.embed_dim)
+        gathered_keys, gathered = [None] * world_size, [None] * world_size
+        if world_size > 1:
+            # Our own workers' key strings and embeddings (not data from outside the run).
+            dist.all_gather_object(gathered_keys, keys)
+            dist.all_gather_object(gathered, local)
+        else:
+            gathered_keys, gathered = [keys], [local]
+        all_keys = [k for ks in gathered_keys for k in ks]
+        table = torch.cat(gathered)
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"embeddings": table.contiguous()}, str(tmp), metadata={"keys": json.dumps(all_keys)})
+            tmp.rename(path)  # atomic: a half-written index is never loaded
+        if world_size > 1:
+            dist.barrier()
+    from safetensors import safe_open  # noqa: PLC0415
+
+    with safe_open(str(path), "pt") as f:
+        all_keys = json.loads(f.metadata()["keys"])
+    table = load_file(str(path))["embeddings"]
+    return {k: i for i, k in enumerate(all_keys)}, table.to(device)

@@ -1,0 +1,219 @@
+"""The per-worker training function that Ray Train runs on every rank.
+
+Each rank streams its own split of the shards, runs a DeepSpeed engine built from the config,
+and every rank calls the collectives (checkpoint save, validation, ``ray.train.report``) equally
+often. The loop is ``train_loop_per_worker``; everything it calls is a named helper below or in
+``raymmr.train.{engine,checkpoint,metrics,setup}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+from raymmr.config import Config
+from raymmr.train import checkpoint as ckpt
+from raymmr.train.metrics import MetricsWriter, TermAccumulator, measured_peak_flops
+from raymmr.train.rundir import RunDir
+from raymmr.train.setup import WorkerContext, build_worker_context
+
+log = logging.getLogger("raymmr")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def train_loop_per_worker(job: dict) -> None:
+    import ray.train  # noqa: PLC0415
+
+    w = build_worker_context(job)
+    cfg, engine = w.cfg, w.engine
+    start = restore(w)
+    writer = MetricsWriter(RunDir(job["run_dir"]), w.stage, w.total_steps, resume_step=start) if w.rank == 0 else None
+    terms_acc, timer = TermAccumulator(), StepTimer(w.device)
+    last_val: dict = {}
+    nonfinite = 0
+    for step in range(start + 1, w.total_steps + 1):
+        maybe_inject_failure(job, step, w.rank)
+        micro = 0
+        while micro < cfg.train.grad_accum:
+            batch = timer.next_batch(w.batches)
+            with autocast(w):
+                terms = w.task(engine.module, batch)
+            if not finite_on_all_ranks(terms["loss"], w.world_size):
+                nonfinite += 1
+                timer.nonfinite += 1
+                if nonfinite >= cfg.train.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{nonfinite} consecutive non-finite losses at step {step} (terms: "
+                        f"{ {k: float(v) for k, v in terms.items() if torch.is_tensor(v) and v.dim() == 0} }); "
+                        "lower train.lr or check the data"
+                    )
+                continue
+            nonfinite = 0
+            engine.backward(terms["loss"])
+            engine.step()
+            micro += 1
+            terms_acc.add(terms)
+        w.update_momentum()
+        timer.step_done(cfg.train.batch_size * cfg.train.grad_accum * w.world_size)
+        if step % cfg.train.log_every == 0 or step == w.total_steps:
+            record = {"step": step, **terms_acc.reduce(w.world_size), "lr": engine.get_lr()[0]}
+            record.update(timer.summary(w.flops_per_sample, w.peak_flops, w.world_size))
+            if writer:
+                writer.write(record)
+        val_due = cfg.train.val_every and (step % cfg.train.val_every == 0 or step == w.total_steps)
+        if val_due:
+            last_val = validate(w)
+            if writer:
+                writer.write({"step": step, **last_val})
+        if step % cfg.train.checkpoint_every == 0 or step == w.total_steps or val_due:
+            save_and_report(w, step, {**last_val, "step": step}, with_checkpoint=step % cfg.train.checkpoint_every == 0 or step == w.total_steps)
+    if writer:
+        writer.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def autocast(w: WorkerContext):
+    """bf16 autocast around the task on GPU (DeepSpeed keeps bf16 weights; losses run in fp32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if w.bf16 else nullcontext()
+
+
+def finite_on_all_ranks(loss: torch.Tensor, world_size: int) -> bool:
+    """One scalar sync per micro step, so that every rank agrees to skip a bad batch together
+    (a rank that skipped alone would desynchronise ZeRO's gradient collectives)."""
+    ok = torch.isfinite(loss.detach()).float()
+    if world_size > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+class StepTimer:
+    """Wall time per log interval, time blocked on the loader, samples, skipped samples."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.t0 = time.perf_counter()
+        self.wait = 0.0
+        self.samples = 0
+        self.skipped = 0
+        self.nonfinite = 0
+
+    def next_batch(self, batches):
+        t = time.perf_counter()
+        batch = next(batches)
+        self.wait += time.perf_counter() - t
+        self.skipped += int(batch.pop("skipped", 0))
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def step_done(self, global_samples: int) -> None:
+        self.samples += global_samples
+
+    def summary(self, flops_per_sample: float, peak_flops: float, world_size: int) -> dict:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - self.t0
+        skipped = torch.tensor([self.skipped, self.nonfinite], dtype=torch.float64, device=self.device)
+        if world_size > 1:
+            dist.all_reduce(skipped)
+        out = {
+            "samples_per_s": self.samples / elapsed,
+            "tflops": self.samples * flops_per_sample / elapsed / 1e12,
+            "data_wait": self.wait / elapsed,
+            "skipped_samples": int(skipped[0]),
+            "nonfinite_steps": int(skipped[1]),
+        }
+        if peak_flops:
+            out["mfu"] = out["tflops"] * 1e12 / world_size / peak_flops
+        self.t0, self.wait, self.samples = time.perf_counter(), 0.0, 0
+        return out
+
+
+def restore(w: WorkerContext) -> int:
+    """Resume from Ray's latest checkpoint (a restart after a failure) or the explicit
+    ``--resume`` one; returns the last completed step (0 for a fresh run)."""
+    import ray.train  # noqa: PLC0415
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as path:
+        meta, state = ckpt.load(w.engine, path, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
+    if meta.stage != w.stage:
+        raise ckpt.CheckpointError(f"checkpoint {checkpoint.path} is from {meta.stage}, not {w.stage}")
+    if w.rank == 0:
+        print(f"[{w.stage}] resumed from {checkpoint.path} at step {meta.step}", flush=True)
+    return int(state.get("step", meta.step))
+
+
+def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint: bool) -> None:
+    """Every rank saves its shard (collective) and reports (a barrier) equally often."""
+    import ray.train  # noqa: PLC0415
+    from ray.train import Checkpoint  # noqa: PLC0415
+
+    if not with_checkpoint:
+        ray.train.report(metrics)
+        return
+    meta = ckpt.CheckpointMeta(step=step, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage, stage=w.stage)
+    path = ckpt.save(w.engine, meta, w.rank, client_state={"step": step})
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=f"step_{step:07d}")
+
+
+@torch.no_grad()
+def validate(w: WorkerContext) -> dict:
+    """Validation loss, VQA accuracy and in-batch retrieval mean rank on the held-out split.
+
+    Runs on ALL ranks (each on its own part of the split, the same number of batches everywhere):
+    under ZeRO-3 every forward gathers parameters collectively, so rank-0-only evaluation hangs."""
+    model = w.engine.module
+    was_training = model.training
+    model.eval()
+    acc = TermAccumulator()
+    sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # correct, answered, rank sum, ranked
+    for batch in w.val_batches():
+        batch = {k: v.to(w.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch.pop("skipped", None)
+        with autocast(w):
+            acc.add(w.task(model, batch))
+            logits = model.answer_logits(batch["image"], batch["text_ids"], batch["text_mask"])
+        has_answer = batch["answer"] >= 0
+        sums[0] += ((logits.argmax(-1) == batch["answer"]) & has_answer).sum()
+        sums[1] += has_answer.sum()
+        cap = batch["is_caption"]
+        if int(cap.sum()) >= 2:
+            with autocast(w):
+                img = model.encode_image(batch["image"][cap]).float()
+                txt = model.encode_text(batch["text_ids"][cap], batch["text_mask"][cap]).float()
+            sim = img @ txt.T  # [C, C], pair i <-> i
+            ranks = (sim > sim.diag()[:, None]).sum(1) + 1
+            sums[2] += ranks.sum()
+            sums[3] += ranks.numel()
+    terms = acc.reduce(w.world_size)
+    if w.world_size > 1:
+        dist.all_reduce(sums)
+    model.train(was_training)
+    out = {f"val_{k}": v for k, v in terms.items()}
+    out["val_vqa_accuracy"] = float(sums[0] / sums[1]) if sums[1] > 0 else 0.0
+    out["val_retrieval_mean_rank"] = float(sums[2] / sums[3]) if sums[3] > 0 else 0.0
+    return out
+
+
+def maybe_inject_failure(job: dict, step: int, rank: int) -> None:
+    """Testing hook: ``RAYMMR_INJECT_FAILURE=step:rank:marker`` kills that rank once at that step
+    (the marker file records that it already happened, so the restarted group runs through)."""
+    spec = job.get("inject_failure")
+    if not spec:
+        return
+    at_step, at_rank, marker = spec.split(":", 2)
+    if step == int(at_step) and rank == int(at_rank) and not os.path.exists(marker):
+        open(marker, "w").close()
+        print(f"[inject] killing rank {rank} at step {step}", flush=True)
+        os._exit(1)

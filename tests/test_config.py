@@ -1,0 +1,91 @@
+"""The config tree: presets, overrides, validation errors, save/load round trip, job CLI errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raymmr.config import ConfigError, all_paths, check_value, load_config, save_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert cfg.preset == preset
+    assert cfg.model.image_size % cfg.model.patch_size == 0
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["loss.w_img=0.5", "train.zero_stage=3", "masking.asymmetric=false", "train.steps=7"])
+    assert cfg.loss.w_img == 0.5 and cfg.train.zero_stage == 3
+    assert cfg.masking.asymmetric is False and cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
+
+
+def test_unknown_key_names_key_and_closest():
+    with pytest.raises(ConfigError, match="no_such_weight") as e:
+        load_config("tiny", ["loss.no_such_weight=1"])
+    assert "loss." in str(e.value)
+    with pytest.raises(ConfigError, match="did you mean loss.w_img"):
+        load_config("tiny", ["loss.w_imgg=1"])
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("masking.mask_ratio_img=1.5", ["masking.mask_ratio_img", "1.5", "0.0", "0.99"]),
+        ("train.zero_stage=7", ["train.zero_stage", "7", "0", "3"]),
+        ("train.precision=fp8", ["train.precision", "fp8", "bf16"]),
+        ("train.steps=ten", ["train.steps", "ten", "int"]),
+    ],
+)
+def test_bad_values_name_key_value_and_range(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", [override])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="multiple of model.patch_size"):
+        load_config("tiny", ["model.patch_size=7"])
+    with pytest.raises(ConfigError, match="mask_ratio_low"):
+        load_config("tiny", ["masking.mask_ratio_low=0.9", "masking.mask_ratio_high=0.5"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("tiny", ["loss.w_txt=0.25", "finetune.mixup_dist=beta", "perturbation.image_ops=noise,blur"])
+    save_config(cfg, tmp_path / "config.yaml")
+    back = load_config(str(tmp_path / "config.yaml"))
+    assert back == cfg
+
+
+def test_short_yaml_extends_preset(tmp_path):
+    (tmp_path / "mine.yaml").write_text("preset: tiny\nloss:\n  w_ans: 2.0\n")
+    cfg = load_config(str(tmp_path / "mine.yaml"))
+    assert cfg.loss.w_ans == 2.0 and cfg.model.image_size == load_config("tiny").model.image_size
+
+
+def test_every_path_checks():
+    cfg = load_config("base")
+    for path in all_paths():
+        section, name = path.split(".", 1)
+        check_value(path, getattr(getattr(cfg, section), name))
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("loss.no_such_weight=1", "no_such_weight"), ("masking.mask_ratio_img=1.5", "0.0 <= masking.mask_ratio_img <= 0.99")],
+)
+def test_job_rejects_bad_config_before_ray(tmp_path, override, needle):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--config", "tiny", "--set", override,
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
