@@ -87,10 +87,17 @@ def run_training(
     init_from: str | None = None,
     num_workers: str | int | None = None,
     address: str | None = None,
+    report_to_tune: bool = False,
 ) -> TrainResult:
+    """Run one training stage ("pretrain" or "finetune") into ``out`` and export its weights.
+
+    ``report_to_tune``: inside a Ray Tune trial, forward every ``ray.train.report`` to Tune
+    (``TuneReportCallback``) so the scheduler sees each validation rung."""
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchConfig, TorchTrainer  # noqa: PLC0415
+
+    from ray.tune.integration.ray_train import TuneReportCallback  # noqa: PLC0415
 
     from raymmr.train.worker import train_loop_per_worker  # noqa: PLC0415
 
@@ -149,6 +156,7 @@ def run_training(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker)))}},
+            callbacks=[TuneReportCallback()] if report_to_tune else None,
         ),
         resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(resume_from)) if resume_from else None,
     )

@@ -1,0 +1,46 @@
+"""Evaluate an exported raymmr model: VQA accuracy (open/closed/overall, per domain, cross-domain,
+under perturbation), retrieval R@1/5/10 and mean rank (clean and perturbed), with the majority and
+question-only baselines. Writes results.json, results.md and plots into --out.
+
+    python jobs/evaluate.py --model runs/finetune --data ~/.cache/raymmr/synthrad/<id> --out runs/eval
+"""
+
+import _path  # noqa: F401
+
+from raymmr.cli import base_parser, run_main
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--model", required=True, help="run directory (uses its export/) or export directory")
+    parser.add_argument("--data", help="shard set (default: the SynthRad shards of --config)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--severities", default="light,medium,strong", help="comma list of perturbation severities")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many samples (0 = all)")
+    args = parser.parse_args()
+    from pathlib import Path
+
+    from raymmr.config import load_config
+    from raymmr.eval.evaluate import evaluate
+    from raymmr.perturb import SEVERITIES
+    from raymmr.train.launch import JobError, resolve_data
+
+    cfg = load_config(args.config, args.overrides)
+    severities = [s for s in args.severities.split(",") if s]
+    bad = [s for s in severities if s not in SEVERITIES or s == "none"]
+    if bad:
+        raise JobError(f"--severities: unknown {bad}; choose from {[s for s in SEVERITIES if s != 'none']}")
+    model = Path(args.model)
+    export = model / "export" if (model / "export" / "model.safetensors").exists() else model
+    if not (export / "model.safetensors").exists():
+        raise JobError(f"--model {args.model}: no model.safetensors there or in its export/ folder")
+    data = resolve_data(cfg, args.data)
+    results = evaluate(str(export), data, args.out, split=args.split, severities=severities,
+                       batch_size=args.batch_size, limit=args.limit)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"results: {Path(args.out) / 'results.json'}  ({len(results)} keys)")
+
+
+if __name__ == "__main__":
+    run_main(main)
