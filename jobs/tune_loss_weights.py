@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="resume the interrupted sweep in --out")
     args = parser.parse_args()
 
+    from pathlib import Path
+
     from raymmr.config import load_config
     from raymmr.train.launch import JobError, resolve_data
     from raymmr.tune.report import write_report
@@ -54,7 +56,9 @@ def main() -> None:
     records = run_sweep(cfg, space, out=args.out, data=data, num_samples=cfg.tune.num_samples,
                         resume=args.resume, address=args.address)
     paths = write_report(records, args.out, base_config=cfg, metric=cfg.tune.metric, mode=cfg.tune.mode)
-    print((_path_md := __import__("pathlib").Path(args.out) / "trials.md").read_text() if _path_md.exists() else "")
+    table = Path(args.out) / "trials.md"
+    if table.exists():
+        print(table.read_text())
     print(f"report: {paths}")
 
 

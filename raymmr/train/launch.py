@@ -67,6 +67,12 @@ def resolve_data(cfg: Config, data: str | None) -> str:
     return data
 
 
+def vocab_size(cfg: Config, data: str) -> int:
+    from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    return len(load_tokenizer(cfg.data.tokenizer or str(Path(data) / "tokenizer.json")))
+
+
 def check_run_dir(run: RunDir, resume: bool) -> None:
     existing = (run.local / "config.yaml").exists() or any(run.local.glob("ray*"))
     if existing and not resume:
@@ -96,7 +102,6 @@ def run_training(
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchConfig, TorchTrainer  # noqa: PLC0415
-
     from ray.tune.integration.ray_train import TuneReportCallback  # noqa: PLC0415
 
     from raymmr.train.worker import train_loop_per_worker  # noqa: PLC0415
@@ -134,6 +139,7 @@ def run_training(
         "init_from": init_from,
         "index_path": str(run.local / "similar_index.safetensors"),
         "inject_failure": os.environ.get("RAYMMR_INJECT_FAILURE"),
+        "vocab_size": vocab_size(cfg, data),
     }
     if not ray.is_initialized():
         # address None: RAY_ADDRESS (set by `ray job submit`) or a new embedded local Ray, whose
@@ -192,7 +198,32 @@ def export_latest(cfg: Config, run: RunDir, data: str) -> str:
     model.load_state_dict(state, strict=True)
     export_dir = run.local / "export"
     save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_path, answers=manifest["answers"])
+    verify_export(cfg, export_dir, run.local / "probe.safetensors", vocab_size=len(tokenizer))
     run.upload("export")
     return str(export_dir)
+
+
+def verify_export(cfg: Config, export_dir: Path, probe_path: Path, *, vocab_size: int) -> float:
+    """Reload the export as inference does and compare with the live model's probe outputs;
+    returns the largest absolute difference (bf16 training compares against an fp32 export)."""
+    import torch  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from raymmr.model.export import load_export  # noqa: PLC0415
+    from raymmr.train.worker import probe_inputs, probe_outputs  # noqa: PLC0415
+
+    if not probe_path.exists():
+        raise JobError(f"{probe_path} is missing: the workers did not finish the run")
+    live = load_file(str(probe_path))
+    model, _, _ = load_export(str(export_dir))
+    model.eval()
+    with torch.no_grad():
+        mine = probe_outputs(model, probe_inputs(cfg, vocab_size=vocab_size, device="cpu"))
+    diff = max((mine[k].float() - live[k]).abs().max().item() for k in live)
+    tol = 5e-2 if cfg.train.precision == "bf16" or cfg.train.gpus_per_worker > 0 else 1e-4
+    if diff > tol:
+        raise JobError(f"exported weights in {export_dir} do not reproduce the live model (max |diff| {diff:.2e})")
+    print(f"export verified against the live model: max |diff| {diff:.2e}", flush=True)
+    return diff
 
 

@@ -13,10 +13,10 @@ import logging
 import time
 from pathlib import Path
 
-from raymmr.train.rundir import RunDir
-
 import torch
 import torch.distributed as dist
+
+from raymmr.train.rundir import RunDir
 
 log = logging.getLogger("raymmr")
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -176,6 +177,7 @@ def build_worker_context(job: dict) -> WorkerContext:
         flops_per_sample=model.flops_per_sample(stage, cfg.loss, cfg.masking),
         peak_flops=measured_peak_flops(device),
         update_momentum=functools.partial(update_momentum, engine.module, zero3),
+        extra={"run_dir": job["run_dir"]},
     )
 
 

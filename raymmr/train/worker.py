@@ -8,6 +8,7 @@ often. The loop is ``train_loop_per_worker``; everything it calls is a named hel
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ import torch.distributed as dist
 
 from raymmr.config import Config
 from raymmr.train import checkpoint as ckpt
-from raymmr.train.metrics import MetricsWriter, TermAccumulator, measured_peak_flops
+from raymmr.train.metrics import MetricsWriter, TermAccumulator
 from raymmr.train.rundir import RunDir
 from raymmr.train.setup import WorkerContext, build_worker_context
 
@@ -30,7 +31,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 def train_loop_per_worker(job: dict) -> None:
-    import ray.train  # noqa: PLC0415
 
     w = build_worker_context(job)
     cfg, engine = w.cfg, w.engine
@@ -75,6 +75,7 @@ def train_loop_per_worker(job: dict) -> None:
                 writer.write({"step": step, **last_val})
         if step % cfg.train.checkpoint_every == 0 or step == w.total_steps or val_due:
             save_and_report(w, step, {**last_val, "step": step}, with_checkpoint=step % cfg.train.checkpoint_every == 0 or step == w.total_steps)
+    write_probe(w, job)
     if writer:
         writer.close()
 
@@ -149,9 +150,27 @@ def restore(w: WorkerContext) -> int:
         meta, state = ckpt.load(w.engine, path, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
     if meta.stage != w.stage:
         raise ckpt.CheckpointError(f"checkpoint {checkpoint.path} is from {meta.stage}, not {w.stage}")
+    step = int(state.get("step", meta.step))
     if w.rank == 0:
-        print(f"[{w.stage}] resumed from {checkpoint.path} at step {meta.step}", flush=True)
-    return int(state.get("step", meta.step))
+        event = {"event": "resumed", "step": step, "checkpoint": checkpoint.path,
+                 "optimizer_steps": optimizer_steps(w.engine)}
+        print(f"[{w.stage}] resumed from {checkpoint.path} at step {step} "
+              f"(optimizer state at {event['optimizer_steps']} steps)", flush=True)
+        run = RunDir(w.extra["run_dir"])
+        with (run.local / "events.jsonl").open("a") as f:
+            f.write(json.dumps(event) + "\n")
+        run.upload("events.jsonl")
+    return step
+
+
+def optimizer_steps(engine) -> int:
+    """Adam's own step counter from the (possibly ZeRO-wrapped) optimizer state: evidence that the
+    optimizer state, not only the weights, came back from the checkpoint."""
+    opt = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in opt.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
 
 
 def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint: bool) -> None:
@@ -204,6 +223,42 @@ def validate(w: WorkerContext) -> dict:
     out["val_vqa_accuracy"] = float(sums[0] / sums[1]) if sums[1] > 0 else 0.0
     out["val_retrieval_mean_rank"] = float(sums[2] / sums[3]) if sums[3] > 0 else 0.0
     return out
+
+
+@torch.no_grad()
+def write_probe(w: WorkerContext, job: dict) -> None:
+    """Answer logits and embeddings of the final live model on a fixed synthetic input, saved by
+    rank 0 as ``probe.safetensors``; the driver checks the exported weights reproduce them.
+    Every rank runs the forward (a collective under ZeRO-3)."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    model = w.engine.module
+    was_training = model.training
+    model.eval()
+    inputs = probe_inputs(w.cfg, vocab_size=job["vocab_size"], device=w.device)
+    with autocast(w):
+        out = probe_outputs(model, inputs)
+    model.train(was_training)
+    if w.rank == 0:
+        run = RunDir(job["run_dir"])
+        save_file({k: v.float().cpu().contiguous() for k, v in out.items()}, str(run.local / "probe.safetensors"))
+
+
+def probe_inputs(cfg: Config, *, vocab_size: int, device) -> dict:
+    g = torch.Generator().manual_seed(1234)
+    s = cfg.data.image_size
+    images = torch.randint(0, 256, (4, 3, s, s), generator=g, dtype=torch.uint8)
+    ids = torch.randint(5, vocab_size, (4, cfg.model.max_text_len), generator=g)
+    mask = torch.ones_like(ids)
+    return {"image": images.to(device), "text_ids": ids.to(device), "text_mask": mask.to(device)}
+
+
+def probe_outputs(model, x: dict) -> dict:
+    return {
+        "answer_logits": model.answer_logits(x["image"], x["text_ids"], x["text_mask"]),
+        "image_embedding": model.encode_image(x["image"]),
+        "text_embedding": model.encode_text(x["text_ids"], x["text_mask"]),
+    }
 
 
 def maybe_inject_failure(job: dict, step: int, rank: int) -> None:
