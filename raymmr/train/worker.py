@@ -34,6 +34,7 @@ def train_loop_per_worker(job: dict) -> None:
 
     w = build_worker_context(job)
     cfg, engine = w.cfg, w.engine
+    record_worker(w)
     start = restore(w)
     writer = MetricsWriter(RunDir(job["run_dir"]), w.stage, w.total_steps, resume_step=start) if w.rank == 0 else None
     terms_acc, timer = TermAccumulator(), StepTimer(w.device)
@@ -161,6 +162,17 @@ def restore(w: WorkerContext) -> int:
             f.write(json.dumps(event) + "\n")
         run.upload("events.jsonl")
     return step
+
+
+def record_worker(w: WorkerContext) -> None:
+    """One line per rank in events.jsonl: where each worker ran (node, device)."""
+    import ray  # noqa: PLC0415
+
+    run = RunDir(w.extra["run_dir"])
+    event = {"event": "worker_started", "rank": w.rank, "world_size": w.world_size,
+             "node_id": ray.get_runtime_context().get_node_id(), "device": str(w.device)}
+    with (run.local / "events.jsonl").open("a") as f:  # short appends from each rank
+        f.write(json.dumps(event) + "\n")
 
 
 def optimizer_steps(engine) -> int:

@@ -1,0 +1,134 @@
+"""Distributed training for real on CPU: Ray Train (2 workers, gloo) + DeepSpeed ZeRO engines."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from raymmr.config import load_config
+from raymmr.train import checkpoint as ckpt
+from raymmr.train.launch import run_training
+
+pytestmark = pytest.mark.slow
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def resumed_events(run: Path) -> list[dict]:
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    return [e for e in events if e["event"] == "resumed"]
+
+
+def tiny(*overrides):
+    return load_config("tiny", ["train.num_workers=2", "train.log_every=5", "train.val_every=0",
+                                "data.loader_workers=0", *overrides])
+
+
+def test_pretrain_zero2_loss_decreases_then_resumes(ray_local, tiny_data, tmp_path):
+    run = tmp_path / "pre"
+    cfg = tiny("train.zero_stage=2", "train.steps=40", "train.checkpoint_every=20")
+    result = run_training(cfg, stage="pretrain", out=str(run), data=tiny_data)
+    rows = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))
+    first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-2:]) / 2
+    assert last < 0.9 * first, f"loss did not decrease: {[round(r['loss'], 3) for r in rows]}"
+    for term in ("rec_img_global", "rec_txt_local", "con_inter", "con_intra", "dom_consist", "mod_resil"):
+        assert term in rows[-1]
+    assert ckpt.latest_complete(run) is not None and ckpt.read_meta(ckpt.latest_complete(run)).step == 40
+    assert (Path(result.export_dir) / "model.safetensors").exists()
+
+    # Resume to 60 steps: continues at step 41 with the optimizer state of step 40.
+    cfg60 = tiny("train.zero_stage=2", "train.steps=60", "train.checkpoint_every=20")
+    run_training(cfg60, stage="pretrain", out=str(run), data=tiny_data, resume=True)
+    rows = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(5, 61, 5))
+    event = resumed_events(run)[-1]
+    assert event["step"] == 40 and event["optimizer_steps"] == 40
+    assert ckpt.read_meta(ckpt.latest_complete(run)).step == 60
+
+
+def test_worker_killed_restarts_from_checkpoint(ray_local, tiny_data, tmp_path, monkeypatch):
+    run = tmp_path / "fail"
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv("RAYMMR_INJECT_FAILURE", f"27:1:{marker}")
+    cfg = tiny("train.zero_stage=1", "train.steps=40", "train.checkpoint_every=20", "train.max_failures=2")
+    run_training(cfg, stage="pretrain", out=str(run), data=tiny_data)
+    assert marker.exists(), "the failure was not injected"
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == list(range(5, 41, 5)), f"gap or repeat in logged steps: {steps}"
+    assert [e["step"] for e in resumed_events(run)] == [20]  # restarted from the checkpoint before the failure
+
+
+def test_zero3_checkpoint_consolidates_and_exports(ray_local, tiny_data, tmp_path):
+    from raymmr.model.export import load_export
+
+    run = tmp_path / "z3"
+    cfg = tiny("train.zero_stage=3", "train.steps=6", "train.checkpoint_every=6")
+    result = run_training(cfg, stage="pretrain", out=str(run), data=tiny_data)
+    latest = ckpt.latest_complete(run)
+    # DeepSpeed's own zero_to_fp32 consolidates the rank shards ...
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(latest), tag=ckpt.TAG)
+    model, _, _ = load_export(result.export_dir)
+    exported = model.state_dict()
+    for name, value in state.items():
+        assert torch.equal(exported[name].float(), value.float()), name
+    # ... and the export reproduced the live model's outputs (checked by the driver; re-check here).
+    from raymmr.train.launch import verify_export, vocab_size
+
+    assert verify_export(cfg, Path(result.export_dir), run / "probe.safetensors",
+                         vocab_size=vocab_size(cfg, tiny_data)) < 1e-4
+
+
+def test_resume_with_other_world_size_is_refused():
+    meta = ckpt.CheckpointMeta(step=10, world_size=2, zero_stage=2, stage="pretrain")
+    with pytest.raises(ckpt.CheckpointError, match="ds_to_universal"):
+        ckpt.check_resumable(meta, world_size=3, zero_stage=2, where="/x")
+    ckpt.check_resumable(ckpt.CheckpointMeta(10, 2, 0, "pretrain"), world_size=3, zero_stage=0, where="/x")
+
+
+def test_incomplete_checkpoint_is_never_resumed(tmp_path):
+    c = tmp_path / "ray" / "step_0000010"
+    (c / ckpt.TAG).mkdir(parents=True)
+    (c / ckpt.META).write_text(json.dumps({"step": 10, "world_size": 2, "zero_stage": 2, "stage": "pretrain"}))
+    (c / "rank-0.done").write_text("10")
+    assert not ckpt.is_complete(c)  # rank 1 never finished
+    assert ckpt.latest_complete(tmp_path) is None
+    (c / "rank-1.done").write_text("10")
+    assert ckpt.latest_complete(tmp_path) == c
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from raymmr.train.engine import lr_lambda
+
+    lrs = [lr_lambda(s, total=100, warmup=10, min_ratio=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_deepspeed_config_from_train_config():
+    from raymmr.train.engine import deepspeed_config
+
+    cfg = load_config("tiny", ["train.zero_stage=3", "train.grad_accum=4", "train.batch_size=8"])
+    ds = deepspeed_config(cfg.train, on_gpu=True)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == 4
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["bf16"]["enabled"] is True
+    assert deepspeed_config(cfg.train, on_gpu=False)["bf16"]["enabled"] is False  # tiny: precision fp32
+
+
+def test_job_rejects_missing_data_pattern(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "jobs" / "pretrain.py"), "--config", "tiny",
+                           "--data", str(tmp_path / "nothing-{000000..000003}.tar"), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert proc.returncode == 2
+    assert "nothing-{000000..000003}.tar" in proc.stderr
