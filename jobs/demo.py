@@ -18,22 +18,16 @@ def main() -> None:
     from pathlib import Path
 
     from raymmr.config import load_config
-    from raymmr.eval.evaluate import evaluate
-    from raymmr.train.launch import resolve_data, run_training
+    from raymmr.pipeline import run_pipeline
+    from raymmr.train.launch import resolve_data
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     t0 = time.time()
-    print(f"[demo] 1/4 SynthRad shards ({cfg.data.synthrad_train} train samples)", flush=True)
+    print(f"[demo] SynthRad shards ({cfg.data.synthrad_train} train samples)", flush=True)
     data = resolve_data(cfg, None)
     print(f"[demo] shards: {data}", flush=True)
-    print(f"[demo] 2/4 pre-training {cfg.train.steps} steps -> {out / 'pretrain'}", flush=True)
-    pre = run_training(cfg, stage="pretrain", out=str(out / "pretrain"), data=data, num_workers=args.num_workers)
-    print(f"[demo] 3/4 fine-tuning {cfg.finetune.steps} steps -> {out / 'finetune'}", flush=True)
-    fin = run_training(cfg, stage="finetune", out=str(out / "finetune"), data=data, init_from=pre.export_dir,
-                       num_workers=args.num_workers)
-    print(f"[demo] 4/4 evaluating on the test split -> {out / 'eval'}", flush=True)
-    evaluate(fin.export_dir, data, str(out / "eval"))
+    run_pipeline(cfg, out, data, num_workers=args.num_workers, log=lambda m: print(m, flush=True))
     print()
     print((out / "eval" / "results.md").read_text())
     print(f"[demo] done in {time.time() - t0:.0f} s; everything is under {out}")

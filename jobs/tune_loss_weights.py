@@ -34,7 +34,7 @@ def main() -> None:
     from raymmr.config import load_config
     from raymmr.train.launch import JobError, resolve_data
     from raymmr.tune.report import write_report
-    from raymmr.tune.runner import run_sweep, save_base
+    from raymmr.tune.runner import load_study, run_sweep, save_base
     from raymmr.tune.space import SpaceError, load_space
 
     overrides = list(args.overrides)
@@ -55,7 +55,9 @@ def main() -> None:
     save_base(cfg, args.out)
     records = run_sweep(cfg, space, out=args.out, data=data, num_samples=cfg.tune.num_samples,
                         resume=args.resume, address=args.address)
-    paths = write_report(records, args.out, base_config=cfg, metric=cfg.tune.metric, mode=cfg.tune.mode)
+    study = load_study(args.out)
+    paths = write_report(records, args.out, base_cfg=cfg, metric=cfg.tune.metric, mode=cfg.tune.mode, study=study,
+                         title=f"Sweep over {args.space}")
     table = Path(args.out) / "trials.md"
     if table.exists():
         print(table.read_text())

@@ -33,8 +33,10 @@ def trial_config(base: Config, params: dict) -> Config:
     return apply_params(cfg, {"train.val_every": every, "train.checkpoint_every": every})
 
 
-def make_trainable(base: Config, out: str, data: str):
-    """The Tune trainable: a driver function that runs Ray Train for one trial."""
+def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | None = None):
+    """The Tune trainable: a driver function that runs Ray Train for one trial. With
+    ``shared_pretrain`` (a space that only touches fine-tuning), trials fine-tune from that one
+    pre-trained export instead of each pre-training the same model again."""
 
     def run_trial(params: dict) -> None:
         import ray.tune  # noqa: PLC0415
@@ -47,11 +49,14 @@ def make_trainable(base: Config, out: str, data: str):
         trial_dir = Path(out) / "trials" / ray.tune.get_context().get_trial_id()
         (trial_dir).mkdir(parents=True, exist_ok=True)
         (trial_dir / "params.json").write_text(json.dumps(params, indent=1))
-        pre = run_training(cfg, stage="pretrain", out=str(trial_dir / "pretrain"), data=data,
-                           num_workers=cfg.train.num_workers, report_to_tune=True)
+        init_from = shared_pretrain
+        if init_from is None:
+            pre = run_training(cfg, stage="pretrain", out=str(trial_dir / "pretrain"), data=data,
+                               num_workers=cfg.train.num_workers, report_to_tune=True)
+            init_from = pre.export_dir
         if cfg.tune.objective == "finetune":
             run_training(cfg, stage="finetune", out=str(trial_dir / "finetune"), data=data,
-                         init_from=pre.export_dir, num_workers=cfg.train.num_workers, report_to_tune=True)
+                         init_from=init_from, num_workers=cfg.train.num_workers, report_to_tune=True)
 
     return run_trial
 
@@ -62,6 +67,15 @@ def optuna_storage(out: str):
 
     path = Path(out) / "optuna.journal"
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def load_study(out: str):
+    """The sweep's Optuna study, or None for grid sweeps (which run without Optuna)."""
+    import optuna  # noqa: PLC0415
+
+    if not (Path(out) / "optuna.journal").exists():
+        return None
+    return optuna.load_study(study_name=STUDY_NAME, storage=optuna_storage(out))
 
 
 def run_sweep(
@@ -84,7 +98,11 @@ def run_sweep(
     out = str(Path(out).resolve())
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1")
-    trainable = tune.with_resources(make_trainable(base, out, data), {"cpu": t.trial_cpus})
+    shared = None
+    if t.objective == "finetune" and not space.touches_pretraining:
+        shared = shared_pretraining(base, out, data)
+    trainable = tune.with_resources(make_trainable(base, out, data, shared), {"cpu": t.trial_cpus})
+    reports = t.rungs * (2 if t.objective == "finetune" and shared is None else 1)
     experiment = str(Path(out) / "tune")
     if resume:
         if not tune.Tuner.can_restore(experiment):
@@ -92,9 +110,8 @@ def run_sweep(
         # Experiment state is pickled by Ray; restore only sweeps this user wrote (trusted paths).
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, restart_errored=False)
     else:
-        max_t = t.rungs * (2 if t.objective == "finetune" else 1)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=min(t.grace_period, max_t), reduction_factor=t.reduction_factor)
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=reports,
+                                  grace_period=min(t.grace_period, reports), reduction_factor=t.reduction_factor)
         if space.is_grid:
             param_space = {"params": tune.grid_search(space.grid_points())}
             search_alg, samples = None, 1
@@ -113,7 +130,20 @@ def run_sweep(
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     results = tuner.fit()
-    return trial_records(results, t.metric, max_t=t.rungs * (2 if t.objective == "finetune" else 1))
+    return trial_records(results, t.metric, max_t=reports)
+
+
+def shared_pretraining(base: Config, out: str, data: str) -> str:
+    """Pre-train the base config once for a fine-tuning-only sweep (reused on --resume)."""
+    from raymmr.train.launch import run_training  # noqa: PLC0415
+
+    run = Path(out) / "shared_pretrain"
+    export = run / "export"
+    if (export / "model.safetensors").exists():
+        return str(export)
+    print(f"[tune] the space only touches fine-tuning: pre-training once into {run}", flush=True)
+    return run_training(base, stage="pretrain", out=str(run), data=data, num_workers=base.train.num_workers,
+                        resume=run.exists()).export_dir
 
 
 def trial_records(results, metric: str, max_t: int) -> list[dict]:

@@ -1,0 +1,25 @@
+"""The end-to-end pipeline on one shard set: pre-train -> fine-tune -> evaluate.
+
+Used by `make demo` (jobs/demo.py), the ablation (jobs/ablate.py) and the learning test, so all
+three exercise exactly the code a user runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raymmr.config import Config
+
+
+def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, log=print) -> dict:
+    """Train and evaluate into ``out/{pretrain,finetune,eval}``; returns the evaluation results."""
+    from raymmr.eval.evaluate import evaluate  # noqa: PLC0415
+    from raymmr.train.launch import run_training  # noqa: PLC0415
+
+    out = Path(out)
+    log(f"[pipeline] pre-training {cfg.train.steps} steps -> {out / 'pretrain'}")
+    pre = run_training(cfg, stage="pretrain", out=str(out / "pretrain"), data=data, num_workers=num_workers)
+    log(f"[pipeline] fine-tuning {cfg.finetune.steps} steps -> {out / 'finetune'}")
+    fin = run_training(cfg, stage="finetune", out=str(out / "finetune"), data=data, init_from=pre.export_dir,
+                       num_workers=num_workers)
+    log(f"[pipeline] evaluating on the test split -> {out / 'eval'}")
+    return evaluate(fin.export_dir, data, str(out / "eval"))

@@ -1,0 +1,198 @@
+"""raymmr.eval.metrics on hand-made predictions and similarity matrices."""
+
+import math
+
+import pytest
+import torch
+
+from raymmr.eval.metrics import (
+    accuracy_by_group,
+    answer_type_name,
+    degradation,
+    degradation_table,
+    majority_answer,
+    majority_baseline,
+    markdown_table,
+    question_only_baseline,
+    retrieval_metrics,
+    retrieval_ranks,
+    vqa_accuracy,
+)
+
+# --------------------------------------------------------------------------- VQA accuracy
+
+
+def test_vqa_accuracy_exact_numbers_after_normalisation():
+    preds = ["Yes", "two", "the liver", "no", "3"]
+    golds = ["yes", "2", "Liver.", "yes", "4"]
+    types = ["CLOSED", "OPEN", "open", "CLOSED ", 0]  # VQA-RAD spellings and the loader's int
+    acc = vqa_accuracy(preds, golds, types)
+    assert acc["overall"] == pytest.approx(3 / 5)
+    assert acc["open"] == pytest.approx(2 / 3)  # "two"=="2", "the liver"=="liver.", "3"!="4"
+    assert acc["closed"] == pytest.approx(1 / 2)
+    assert (acc["n"], acc["n_open"], acc["n_closed"]) == (5, 3, 2)
+    assert (acc["correct"], acc["correct_open"], acc["correct_closed"]) == (3, 2, 1)
+
+
+def test_vqa_accuracy_unknown_types_count_overall_only_and_empty_types_are_nan():
+    acc = vqa_accuracy(["yes", "no"], ["yes", "yes"], [1, -1])
+    assert acc["overall"] == 0.5 and acc["closed"] == 1.0 and acc["n_closed"] == 1
+    assert math.isnan(acc["open"]) and acc["n_open"] == 0
+    untyped = vqa_accuracy(["a"], ["a"])
+    assert untyped["overall"] == 1.0 and math.isnan(untyped["open"]) and math.isnan(untyped["closed"])
+    assert math.isnan(vqa_accuracy([], [])["overall"])
+
+
+def test_vqa_accuracy_rejects_length_mismatch():
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        vqa_accuracy(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="answer types"):
+        vqa_accuracy(["a"], ["a"], ["open", "closed"])
+
+
+def test_answer_type_names():
+    assert [answer_type_name(t) for t in ["OPEN", "CLOSED ", 0, 1, -1, None, torch.tensor(1)]] == [
+        "open",
+        "closed",
+        "open",
+        "closed",
+        "unknown",
+        "unknown",
+        "closed",
+    ]
+
+
+def test_accuracy_by_group():
+    out = accuracy_by_group(
+        ["yes", "no", "liver", "yes"], ["yes", "yes", "liver", "yes"], ["d1", "d0", "d1", "d0"], [1, 1, 0, 1]
+    )
+    assert list(out) == ["d0", "d1"]
+    assert out["d0"]["overall"] == 0.5 and out["d0"]["closed"] == 0.5 and out["d0"]["n"] == 2
+    assert out["d1"]["overall"] == 1.0 and out["d1"]["open"] == 1.0 and out["d1"]["closed"] == 1.0
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_majority_baseline():
+    train = ["yes", "Yes", "no", "2", "two", "Two"]  # normalised: yes x2, no x1, 2 x3
+    out = majority_baseline(train, ["2", "yes", "3"], ["open", "closed", "open"])
+    assert out["prediction"] == "2"
+    assert out["overall"] == pytest.approx(1 / 3) and out["open"] == 0.5 and out["closed"] == 0.0
+    assert majority_answer(["yes", "no"]) == "no"  # ties: alphabetically first, deterministic
+
+
+def test_question_only_baseline_uses_per_question_majority_then_global_fallback():
+    train = [
+        ("Is there a lesion?", "yes"),
+        ("is there a lesion", "yes"),
+        ("Is there a lesion", "no"),
+        ("What organ is this?", "liver"),
+        ("what organ is this", "Liver"),
+        ("How many lesions?", "2"),
+        ("How many lesions?", "two"),
+    ]  # global counts: yes 2, liver 2, 2 2, no 1 -> tie broken to "2"
+    test = [
+        ("IS THERE A LESION?", "yes"),  # seen -> "yes": right
+        ("What organ is this?", "kidney"),  # seen -> "liver": wrong
+        ("Is the heart enlarged?", "two"),  # unseen -> global "2": right
+    ]
+    out = question_only_baseline(train, test)
+    assert out["overall"] == pytest.approx(2 / 3)
+    assert out["coverage"] == pytest.approx(2 / 3)
+    assert out["n"] == 3
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def test_retrieval_hand_made_3x3_with_pessimistic_ties():
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.2],  # text 0 first -> rank 1
+            [0.8, 0.5, 0.3],  # text 0 beats text 1 -> rank 2
+            [0.3, 0.3, 0.3],  # all tied -> pessimistic rank 3
+        ]
+    )
+    i2t, t2i = retrieval_ranks(sim)
+    assert i2t.tolist() == [1, 2, 3]
+    assert t2i.tolist() == [1, 1, 2]  # column 2: 0.3 ties with image 2's own 0.3 -> rank 2
+    m = retrieval_metrics(sim)
+    assert m["i2t_r1"] == pytest.approx(1 / 3) and m["i2t_r5"] == 1.0 and m["i2t_r10"] == 1.0
+    assert m["t2i_r1"] == pytest.approx(2 / 3) and m["t2i_r5"] == 1.0
+    assert m["i2t_mean_rank"] == pytest.approx(2.0)
+    assert m["t2i_mean_rank"] == pytest.approx(4 / 3)
+    assert m["mean_rank"] == pytest.approx(5 / 3)
+    assert m["i2t_median_rank"] == 2.0 and m["n"] == 3
+
+
+def test_retrieval_recall_at_k_on_planted_ranks():
+    n = 12
+    planted = [1, 2, 5, 6, 10, 11, 1, 3, 12, 1, 4, 7]
+    sim = torch.zeros(n, n)
+    for i, r in enumerate(planted):
+        others = [j for j in range(n) if j != i]
+        sim[i, others[: r - 1]] = 2.0  # exactly r-1 texts above the true one
+        sim[i, i] = 1.0
+    m = retrieval_metrics(sim)
+    assert retrieval_ranks(sim)[0].tolist() == planted
+    assert m["i2t_r1"] == pytest.approx(3 / 12)
+    assert m["i2t_r5"] == pytest.approx(7 / 12)  # 1, 2, 5, 1, 3, 1, 4
+    assert m["i2t_r10"] == pytest.approx(10 / 12)  # all but 11 and 12
+    assert m["i2t_mean_rank"] == pytest.approx(sum(planted) / n)
+    # text->image is image->text of the transpose
+    mt = retrieval_metrics(sim.T)
+    assert mt["t2i_mean_rank"] == pytest.approx(m["i2t_mean_rank"])
+    assert mt["t2i_r5"] == pytest.approx(m["i2t_r5"])
+
+
+def test_retrieval_identity_and_constant_matrices():
+    ident = retrieval_metrics(torch.eye(5))
+    assert ident["i2t_r1"] == ident["t2i_r1"] == 1.0 and ident["mean_rank"] == 1.0
+    const = retrieval_metrics(torch.ones(4, 4))
+    assert const["i2t_r1"] == 0.0 and const["i2t_mean_rank"] == 4.0 and const["t2i_mean_rank"] == 4.0
+
+
+def test_retrieval_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        retrieval_metrics(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+
+
+# --------------------------------------------------------------------------- degradation
+
+
+def test_degradation_is_positive_when_worse_for_accuracy_and_rank():
+    clean = {"overall": 0.8, "i2t_r1": 0.5, "mean_rank": 2.0, "n": 10, "correct": 8}
+    pert = {"overall": 0.6, "i2t_r1": 0.5, "mean_rank": 3.0, "n": 10, "correct": 6}
+    d = degradation(clean, pert)
+    assert d["overall_drop"] == pytest.approx(0.2) and d["overall_rel_drop"] == pytest.approx(0.25)
+    assert d["mean_rank_drop"] == pytest.approx(1.0) and d["mean_rank_rel_drop"] == pytest.approx(0.5)
+    assert d["i2t_r1_drop"] == 0.0
+    assert not any(k.startswith(("n_", "correct")) for k in d)
+    table = degradation_table({"none": clean, "strong": pert})
+    assert list(table) == ["strong"] and table["strong"]["overall_drop"] == pytest.approx(0.2)
+    with pytest.raises(KeyError, match="clean entry"):
+        degradation_table({"strong": pert})
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def test_markdown_table_nested_flat_and_list():
+    nested = markdown_table(
+        {"clean": {"overall": 0.75, "n": 4}, "strong": {"overall": float("nan"), "n": 0}},
+        index_name="severity",
+        percent=["overall"],
+    )
+    assert nested.splitlines() == [
+        "| severity | overall | n |",
+        "|---|---|---|",
+        "| clean | 75.0% | 4 |",
+        "| strong | n/a | 0 |",
+    ]
+    flat = markdown_table({"overall": 0.5, "note": "a|b"})
+    assert flat.splitlines()[2:] == ["| overall | 0.5000 |", "| note | a\\|b |"]
+    rows = markdown_table([{"a": 1, "b": 0.123456}, {"a": 2}], floatfmt=".2f")
+    assert rows.splitlines()[2:] == ["| 1 | 0.12 |", "| 2 |  |"]

@@ -1,0 +1,109 @@
+"""raymmr.tune.report: ranking, CSV/Markdown tables, best_config.yaml round trip, importances, plots."""
+
+import csv
+import json
+import math
+
+import optuna
+import pytest
+
+from raymmr.config import load_config
+from raymmr.tune.report import (
+    best_trial,
+    param_importances,
+    rank_correlation_importances,
+    rank_trials,
+    write_report,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _records():
+    return [
+        {"trial_id": "a", "params": {"loss.w_img": 0.5, "finetune.mixup_dist": "uniform"}, "objective": 0.61, "iterations": 3, "status": "TERMINATED"},
+        {"trial_id": "b", "params": {"loss.w_img": 1.5, "finetune.mixup_dist": "beta", "finetune.mixup_beta_a": 0.4}, "objective": 0.72, "iterations": 3, "status": "TERMINATED"},
+        {"trial_id": "c", "params": {"loss.w_img": 1.0, "finetune.mixup_dist": "uniform"}, "objective": 0.55, "iterations": 1, "status": "TERMINATED"},
+        {"trial_id": "d", "params": {"loss.w_img": 2.0, "finetune.mixup_dist": "fixed", "finetune.mixup_fixed": 0.3}, "objective": 0.99, "iterations": 1, "status": "ERROR"},
+        {"trial_id": "e", "params": {"loss.w_img": 0.75, "finetune.mixup_dist": "uniform"}, "objective": None, "iterations": 0, "status": "ERROR"},
+    ]  # fmt: skip
+
+
+def test_ranking_max_and_min_put_ineligible_trials_last():
+    ranked = rank_trials(_records(), mode="max")
+    assert [r["trial_id"] for r in ranked] == ["b", "a", "c", "d", "e"]
+    assert [r["rank"] for r in ranked] == [1, 2, 3, None, None]  # d errored despite its 0.99
+    assert [r["trial_id"] for r in rank_trials(_records(), mode="min")][:3] == ["c", "a", "b"]
+    assert best_trial(_records(), "max")["trial_id"] == "b"
+    assert best_trial(_records()[3:], "max") is None
+    with pytest.raises(ValueError, match="mode"):
+        rank_trials(_records(), mode="best")
+    with pytest.raises(ValueError, match="lacks"):
+        rank_trials([{"trial_id": "x", "params": {}}])
+
+
+def test_write_report_tables_best_config_and_plots(tmp_path):
+    base = load_config("tiny")
+    paths = write_report(_records(), tmp_path, base_cfg=base, mode="max", metric="val_vqa_accuracy")
+
+    with open(paths["csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["trial_id"] for r in rows] == ["b", "a", "c", "d", "e"]
+    assert rows[0]["rank"] == "1" and rows[0]["finetune.mixup_beta_a"] == "0.4"
+    assert rows[1]["finetune.mixup_beta_a"] == ""  # not drawn under 'uniform'
+    assert rows[4]["objective"] == "" and rows[4]["rank"] == ""
+
+    md = paths["markdown"].read_text()
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| rank | trial_id | status | iterations | objective | loss.w_img")
+    assert [line.split(" | ")[1] for line in lines[1:]] == ["b", "a", "c", "d", "e"]
+    assert "Best: trial `b`" in md and "maximised" in md and "![history](history.png)" in md
+
+    cfg = load_config(str(paths["best_config"]))  # loads as is
+    assert cfg.loss.w_img == 1.5 and cfg.finetune.mixup_dist == "beta" and cfg.finetune.mixup_beta_a == 0.4
+    assert cfg.model == base.model and cfg.preset == "tiny"
+    best = json.loads(paths["best_trial"].read_text())
+    assert best["trial_id"] == "b" and best["objective"] == 0.72
+
+    for name in ("history", "importances", "parallel"):
+        data = paths[name].read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000, name
+
+
+def test_report_without_completed_trials_still_writes_tables_and_plots(tmp_path):
+    paths = write_report(_records()[3:], tmp_path, base_cfg=load_config("tiny"))
+    assert "best_config" not in paths and not (tmp_path / "best_config.yaml").exists()
+    assert "Best: none" in paths["markdown"].read_text()
+    for name in ("history", "importances", "parallel"):
+        assert paths[name].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_rank_correlation_fallback():
+    records = [
+        {"trial_id": str(i), "params": {"x": float(i), "noise": [3.0, 1.0, 4.0, 1.5, 5.0, 9.0][i], "flag": i % 2 == 0}, "objective": float(i), "iterations": 1, "status": "TERMINATED"}
+        for i in range(6)
+    ]  # fmt: skip
+    imp = rank_correlation_importances(records)
+    assert list(imp)[0] == "x"  # perfectly monotone
+    assert math.isclose(sum(imp.values()), 1.0)
+    assert all(0.0 <= v <= 1.0 for v in imp.values())
+    imp2, method = param_importances(records, study=None)
+    assert imp2 == imp and "rank correlation" in method
+
+
+def test_optuna_importances_when_a_study_is_given():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(
+        lambda t: t.suggest_float("loss.w_img", 0.0, 1.0) + 0.01 * t.suggest_float("loss.w_txt", 0.0, 1.0), n_trials=12
+    )
+    records = [
+        {"trial_id": str(t.number), "params": t.params, "objective": t.value, "iterations": 1, "status": "TERMINATED"}
+        for t in study.trials
+    ]
+    imp, method = param_importances(records, study)
+    assert method == "optuna PED-ANOVA"
+    assert list(imp)[0] == "loss.w_img" and imp["loss.w_img"] > imp["loss.w_txt"]
+    single = optuna.create_study()
+    single.optimize(lambda t: t.suggest_float("loss.w_img", 0.0, 1.0), n_trials=1)
+    assert "rank correlation" in param_importances(records[:1], single)[1]  # < 2 completed trials
