@@ -1,0 +1,223 @@
+"""Loading CLIP towers from local checkpoints, and the export / Predictor round trip."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from raymmr.config import ConfigError, load_config
+from raymmr.model.encoders import ImageEncoder, TextEncoder
+from raymmr.model.export import load_export, save_export
+from raymmr.model.inference import Predictor
+from raymmr.model.model import RaymmrModel
+
+torch.set_num_threads(1)
+VOCAB = 120
+
+
+def tiny(*overrides):
+    return load_config("tiny", list(overrides))
+
+
+def tiny_timm_clip(cfg, num_classes=0, seed=0):
+    torch.manual_seed(seed)
+    m = cfg.model
+    return timm.create_model(
+        "vit_base_patch16_clip_224", pretrained=False, img_size=m.image_size, patch_size=m.patch_size,
+        embed_dim=m.image_width, depth=m.image_layers, num_heads=m.image_heads, num_classes=num_classes,
+    ).eval()  # fmt: skip
+
+
+def tiny_hf_clip_text(cfg, positions=None, seed=0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    m = cfg.model
+    config = CLIPTextConfig(
+        vocab_size=VOCAB, hidden_size=m.text_width, intermediate_size=4 * m.text_width, num_hidden_layers=m.text_layers,
+        num_attention_heads=m.text_heads, max_position_embeddings=positions or m.max_text_len, pad_token_id=0,
+        bos_token_id=None, eos_token_id=0,
+    )  # fmt: skip
+    return CLIPTextModel(config).eval()
+
+
+def pixels(cfg, b=2):
+    return torch.randn(b, 3, cfg.model.image_size, cfg.model.image_size, generator=torch.Generator().manual_seed(1))
+
+
+def to_openai_clip(state: dict) -> dict:
+    """timm ViT names -> OpenAI CLIP's ``visual.*`` names (the inverse of timm's converter)."""
+    out = {"logit_scale": torch.tensor(4.6), "token_embedding.weight": torch.zeros(3, 4)}  # non-visual keys
+    for k, v in state.items():
+        if k == "cls_token":
+            out["visual.class_embedding"] = v[0, 0]
+            continue
+        if k == "pos_embed":
+            out["visual.positional_embedding"] = v[0]
+            continue
+        if k == "head.weight":
+            out["visual.proj"] = v.t()
+            continue
+        if k == "head.bias":
+            continue
+        for a, b in [("patch_embed.proj", "conv1"), ("norm_pre", "ln_pre"), ("blocks.", "transformer.resblocks."),
+                     ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]:  # fmt: skip
+            k = k.replace(a, b)
+        if k.startswith("norm."):
+            k = k.replace("norm.", "ln_post.")
+        out[f"visual.{k}"] = v
+    return out
+
+
+@torch.no_grad()
+def test_image_tower_loads_a_timm_safetensors_dir(tmp_path):
+    cfg = tiny()
+    ref = tiny_timm_clip(cfg)
+    save_file(ref.state_dict(), str(tmp_path / "model.safetensors"))
+    enc = ImageEncoder(tiny(f"model.image_pretrained={tmp_path}").model).eval()
+    x = pixels(cfg)
+    assert torch.equal(enc.vit.forward_features(x), ref.forward_features(x))
+    h, local = enc(x)
+    assert torch.allclose(h, ref.forward_head(ref.forward_features(x), pre_logits=True), atol=1e-6)
+    assert local.shape == (2, enc.num_patches, cfg.model.recnet_width)
+
+
+@torch.no_grad()
+def test_image_tower_loads_a_checkpoint_file_with_a_head(tmp_path):
+    cfg = tiny()
+    ref = tiny_timm_clip(cfg, num_classes=32)  # CLIP's projection lives in timm's head: dropped on load
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "clip.pth")
+    enc = ImageEncoder(tiny(f"model.image_pretrained={tmp_path / 'clip.pth'}").model).eval()
+    x = pixels(cfg)
+    assert torch.equal(enc.vit.forward_features(x), ref.forward_features(x))
+
+
+@torch.no_grad()
+def test_image_tower_loads_openai_clip_format(tmp_path):
+    cfg = tiny()
+    ref = tiny_timm_clip(cfg, num_classes=16)
+    torch.save(to_openai_clip(ref.state_dict()), tmp_path / "openai.bin")
+    enc = ImageEncoder(tiny(f"model.image_pretrained={tmp_path / 'openai.bin'}").model).eval()
+    x = pixels(cfg)
+    assert torch.allclose(enc.vit.forward_features(x), ref.forward_features(x), atol=1e-6)
+
+
+def test_image_tower_rejects_a_checkpoint_of_another_size(tmp_path):
+    other = tiny_timm_clip(tiny("model.image_width=64", "model.image_heads=4"))
+    save_file(other.state_dict(), str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match="image_pretrained"):
+        ImageEncoder(tiny(f"model.image_pretrained={tmp_path}").model)
+    with pytest.raises(FileNotFoundError):
+        ImageEncoder(tiny(f"model.image_pretrained={tmp_path / 'nothing'}").model)
+
+
+@torch.no_grad()
+def test_text_tower_loads_a_transformers_clip_dir(tmp_path):
+    cfg = tiny()
+    ref = tiny_hf_clip_text(cfg)
+    ref.save_pretrained(tmp_path / "clip_text")
+    enc = TextEncoder(tiny(f"model.text_pretrained={tmp_path / 'clip_text'}").model, VOCAB, 0).eval()
+    ids = torch.randint(5, VOCAB, (2, cfg.model.max_text_len))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    want = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = enc.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-6)
+    h, local = enc(ids, mask)
+    assert torch.allclose(h[1], want[1, 9], atol=1e-6)  # pooled at the last real token
+    # a tokenizer with another vocabulary resizes the token embeddings
+    bigger = TextEncoder(tiny(f"model.text_pretrained={tmp_path / 'clip_text'}").model, VOCAB + 7, 0)
+    assert bigger.model.get_input_embeddings().num_embeddings == VOCAB + 7
+    with pytest.raises(ConfigError, match="text_width"):
+        TextEncoder(tiny(f"model.text_pretrained={tmp_path / 'clip_text'}", "model.text_width=64").model, VOCAB, 0)
+
+
+# --------------------------------------------------------------------------- export / Predictor
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from raymmr.data.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    texts = ["is there a lesion in the left lung", "ct of the chest shows a mass", "mri of the head is normal",
+             "how many nodules are there", "which organ is shown"] * 4  # fmt: skip
+    train_tokenizer(texts, out, vocab_size=200, add_perturbed=False)
+    return out
+
+
+def make_model(cfg, tokenizer_dir, answers):
+    from raymmr.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    torch.manual_seed(0)
+    model = RaymmrModel(cfg.model, vocab_size=len(tok), num_answers=len(answers), pad_token_id=tok.pad_token_id,
+                        mask_token_id=tok.mask_token_id)  # fmt: skip
+    with torch.no_grad():  # make the momentum copies differ from the online encoders
+        for p in model.image_encoder.parameters():
+            p.add_(0.01)
+    model.update_momentum()
+    return model.eval()
+
+
+def images(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size + 5, size - 3, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_export_and_predictor_round_trip(tmp_path, tokenizer_dir):
+    cfg = tiny()
+    answers = ["yes", "no", "left", "right", "chest"]
+    model = make_model(cfg, tokenizer_dir, answers)
+    save_export(model, cfg, tmp_path / "export", tokenizer_dir=tokenizer_dir, answers=answers)
+    assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.safetensors", "config.yaml", "tokenizer.json", "answers.json"}
+    assert json.loads((tmp_path / "export" / "answers.json").read_text()) == answers
+
+    loaded, loaded_cfg, meta = load_export(tmp_path / "export")
+    assert loaded_cfg == cfg and meta["answers"] == answers
+    live_state, new_state = model.state_dict(), loaded.state_dict()
+    assert live_state.keys() == new_state.keys()
+    assert all(torch.equal(live_state[k], new_state[k]) for k in live_state)  # momentum copies included
+
+    predictor = Predictor.from_export(tmp_path / "export", device="cpu")
+    pics = images(3, cfg.data.image_size)
+    questions = ["is there a lesion in the left lung", "which organ is shown", "how many nodules"]
+    got = predictor.answer(pics, questions)
+    with torch.no_grad():
+        ids, mask = predictor.text_tensors(questions)
+        prob, idx = model.answer_logits(predictor.image_tensor(pics), ids, mask).softmax(-1).max(-1)
+    assert [a for a, _ in got] == [answers[i] for i in idx.tolist()]
+    assert np.allclose([p for _, p in got], prob.tolist(), atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(predictor.embed_images(pics), model.encode_image(predictor.image_tensor(pics)), atol=1e-6)
+        assert torch.allclose(predictor.embed_texts(questions), model.encode_text(ids, mask), atol=1e-6)
+
+
+def test_export_of_clip_initialised_towers_loads_without_their_sources(tmp_path, tokenizer_dir):
+    """The export rebuilds the towers from its own metadata: the CLIP files may be gone, and a
+    pretrained text tower with more positions than max_text_len still fits its weights."""
+    cfg = tiny()
+    save_file(tiny_timm_clip(cfg).state_dict(), str(tmp_path / "model.safetensors"))
+    from raymmr.data.tokenizer import load_tokenizer
+
+    text = tiny_hf_clip_text(cfg, positions=40)
+    text.resize_token_embeddings(len(load_tokenizer(str(tokenizer_dir))))
+    text.save_pretrained(tmp_path / "clip_text")
+    cfg = tiny(f"model.image_pretrained={tmp_path}", f"model.text_pretrained={tmp_path / 'clip_text'}")
+    answers = ["yes", "no"]
+    model = make_model(cfg, tokenizer_dir, answers)
+    save_export(model, cfg, tmp_path / "export", tokenizer_dir=tokenizer_dir, answers=answers)
+    shutil.rmtree(tmp_path / "clip_text")
+    (tmp_path / "model.safetensors").unlink()
+    loaded, _, _ = load_export(tmp_path / "export")
+    pics = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    ids = torch.randint(5, 50, (2, cfg.model.max_text_len))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.allclose(loaded.answer_logits(pics, ids, mask), model.answer_logits(pics, ids, mask), atol=1e-6)

@@ -1,0 +1,276 @@
+"""The full model on the tiny preset: one pre-training and one fine-tuning step, gradients,
+term selection by weight, FLOP count, momentum and weight-decay groups."""
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from raymmr.config import load_config
+from raymmr.model.model import RaymmrModel
+from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS, finetune_terms, pretrain_terms
+
+torch.set_num_threads(1)
+
+VOCAB, ANSWERS, BATCH = 200, 12, 8
+# Trainable parameters that fine-tuning legitimately leaves without gradient: the image mask
+# token (no image masking), the contrastive projections (no contrastive term), and the
+# modality-resilience / local-reconstruction vectors (pre-training only).
+FINETUNE_UNUSED = {
+    "image_encoder.mask_token",
+    "image_encoder.proj_global.weight",
+    "text_encoder.proj_global.weight",
+    "fusion.missing_image",
+    "fusion.missing_text",
+    "recnet.local_global",
+    "recnet.missing_image",
+    "recnet.missing_text",
+}
+
+
+def tiny(*overrides):
+    return load_config("tiny", list(overrides))
+
+
+def make_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return RaymmrModel(cfg.model, vocab_size=VOCAB, num_answers=ANSWERS, pad_token_id=0, mask_token_id=4)
+
+
+def text_batch(g, b, length):
+    """[CLS]=2 ... [SEP]=3 then [PAD]=0, random lengths."""
+    ids = torch.randint(5, VOCAB, (b, length), generator=g)
+    lengths = torch.randint(4, length + 1, (b,), generator=g)
+    pos = torch.arange(length)[None]
+    mask = (pos < lengths[:, None]).long()
+    ids = torch.where(pos == 0, 2, ids)
+    ids = torch.where(pos == lengths[:, None] - 1, 3, ids)
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def make_batch(cfg, n_caption=4, seed=0):
+    """A batch as the loader builds it (contract): captions first, then VQA samples."""
+    g = torch.Generator().manual_seed(seed)
+    b, s, length = BATCH, cfg.data.image_size, cfg.model.max_text_len
+    batch = {"image": torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, generator=g)}
+    for suffix in ("", "_strong", "_light"):
+        batch[f"text_ids{suffix}"], batch[f"text_mask{suffix}"] = text_batch(g, b, length)
+    is_caption = torch.arange(b) < n_caption
+    batch["is_caption"] = is_caption
+    batch["answer"] = torch.where(is_caption, -100, torch.randint(0, ANSWERS, (b,), generator=g))
+    batch["answer_type"] = torch.where(is_caption, -1, torch.randint(0, 2, (b,), generator=g))
+    batch["question_type"] = torch.where(is_caption, -1, torch.randint(0, 2, (b,), generator=g))
+    batch["organ"] = torch.where(is_caption, -1, torch.randint(0, 3, (b,), generator=g))
+    batch["domain"] = torch.randint(0, 3, (b,), generator=g)
+    batch["index_row"] = torch.arange(b)
+    batch["skipped"] = torch.tensor(0)
+    batch["key"] = [f"s{i}" for i in range(b)]
+    return batch
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return tiny()
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    return make_model(cfg)
+
+
+def missing_grads(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)}
+
+
+def test_pretrain_step_produces_every_term_and_gradient(model, cfg):
+    model.zero_grad(set_to_none=True)
+    terms = pretrain_terms(model, make_batch(cfg), cfg, generator=torch.Generator().manual_seed(0))
+    assert set(terms) == set(PRETRAIN_TERMS) | {"loss"}
+    for name, value in terms.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    expected = sum(getattr(cfg.loss, PRETRAIN_TERMS[k]) * v for k, v in terms.items() if k != "loss")
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    terms["loss"].backward()
+    assert missing_grads(model) == set()
+    # the momentum encoders never train
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("momentum_"))
+
+
+def test_finetune_step_produces_every_term_and_gradient(model, cfg):
+    model.zero_grad(set_to_none=True)
+    index = torch.nn.functional.normalize(torch.randn(BATCH, cfg.model.embed_dim), dim=-1)
+    index[1] = index[0] * 0.9 + 0.1 * index[1]  # one similar pair
+    batch = make_batch(cfg, n_caption=0)
+    terms = finetune_terms(model, batch, cfg, index_embeddings=index, generator=torch.Generator().manual_seed(0))
+    assert set(terms) == set(FINETUNE_TERMS) | {"loss"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    expected = sum(getattr(cfg.loss, FINETUNE_TERMS[k]) * v for k, v in terms.items() if k != "loss")
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    terms["loss"].backward()
+    assert missing_grads(model) == FINETUNE_UNUSED
+
+
+@pytest.mark.parametrize(
+    "weight,removed",
+    [
+        ("w_img", {"rec_img_global", "rec_img_local"}),
+        ("w_txt", {"rec_txt_global", "rec_txt_local"}),
+        ("w_ans", {"rec_ans_global", "rec_ans_local"}),
+        ("w_con_inter", {"con_inter"}),
+        ("w_con_intra", {"con_intra"}),
+        ("w_dom_consist", {"dom_consist"}),
+        ("w_mod_resil", {"mod_resil"}),
+    ],
+)
+def test_zero_weight_removes_its_pretrain_term(model, weight, removed):
+    cfg = tiny(f"loss.{weight}=0")
+    terms = pretrain_terms(model, make_batch(cfg), cfg, generator=torch.Generator().manual_seed(0))
+    assert set(terms) == (set(PRETRAIN_TERMS) - removed) | {"loss"}
+
+
+@pytest.mark.parametrize("weight,removed", [("w_diff", {"diff_img", "diff_txt"}), ("w_mix", {"mix"}), ("w_ans", {"rec_ans_global"})])
+def test_zero_weight_removes_its_finetune_term(model, weight, removed):
+    cfg = tiny(f"loss.{weight}=0")
+    terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg, index_embeddings=None)
+    assert set(terms) == (set(FINETUNE_TERMS) - removed) | {"loss"}
+
+
+def test_only_contrastive_and_mod_resil_weights_still_run(model):
+    """mod_resil without any reconstruction weight still has its reference pass (without grad)."""
+    cfg = tiny("loss.w_img=0", "loss.w_txt=0", "loss.w_ans=0", "loss.w_dom_consist=0")
+    terms = pretrain_terms(model, make_batch(cfg), cfg)
+    assert set(terms) == {"con_inter", "con_intra", "mod_resil", "loss"}
+    assert torch.isfinite(terms["loss"])
+
+
+def test_contrastive_terms_are_zero_with_fewer_than_two_captions(model, cfg):
+    terms = pretrain_terms(model, make_batch(cfg, n_caption=1), cfg)
+    assert terms["con_inter"].item() == 0.0 and terms["con_intra"].item() == 0.0
+    assert terms["con_inter"].requires_grad and terms["con_intra"].requires_grad
+    terms["loss"].backward()  # the graph is intact
+
+
+def test_symmetric_masking_without_perturbation(model):
+    cfg = tiny("masking.asymmetric=false", "perturbation.in_finetune=false")
+    terms = pretrain_terms(model, make_batch(cfg), cfg)
+    assert torch.isfinite(terms["loss"])
+    assert torch.isfinite(finetune_terms(model, make_batch(cfg, 0), cfg, index_embeddings=None)["loss"])
+
+
+def test_mean_count_is_called_the_same_way_whatever_the_data(model, cfg):
+    """mean_count is a collective: ranks with different data must call it equally often."""
+    calls = []
+
+    def mean_count(count):
+        calls.append(tuple(count.shape))
+        return count
+
+    pretrain_terms(model, make_batch(cfg, n_caption=8), cfg, mean_count=mean_count)
+    all_caption = list(calls)
+    calls.clear()
+    pretrain_terms(model, make_batch(cfg, n_caption=0, seed=1), cfg, mean_count=mean_count)
+    assert calls == all_caption and len(calls) > 0
+
+
+def test_masked_terms_divide_by_mean_count(model, cfg):
+    batch = make_batch(cfg)
+    one = pretrain_terms(model, batch, cfg, generator=torch.Generator().manual_seed(0))
+    half = pretrain_terms(model, batch, cfg, mean_count=lambda c: 2 * c, generator=torch.Generator().manual_seed(0))
+    for name in ("rec_img_global", "rec_txt_local", "rec_ans_global"):
+        assert half[name].item() == pytest.approx(one[name].item() / 2, rel=1e-5)
+    assert half["con_inter"].item() == pytest.approx(one["con_inter"].item(), rel=1e-6)  # a batch mean
+
+
+def test_step_is_deterministic_given_the_generator(model, cfg):
+    batch = make_batch(cfg)
+    a = pretrain_terms(model, batch, cfg, generator=torch.Generator().manual_seed(5))
+    b = pretrain_terms(model, batch, cfg, generator=torch.Generator().manual_seed(5))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_flops_per_sample_matches_flop_counter(model, cfg, stage):
+    batch = make_batch(cfg, n_caption=4 if stage == "pretrain" else 0)
+    model.zero_grad(set_to_none=True)
+    # The math SDPA backend decomposes attention into matmuls that FlopCounterMode sees on CPU.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        if stage == "pretrain":
+            terms = pretrain_terms(model, batch, cfg)
+        else:
+            terms = finetune_terms(model, batch, cfg, index_embeddings=torch.randn(BATCH, 16))
+        terms["loss"].backward()
+    counted = counter.get_total_flops() / BATCH
+    analytic = model.flops_per_sample(stage, cfg.loss, cfg.masking)
+    assert analytic == pytest.approx(counted, rel=0.10)
+
+
+def test_flops_drop_when_terms_are_switched_off(model, cfg):
+    full = model.flops_per_sample("pretrain", cfg.loss, cfg.masking)
+    lean = tiny("loss.w_dom_consist=0", "loss.w_con_intra=0", "loss.w_mod_resil=0")
+    assert model.flops_per_sample("pretrain", lean.loss, lean.masking) < 0.8 * full
+
+
+def test_update_momentum_is_an_ema():
+    cfg = tiny("model.momentum=0.9")
+    m = make_model(cfg)
+    online = m.image_encoder.proj_global.weight
+    target = m.momentum_image_encoder.proj_global.weight
+    assert torch.equal(online, target)  # synced at init
+    before = target.detach().clone()
+    with torch.no_grad():
+        online.add_(1.0)
+    m.update_momentum()
+    assert torch.allclose(target, 0.9 * before + 0.1 * online.detach(), atol=1e-6)
+    m.update_momentum(tensor_of=lambda p: p.data)
+    assert not target.requires_grad
+
+
+def test_no_weight_decay_names(model):
+    names = model.no_weight_decay()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names <= trainable
+    for expected in ("image_encoder.vit.pos_embed", "image_encoder.vit.cls_token", "image_encoder.mask_token",
+                     "recnet.local_global", "recnet.answer_slot", "recnet.pos_text", "recnet.type_embed.weight",
+                     "text_encoder.model.embeddings.token_embedding.weight", "recnet.layers.0.norm1.weight",
+                     "image_encoder.vit.blocks.0.attn.qkv.bias"):  # fmt: skip
+        assert expected in names, expected
+    for decayed in ("image_encoder.vit.patch_embed.proj.weight", "image_encoder.vit.blocks.0.attn.qkv.weight",
+                    "recnet.layers.0.linear1.weight", "recnet.head_text.3.weight"):  # fmt: skip
+        assert decayed not in names, decayed
+
+
+def test_inference_api_shapes(model, cfg):
+    batch = make_batch(cfg)
+    model.eval()
+    with torch.no_grad():
+        z_img = model.encode_image(batch["image"])
+        z_txt = model.encode_text(batch["text_ids"], batch["text_mask"])
+        logits = model.answer_logits(batch["image"], batch["text_ids"], batch["text_mask"])
+    model.train()
+    assert z_img.shape == z_txt.shape == (BATCH, cfg.model.embed_dim)
+    assert torch.allclose(z_img.norm(dim=-1), torch.ones(BATCH), atol=1e-5)
+    assert logits.shape == (BATCH, ANSWERS)
+
+
+def test_images_are_resized_to_the_model_size(model):
+    cfg = tiny("data.image_size=96")
+    batch = make_batch(cfg)
+    assert batch["image"].shape[-1] == 96
+    assert torch.isfinite(pretrain_terms(model, batch, cfg)["loss"])
+
+
+def test_bert_text_tower_and_gradient_checkpointing():
+    cfg = tiny("model.text_model=bert", "model.gradient_checkpointing=true")
+    m = make_model(cfg)
+    terms = pretrain_terms(m, make_batch(cfg), cfg)
+    terms["loss"].backward()
+    assert missing_grads(m) == set()
+
+
+def test_patchify_round_trip(model, cfg):
+    x = torch.randn(2, 3, cfg.model.image_size, cfg.model.image_size)
+    patches = model.patchify(x)
+    p = cfg.model.patch_size
+    assert patches.shape == (2, model.num_patches, 3 * p * p)
+    assert torch.equal(patches[0, 1].view(p, p, 3), x[0, :, :p, p : 2 * p].permute(1, 2, 0))  # row-major, (p, p, c)
+    assert torch.equal(model.unpatchify(patches), x)
