@@ -77,13 +77,26 @@ def test_every_path_checks():
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("loss.no_such_weight=1", "no_such_weight"), ("masking.mask_ratio_img=1.5", "0.0 <= masking.mask_ratio_img <= 0.99")],
+    [
+        ("loss.no_such_weight=1", "no_such_weight"),
+        ("masking.mask_ratio_img=1.5", "0.0 <= masking.mask_ratio_img <= 0.99"),
+    ],
 )
 def test_job_rejects_bad_config_before_ray(tmp_path, override, needle):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--config", "tiny", "--set", override,
-         "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "pretrain.py"),
+            "--config",
+            "tiny",
+            "--set",
+            override,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert needle in proc.stderr

@@ -24,8 +24,9 @@ def resumed_events(run: Path) -> list[dict]:
 
 
 def tiny(*overrides):
-    return load_config("tiny", ["train.num_workers=2", "train.log_every=5", "train.val_every=0",
-                                "data.loader_workers=0", *overrides])
+    return load_config(
+        "tiny", ["train.num_workers=2", "train.log_every=5", "train.val_every=0", "data.loader_workers=0", *overrides]
+    )
 
 
 def test_pretrain_zero2_loss_decreases_then_resumes(ray_local, tiny_data, tmp_path):
@@ -81,8 +82,10 @@ def test_zero3_checkpoint_consolidates_and_exports(ray_local, tiny_data, tmp_pat
     # ... and the export reproduced the live model's outputs (checked by the driver; re-check here).
     from raymmr.train.launch import verify_export, vocab_size
 
-    assert verify_export(cfg, Path(result.export_dir), run / "probe.safetensors",
-                         vocab_size=vocab_size(cfg, tiny_data)) < 1e-4
+    assert (
+        verify_export(cfg, Path(result.export_dir), run / "probe.safetensors", vocab_size=vocab_size(cfg, tiny_data))
+        < 1e-4
+    )
 
 
 def test_resume_with_other_world_size_is_refused():
@@ -127,8 +130,21 @@ def test_job_rejects_missing_data_pattern(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, str(root / "jobs" / "pretrain.py"), "--config", "tiny",
-                           "--data", str(tmp_path / "nothing-{000000..000003}.tar"), "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=120, env={**os.environ})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "jobs" / "pretrain.py"),
+            "--config",
+            "tiny",
+            "--data",
+            str(tmp_path / "nothing-{000000..000003}.tar"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
     assert proc.returncode == 2
     assert "nothing-{000000..000003}.tar" in proc.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,13 @@ def measured_peak_flops(device: torch.device) -> float:
         torch.cuda.synchronize(device)
         _PEAK_FLOPS[key] = 2 * n**3 * iters / (time.perf_counter() - t0)
     return _PEAK_FLOPS[key]
+
+
+def console(line: str) -> None:
+    """A line on the worker's stdout, once. (Ray Train patches ``print`` in workers to tee into
+    its logger as well, which shows every progress line twice on the driver.)"""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class TermAccumulator:
@@ -99,7 +107,7 @@ class MetricsWriter:
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{self.stage}/{k}", v, record["step"])
             self.tb.flush()
-        print(self.progress_line(record), flush=True)
+        console(self.progress_line(record))
 
     def progress_line(self, r: dict) -> str:
         parts = [f"[{self.stage}] step {r['step']}/{self.total_steps}"]

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from raymmr.config import Config, load_config
+from raymmr.train.metrics import console
 
 
 @dataclass
@@ -235,7 +236,7 @@ def load_initial_weights(model, init_from: str, rank: int) -> None:
         state.pop(k)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if rank == 0 and (mismatched or missing or unexpected):
-        print(f"[init] from {weights}: re-initialised {mismatched or []}, missing {missing}, unexpected {unexpected}")
+        console(f"[init] from {weights}: re-initialised {mismatched or []}, missing {missing}, unexpected {unexpected}")
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from raymmr.config import Config
 from raymmr.train import checkpoint as ckpt
-from raymmr.train.metrics import MetricsWriter, TermAccumulator
+from raymmr.train.metrics import MetricsWriter, TermAccumulator, console
 from raymmr.train.rundir import RunDir
 from raymmr.train.setup import WorkerContext, build_worker_context
 
@@ -155,8 +155,8 @@ def restore(w: WorkerContext) -> int:
     if w.rank == 0:
         event = {"event": "resumed", "step": step, "checkpoint": checkpoint.path,
                  "optimizer_steps": optimizer_steps(w.engine)}
-        print(f"[{w.stage}] resumed from {checkpoint.path} at step {step} "
-              f"(optimizer state at {event['optimizer_steps']} steps)", flush=True)
+        console(f"[{w.stage}] resumed from {checkpoint.path} at step {step} "
+                f"(optimizer state at {event['optimizer_steps']} steps)")
         run = RunDir(w.extra["run_dir"])
         with (run.local / "events.jsonl").open("a") as f:
             f.write(json.dumps(event) + "\n")
@@ -282,5 +282,5 @@ def maybe_inject_failure(job: dict, step: int, rank: int) -> None:
     at_step, at_rank, marker = spec.split(":", 2)
     if step == int(at_step) and rank == int(at_rank) and not os.path.exists(marker):
         open(marker, "w").close()
-        print(f"[inject] killing rank {rank} at step {step}", flush=True)
+        console(f"[inject] killing rank {rank} at step {step}")
         os._exit(1)
