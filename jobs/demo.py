@@ -24,7 +24,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     t0 = time.time()
-    print(f"[demo] SynthRad shards ({cfg.data.synthrad_train} train samples)", flush=True)
+    print(f"[demo] SynthRad shards ({cfg.data.synthrad_train} train images)", flush=True)
     data = resolve_data(cfg, None)
     print(f"[demo] shards: {data}", flush=True)
     run_pipeline(cfg, out, data, num_workers=args.num_workers, log=lambda m: print(m, flush=True))

@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     from raymmr.config import ConfigError, load_config
-    from raymmr.data.shards import make_converted_shards, make_synthrad_shards
+    from raymmr.data.shards import make_converted_shards, make_synthrad_shards, upload_dir
     from raymmr.data.validate import format_report, validate_shards
 
     if args.source == "validate":
@@ -59,15 +59,27 @@ def main() -> int:
         overrides.append(f"data.image_size={args.image_size}")
     if args.samples_per_shard is not None:
         overrides.append(f"data.samples_per_shard={args.samples_per_shard}")
+    remote = "://" in args.out
+    out = args.out
+    if remote:  # write locally, then upload the finished set
+        import hashlib
+        import os
+        from pathlib import Path
+
+        cache = Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr"))
+        out = str(cache / "staging" / hashlib.sha1(args.out.encode()).hexdigest()[:12])
     try:
         cfg = load_config(args.config, overrides)
         if args.source == "synthrad":
             if args.vocab != "train":
                 print("note: SynthRad answers are the same in every split; --vocab is ignored", file=sys.stderr)
-            manifest = make_synthrad_shards(args.out, cfg.data, progress=not args.quiet)
+            manifest = make_synthrad_shards(out, cfg.data, progress=not args.quiet)
         else:
-            manifest = make_converted_shards(args.source, args.src, args.out, cfg.data, vocab=args.vocab,
+            manifest = make_converted_shards(args.source, args.src, out, cfg.data, vocab=args.vocab,
                                              val_fraction=args.val_fraction, progress=not args.quiet)
+        if remote:
+            print(f"uploading {out} -> {args.out}", flush=True)
+            upload_dir(out, args.out)
     except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as e:
         # ConverterError and ShardError are ValueErrors that name the file, field and fix.
         print(f"error: {e}", file=sys.stderr)

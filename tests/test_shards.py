@@ -201,3 +201,23 @@ def test_job_writes_synthrad_shards(tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["image_size"] == 64 and manifest["samples_per_shard"] == 25
     assert "train:" in res.stdout
+
+
+def test_upload_dir_puts_manifest_last(tmp_path):
+    import fsspec
+
+    from raymmr.data.shards import upload_dir
+
+    (tmp_path / "train-000000.tar").write_bytes(b"x" * 10)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "manifest.json").write_text("{}")
+    fs = fsspec.filesystem("memory")
+    calls = []
+    original = fs.put_file
+    fs.put_file = lambda src, dst, **kw: (calls.append(dst.rsplit("/", 1)[-1]), original(src, dst, **kw))
+    try:
+        upload_dir(tmp_path, "memory://bucket/shards")
+    finally:
+        fs.put_file = original
+    assert calls[-1] == "manifest.json" and set(calls) == {"train-000000.tar", "tokenizer.json", "manifest.json"}
+    assert fs.cat("/bucket/shards/train-000000.tar") == b"x" * 10

@@ -324,6 +324,51 @@ def _manifest_location(data: str) -> str:
     return _join(base, MANIFEST)
 
 
+def upload_dir(local: str | os.PathLike, url: str) -> None:
+    """Copy a finished local shard set to an fsspec URL such as s3:// or gs:// (manifest last, so
+    a reader never sees a manifest whose shards are not there yet). Uses fsspec when it has the
+    protocol (s3fs / gcsfs installed), else the ``aws`` / ``gsutil`` command line."""
+    import subprocess  # noqa: PLC0415
+
+    local = Path(local)
+    files = sorted(p for p in local.iterdir() if p.is_file() and p.name != MANIFEST) + [local / MANIFEST]
+    scheme = _scheme(url)
+    try:
+        import fsspec  # noqa: PLC0415
+
+        fsspec.get_filesystem_class(scheme)
+        fs, root = fsspec.core.url_to_fs(url)
+        for f in files:
+            fs.put_file(str(f), f"{root.rstrip('/')}/{f.name}")
+        return
+    except (ImportError, ValueError):
+        pass
+    tool = {"s3": ["aws", "s3", "cp"], "gs": ["gsutil", "cp"]}.get(scheme)
+    if tool is None:
+        raise ValueError(f"--out {url}: only local paths, s3:// and gs:// can be written")
+    for f in files:
+        subprocess.run([*tool, str(f), _join(url, f.name)], check=True)
+
+
+def shard_tokenizer(data: str) -> str:
+    """Local path of the tokenizer.json saved with a shard set (a directory, pattern or URL).
+    A remote one is copied once into the cache (``RAYMMR_CACHE``, default ~/.cache/raymmr)."""
+    location = _manifest_location(str(data)).rsplit("/", 1)[0] if _scheme(str(data)) else str(
+        Path(_manifest_location(str(data))).parent)
+    url = _join(location, "tokenizer.json")
+    if not _scheme(url):
+        return url
+    digest = hashlib.sha1(url.encode()).hexdigest()[:12]
+    local = Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr")) / "tokenizers" / digest / "tokenizer.json"
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_suffix(".tmp")
+        with open_url(url) as src, open(tmp, "wb") as dst:
+            dst.write(src.read())
+        tmp.rename(local)
+    return str(local)
+
+
 def read_manifest(path_or_url: str | os.PathLike) -> dict:
     """The manifest of a shard set: a directory/URL prefix, its manifest.json, or a shard pattern in it."""
     location = _manifest_location(str(path_or_url))

@@ -68,9 +68,10 @@ def resolve_data(cfg: Config, data: str | None) -> str:
 
 
 def vocab_size(cfg: Config, data: str) -> int:
+    from raymmr.data.shards import shard_tokenizer  # noqa: PLC0415
     from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
 
-    return len(load_tokenizer(cfg.data.tokenizer or str(Path(data) / "tokenizer.json")))
+    return len(load_tokenizer(cfg.data.tokenizer or shard_tokenizer(data)))
 
 
 def check_run_dir(run: RunDir, resume: bool) -> None:
@@ -176,7 +177,7 @@ def run_training(
 def export_latest(cfg: Config, run: RunDir, data: str) -> str:
     """Consolidate the newest complete checkpoint (DeepSpeed ``zero_to_fp32``) into
     ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
-    from raymmr.data.shards import read_manifest  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_tokenizer  # noqa: PLC0415
     from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
     from raymmr.model.export import save_export  # noqa: PLC0415
     from raymmr.model.model import RaymmrModel  # noqa: PLC0415
@@ -185,7 +186,7 @@ def export_latest(cfg: Config, run: RunDir, data: str) -> str:
     if latest is None:
         raise JobError(f"{run}: training finished without a complete checkpoint to export")
     manifest = read_manifest(data)
-    tokenizer_path = cfg.data.tokenizer or str(Path(data) / "tokenizer.json")
+    tokenizer_path = cfg.data.tokenizer or shard_tokenizer(data)
     tokenizer = load_tokenizer(tokenizer_path)
     model = RaymmrModel(
         cfg.model,
