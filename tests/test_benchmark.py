@@ -1,0 +1,67 @@
+"""The GPU benchmark harness, exercised on CPU: its FLOP accounting and one real run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raymmr.model.flops import transformer_layer
+from raymmr.train.benchmark import append_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_transformer_layer_flops_by_hand():
+    # tokens 10, width 4, mlp 16: qkv+out 4 matmuls of [10,4]x[4,4] = 4*2*10*4*4 = 1280;
+    # mlp [10,4]x[4,16] and [10,16]x[16,4] = 2*2*10*4*16 = 2560; scores and weighted sum
+    # [10,4]x[4,10] and [10,10]x[10,4] = 2*2*10*10*4 = 1600.
+    assert transformer_layer(10, 4, 16) == 1280 + 2560 + 1600
+
+
+def test_tiny_model_flops_by_hand():
+    """The tiny preset's pre-training count rebuilt from the layer formula and its shapes."""
+    from raymmr.config import load_config
+    from raymmr.model.model import RaymmrModel
+
+    cfg = load_config("tiny", ["loss.w_con_inter=0", "loss.w_con_intra=0", "loss.w_dom_consist=0",
+                               "loss.w_mod_resil=0", "loss.w_txt=0", "loss.w_ans=0"])
+    model = RaymmrModel(cfg.model, vocab_size=100, num_answers=7, pad_token_id=0, mask_token_id=4)
+    n, p, w, length, d = 64, 8, 128, cfg.model.max_text_len, 128
+    # image tower: patch embed + 2 layers over 64 patches + class token; text tower: 2 layers
+    image = 2 * n * 3 * p * p * w + 2 * transformer_layer(n + 1, w, 4 * w)
+    text = 2 * transformer_layer(length, w, 4 * w)
+    fusion = 2 * (w + w) * d + 2 * d * d
+    local = 2 * n * w * d + 2 * length * w * d  # projections of the local features to the RecNet width
+    recnet = 2 * transformer_layer(n + length + 2, d, 4 * d)
+    img_head = n * (2 * d * d + 2 * d * 3 * p * p)
+    # clean pass (for h_F) + masked pass + global and local RecNet with the image head, fwd+bwd
+    expected = 3 * ((image + text + fusion) + (image + text + local) + 2 * (recnet + img_head))
+    assert model.flops_per_sample("pretrain", cfg.loss, cfg.masking) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_benchmark_job_runs_and_appends_a_row(tiny_data, tmp_path):
+    md = tmp_path / "BENCH.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "--config", "tiny", "--zero-stages", "0,2",
+         "--batch-sizes", "4", "--steps", "2", "--warmup", "1", "--data", tiny_data, "--out", str(tmp_path / "b"),
+         "--markdown", str(md), "--set", "data.loader_workers=0"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(next((tmp_path / "b").glob("benchmark-*.json")).read_text())
+    assert [r["zero_stage"] for r in rows] == [0, 2]
+    assert all(r["samples_per_s"] > 0 and r["gflops_per_sample"] > 0 and 0 <= r["data_wait"] <= 1 for r in rows)
+    table = md.read_text()
+    assert table.count("| cpu |") == 2 and "jobs/benchmark.py" in table
+
+
+def test_markdown_rows_go_into_their_section(tmp_path):
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\n## Data loader (CPU)\n\n| a |\n|---|\n| 1 |\n")
+    row = {"device": "NVIDIA H100", "stage": "pretrain", "zero_stage": 2, "batch_size": 128, "precision": "bf16",
+           "samples_per_s": 100.0, "tflops": 300.0, "mfu": 0.38, "peak_memory_gb": 40.0, "data_wait": 0.01}
+    append_markdown([row], str(md), "python jobs/benchmark.py")
+    text = md.read_text()
+    assert text.index("## Data loader") < text.index("## Training step") < text.index("38.0%")
