@@ -24,9 +24,8 @@ def resumed_events(run: Path) -> list[dict]:
 
 
 def tiny(*overrides):
-    return load_config(
-        "tiny", ["train.num_workers=2", "train.log_every=5", "train.val_every=0", "data.loader_workers=0", *overrides]
-    )
+    return load_config("tiny", ["train.num_workers=2", "train.cpus_per_worker=1", "train.batch_size=8",
+                                "train.log_every=5", "train.val_every=0", "data.loader_workers=0", *overrides])
 
 
 def test_pretrain_zero2_loss_decreases_then_resumes(ray_local, tiny_data, tmp_path):
@@ -148,3 +147,13 @@ def test_job_rejects_missing_data_pattern(tmp_path):
     )
     assert proc.returncode == 2
     assert "nothing-{000000..000003}.tar" in proc.stderr
+
+
+def test_worker_group_too_big_for_local_ray_is_refused():
+    from raymmr.train.launch import JobError, check_fits_locally
+
+    with pytest.raises(JobError, match="2 workers x 2 CPU do not fit the local Ray"):
+        check_fits_locally(2, 2.0, 0.0, {"CPU": 2.0})
+    with pytest.raises(JobError, match="GPU"):
+        check_fits_locally((1, 4), 1.0, 1.0, {"CPU": 8.0})
+    check_fits_locally(2, 1.0, 0.0, {"CPU": 2.0})

@@ -157,6 +157,14 @@ class ImageEncoder(nn.Module):
         """[B, W_img] -> [B, embed_dim], L2-normalised."""
         return F.normalize(self.proj_global(h), dim=-1)
 
+    def borrowed_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(reader, parameter): parameters of ``self.vit`` that ``forward`` reads without calling
+        ``vit.forward`` (``_pos_embed`` uses the class/register tokens and position table
+        directly). Sharded trainers gather them with the reader (DeepSpeed ZeRO-3 external
+        parameters)."""
+        names = ("cls_token", "reg_token", "pos_embed")
+        return [(self, p) for p in (getattr(self.vit, n, None) for n in names) if isinstance(p, nn.Parameter)]
+
 
 # --------------------------------------------------------------------------- text tower
 
@@ -250,3 +258,10 @@ class TextEncoder(nn.Module):
     def embed(self, h: Tensor) -> Tensor:
         """[B, W_txt] -> [B, embed_dim], L2-normalised."""
         return F.normalize(self.proj_global(h), dim=-1)
+
+    def borrowed_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(reader, parameter) pairs read outside their owner's forward: CLIP's embeddings module
+        checks the size of its position table before calling it (see ImageEncoder)."""
+        emb = getattr(self.model, "embeddings", None) or getattr(getattr(self.model, "text_model", None), "embeddings", None)
+        table = getattr(emb, "position_embedding", None)
+        return [(emb, table.weight)] if self.kind == "clip" and table is not None else []

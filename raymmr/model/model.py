@@ -200,6 +200,14 @@ class RaymmrModel(nn.Module):
 
     # --- trainer API -------------------------------------------------------------------------
 
+    def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(module, parameter) pairs where ``module.forward`` reads a parameter owned by one of its
+        children outside the child's own forward; a parameter-sharding trainer (ZeRO-3) registers
+        them so they are gathered when ``module`` runs."""
+        readers = (self.image_encoder, self.momentum_image_encoder, self.text_encoder, self.momentum_text_encoder,
+                   self.recnet)
+        return [pair for reader in readers for pair in reader.borrowed_parameters()]
+
     def no_weight_decay(self) -> set[str]:
         """Names of trainable parameters without weight decay: biases and norm weights (ndim <= 1),
         embedding tables, position embeddings and learned tokens/slots."""

@@ -138,6 +138,16 @@ class RecNet(nn.Module):
                 x = layer(x, src_key_padding_mask=pad)
         return x
 
+    def borrowed_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(reader, parameter) pairs read outside their owner's forward: ``forward`` reads the type
+        table without calling ``type_embed``, and ``nn.MultiheadAttention`` passes its
+        ``out_proj`` weights to the functional kernel without calling ``out_proj``."""
+        pairs = [(self, self.type_embed.weight)]
+        for layer in self.layers:
+            attn = layer.self_attn
+            pairs += [(attn, p) for p in (attn.out_proj.weight, attn.out_proj.bias) if p is not None]
+        return pairs
+
     # --- heads -----------------------------------------------------------------------------
 
     def predict_pixels(self, out: Tensor) -> Tensor:

@@ -102,8 +102,14 @@ def consolidate(path: str | Path):
 
     path = Path(path)
     meta = read_meta(path)
-    if meta.zero_stage == 0:
-        # Our own checkpoint from this run; DeepSpeed pickles more than tensors in it.
-        state = torch.load(path / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        return {k: v.float() for k, v in state["module"].items()}
-    return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=TAG)
+    if meta.zero_stage == 3:
+        return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=TAG)
+    # Stages 0-2 keep whole parameters in the module file; it is our own checkpoint from this run
+    # (DeepSpeed pickles more than tensors in it).
+    module = torch.load(path / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    state = {k: v.float() for k, v in module.items()}
+    if meta.zero_stage > 0:
+        # The fp32 master weights of the trained parameters live in the ZeRO optimizer shards;
+        # frozen ones (the momentum encoders) only in the module file (zero_to_fp32 skips them at stage 1).
+        state.update(get_fp32_state_dict_from_zero_checkpoint(str(path), tag=TAG))
+    return state

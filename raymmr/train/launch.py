@@ -67,6 +67,19 @@ def resolve_data(cfg: Config, data: str | None) -> str:
     return data
 
 
+def check_fits_locally(workers, cpus: float, gpus: float, available: dict) -> None:
+    """An embedded Ray has no autoscaler: a worker group larger than this machine would wait
+    forever, so say so before fitting."""
+    n = workers[0] if isinstance(workers, tuple) else workers
+    for name, per_worker, flag in (("CPU", cpus, "--cpus-per-worker"), ("GPU", gpus, "--gpus-per-worker")):
+        have = available.get(name, 0.0)
+        if per_worker > 0 and n * per_worker > have + 1e-9:
+            raise JobError(
+                f"{n} workers x {per_worker:g} {name} do not fit the local Ray ({have:g} {name}); "
+                f"lower --num-workers or {flag}, or pass --address of a cluster"
+            )
+
+
 def vocab_size(cfg: Config, data: str) -> int:
     from raymmr.data.shards import shard_tokenizer  # noqa: PLC0415
     from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
@@ -141,12 +154,18 @@ def run_training(
         "index_path": str(run.local / "similar_index.safetensors"),
         "inject_failure": os.environ.get("RAYMMR_INJECT_FAILURE"),
         "vocab_size": vocab_size(cfg, data),
+        # Ray Train V2 has no resume_from_checkpoint: the worker loads this one itself when Ray
+        # has no newer checkpoint of this launch (ray-project/ray#49454).
+        "resume_from": str(resume_from) if resume_from else None,
     }
+    embedded = not ray.is_initialized() and address is None and not os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         # address None: RAY_ADDRESS (set by `ray job submit`) or a new embedded local Ray, whose
         # dashboard and job server listen on localhost only.
         ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     gpus = cfg.train.gpus_per_worker
+    if embedded:
+        check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
@@ -165,7 +184,6 @@ def run_training(
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker)))}},
             callbacks=[TuneReportCallback()] if report_to_tune else None,
         ),
-        resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(resume_from)) if resume_from else None,
     )
     result = trainer.fit()
     if result.error:

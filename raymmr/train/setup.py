@@ -135,6 +135,8 @@ def build_worker_context(job: dict) -> WorkerContext:
     steps = cfg.train.steps if stage == "pretrain" else cfg.finetune.steps
     lr = cfg.train.lr if stage == "pretrain" else cfg.finetune.lr
     engine = build_engine(model, cfg.train, lr=lr, total_steps=steps, on_gpu=on_gpu)
+    if cfg.train.zero_stage == 3:
+        register_external_parameters(model)
 
     samples_per_epoch = cfg.data.samples_per_epoch or manifest["splits"]["train"]["count"]
     batches = epochs(
@@ -188,6 +190,16 @@ def _pretrain(model, batch, *, cfg, mean_count, fn):
 
 def _finetune(model, batch, *, cfg, index_embeddings, mean_count, fn):
     return fn(model, batch, cfg, index_embeddings=index_embeddings, mean_count=mean_count)
+
+
+def register_external_parameters(model) -> None:
+    """ZeRO-3 gathers a module's own parameters when its forward runs; parameters the model reads
+    from a child outside the child's forward (the ViT's class token and position table) are
+    registered with the reading module, as the model lists them."""
+    import deepspeed  # noqa: PLC0415 - deepspeed.zero is an attribute, not an importable module
+
+    for module, param in model.external_parameters():
+        deepspeed.zero.register_external_parameter(module, param)
 
 
 def update_momentum(model, zero3: bool) -> None:

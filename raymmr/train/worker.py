@@ -35,7 +35,7 @@ def train_loop_per_worker(job: dict) -> None:
     w = build_worker_context(job)
     cfg, engine = w.cfg, w.engine
     record_worker(w)
-    start = restore(w)
+    start = restore(w, job)
     writer = MetricsWriter(RunDir(job["run_dir"]), w.stage, w.total_steps, resume_step=start) if w.rank == 0 else None
     terms_acc, timer = TermAccumulator(), StepTimer(w.device)
     last_val: dict = {}
@@ -139,29 +139,44 @@ class StepTimer:
         return out
 
 
-def restore(w: WorkerContext) -> int:
-    """Resume from Ray's latest checkpoint (a restart after a failure) or the explicit
-    ``--resume`` one; returns the last completed step (0 for a fresh run)."""
+def restore(w: WorkerContext, job: dict) -> int:
+    """Resume from Ray's latest checkpoint of this launch (a restart after a failure) or, failing
+    that, the explicit ``--resume`` one; returns the last completed step (0 for a fresh run)."""
     import ray.train  # noqa: PLC0415
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            meta, state = ckpt.load(w.engine, path, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
+        source = checkpoint.path
+    elif job.get("resume_from"):
+        source = job["resume_from"]
+        meta, state = ckpt.load(w.engine, source, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
+    else:
         return 0
-    with checkpoint.as_directory() as path:
-        meta, state = ckpt.load(w.engine, path, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
     if meta.stage != w.stage:
-        raise ckpt.CheckpointError(f"checkpoint {checkpoint.path} is from {meta.stage}, not {w.stage}")
+        raise ckpt.CheckpointError(f"checkpoint {source} is from {meta.stage}, not {w.stage}")
     step = int(state.get("step", meta.step))
     if w.rank == 0:
-        event = {"event": "resumed", "step": step, "checkpoint": checkpoint.path,
+        event = {"event": "resumed", "step": step, "checkpoint": str(source),
                  "optimizer_steps": optimizer_steps(w.engine)}
-        console(f"[{w.stage}] resumed from {checkpoint.path} at step {step} "
+        console(f"[{w.stage}] resumed from {source} at step {step} "
                 f"(optimizer state at {event['optimizer_steps']} steps)")
         run = RunDir(w.extra["run_dir"])
         with (run.local / "events.jsonl").open("a") as f:
             f.write(json.dumps(event) + "\n")
         run.upload("events.jsonl")
     return step
+
+
+def optimizer_steps(engine) -> int:
+    """Adam's own step counter from the (possibly ZeRO-wrapped) optimizer state: evidence that the
+    optimizer state, not only the weights, came back from the checkpoint."""
+    opt = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in opt.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
 
 
 def record_worker(w: WorkerContext) -> None:
@@ -173,16 +188,6 @@ def record_worker(w: WorkerContext) -> None:
              "node_id": ray.get_runtime_context().get_node_id(), "device": str(w.device)}
     with (run.local / "events.jsonl").open("a") as f:  # short appends from each rank
         f.write(json.dumps(event) + "\n")
-
-
-def optimizer_steps(engine) -> int:
-    """Adam's own step counter from the (possibly ZeRO-wrapped) optimizer state: evidence that the
-    optimizer state, not only the weights, came back from the checkpoint."""
-    opt = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for state in opt.state.values():
-        if "step" in state:
-            return int(state["step"])
-    return 0
 
 
 def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint: bool) -> None:
