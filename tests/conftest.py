@@ -25,6 +25,8 @@ def ray_local():
     """One embedded local Ray for the tests that train (2 CPUs, like CI)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    from raymmr.train.launch import connect_ray
+
+    connect_ray(None, num_cpus=2)
     yield ray
     ray.shutdown()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="failed in the 2026-11-25 session before its cause was found; see issue notes (5, 6, 8)")]
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
@@ -27,13 +27,24 @@ def free_port() -> int:
 
 def env() -> dict:
     # `python` in a submitted job must be this environment's interpreter.
-    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token authentication is on by default (Ray 2.60): every client sends ~/.ray/auth_token.
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+    }
+
+
+ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address
 
 
 @contextmanager
 def ray_node(*args: str):
     """`ray start --block` in its own process group, killed (with its Ray processes) on exit.
-    (`ray stop` would also stop every other Ray on the machine, e.g. the test session's.)"""
+    (`ray stop` would also stop every other Ray on the machine, e.g. the test session's.)
+    The address file `ray start` leaves behind is put back as it was."""
+    before = ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None
     proc = subprocess.Popen(
         [RAY, "start", "--block", "--disable-usage-stats", *args],
         env=env(),
@@ -50,6 +61,10 @@ def ray_node(*args: str):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        if before is None:
+            ADDRESS_FILE.unlink(missing_ok=True)
+        else:
+            ADDRESS_FILE.write_text(before)
 
 
 def wait_for_nodes(address: str, n: int, timeout: float = 120) -> None:
@@ -78,7 +93,27 @@ def test_ray_job_submit_runs_pretrain(tiny_data, tmp_path):
         f"--dashboard-port={dash}",
     ):
         wait_for_nodes(f"127.0.0.1:{port}", 1)
-        # Token authentication is on by default: the CLI must be told to use ~/.ray/auth_token.
+        # A client without RAY_AUTH_MODE=token is told how to authenticate, not left with Ray's trace.
+        bare = {k: v for k, v in env().items() if k != "RAY_AUTH_MODE"}
+        refused = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "jobs" / "pretrain.py"),
+                "--config",
+                "tiny",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--data",
+                tiny_data,
+                "--out",
+                str(tmp_path / "refused"),
+            ],
+            env=bare,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert refused.returncode == 2 and "RAY_AUTH_MODE=token" in refused.stderr, refused.stderr[-3000:]
         cmd = [
             RAY,
             "job",
@@ -107,7 +142,7 @@ def test_ray_job_submit_runs_pretrain(tiny_data, tmp_path):
             "--out",
             str(run),
         ]
-        proc = subprocess.run(cmd, env={**env(), "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     assert (run / "export" / "model.safetensors").exists()

@@ -117,11 +117,13 @@ def test_lr_schedule_warmup_then_cosine():
 def test_deepspeed_config_from_train_config():
     from raymmr.train.engine import deepspeed_config
 
-    cfg = load_config("tiny", ["train.zero_stage=3", "train.grad_accum=4", "train.batch_size=8"])
+    cfg = load_config("tiny", ["train.zero_stage=3", "train.grad_accum=4", "train.batch_size=8", "train.precision=auto"])
     ds = deepspeed_config(cfg.train, on_gpu=True)
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == 4
-    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["bf16"]["enabled"] is True
-    assert deepspeed_config(cfg.train, on_gpu=False)["bf16"]["enabled"] is False  # tiny: precision fp32
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["bf16"]["enabled"] is True  # auto: bf16 on GPU
+    assert deepspeed_config(cfg.train, on_gpu=False)["bf16"]["enabled"] is False  # auto: fp32 on CPU
+    fp32 = load_config("tiny", ["train.precision=fp32"])
+    assert deepspeed_config(fp32.train, on_gpu=True)["bf16"]["enabled"] is False
 
 
 def test_job_rejects_missing_data_pattern(tmp_path):

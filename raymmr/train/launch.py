@@ -67,6 +67,29 @@ def resolve_data(cfg: Config, data: str | None) -> str:
     return data
 
 
+def connect_ray(address: str | None = None, **init_kwargs) -> bool:
+    """Join the Ray cluster at ``address`` (else RAY_ADDRESS, set by `ray job submit`) or start an
+    embedded local Ray whose dashboard and job server listen on localhost only. Returns True when
+    Ray is embedded. A `ray start` address file left in /tmp/ray is not joined silently: the
+    documented default without an address is the embedded Ray."""
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        ray.init(address=target, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, **init_kwargs)
+    except ConnectionError as e:
+        if "auth" in repr(e.__cause__).lower() and not os.environ.get("RAY_AUTH_MODE"):
+            raise JobError(
+                f"the Ray cluster at {target} uses token authentication (Ray's default): run with "
+                "RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH "
+                "or RAY_AUTH_TOKEN"
+            ) from e
+        raise
+    return target == "local"
+
+
 def check_fits_locally(workers, cpus: float, gpus: float, available: dict) -> None:
     """An embedded Ray has no autoscaler: a worker group larger than this machine would wait
     forever, so say so before fitting."""
@@ -158,11 +181,7 @@ def run_training(
         # has no newer checkpoint of this launch (ray-project/ray#49454).
         "resume_from": str(resume_from) if resume_from else None,
     }
-    embedded = not ray.is_initialized() and address is None and not os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        # address None: RAY_ADDRESS (set by `ray job submit`) or a new embedded local Ray, whose
-        # dashboard and job server listen on localhost only.
-        ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    embedded = connect_ray(address)
     gpus = cfg.train.gpus_per_worker
     if embedded:
         check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())

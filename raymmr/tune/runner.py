@@ -89,15 +89,15 @@ def run_sweep(
     address: str | None = None,
 ) -> list[dict]:
     """Run (or resume) a sweep into ``out``; returns one record per trial for the report."""
-    import ray  # noqa: PLC0415
     from ray import tune  # noqa: PLC0415
     from ray.tune.schedulers import ASHAScheduler  # noqa: PLC0415
     from ray.tune.search.optuna import OptunaSearch  # noqa: PLC0415
 
+    from raymmr.train.launch import connect_ray  # noqa: PLC0415
+
     t = base.tune
     out = str(Path(out).resolve())
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1")
+    connect_ray(address)
     shared = None
     if t.objective == "finetune" and not space.touches_pretraining:
         shared = shared_pretraining(base, out, data)
