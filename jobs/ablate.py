@@ -4,7 +4,8 @@ domain consistency, modality resilience) and with and without the CMDPI fine-tun
 
     python jobs/ablate.py --config tiny --out runs/ablation [--variants full,no_robust_mmr] [--seeds 0,1]
 
-Writes ablation.json and ablation.md into --out.
+Variants that differ only in fine-tuning (full / no_cmdpi_finetune, no_robust_mmr / neither)
+share one pre-training per seed. Writes ablation.json and ablation.md into --out.
 """
 
 import _path  # noqa: F401
@@ -38,6 +39,7 @@ def main() -> None:
     from raymmr.config import load_config
     from raymmr.pipeline import run_pipeline
     from raymmr.train.launch import JobError, resolve_data
+    from raymmr.tune.space import FINETUNE_ONLY_PREFIXES
 
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
@@ -49,9 +51,13 @@ def main() -> None:
     data = resolve_data(configs[(names[0], seeds[0])], args.data)
     out = Path(args.out)
     results = {}
+    pretrained = {}  # variants that differ only in fine-tuning share one pre-training per seed
     for (variant, seed), cfg in configs.items():
         print(f"[ablate] {variant} seed {seed}", flush=True)
-        results[f"{variant}/seed{seed}"] = run_pipeline(cfg, out / variant / f"seed{seed}", data)
+        shared = (seed, tuple(o for o in VARIANTS[variant] if not o.startswith(FINETUNE_ONLY_PREFIXES)))
+        run = out / variant / f"seed{seed}"
+        results[f"{variant}/seed{seed}"] = run_pipeline(cfg, run, data, pretrained=pretrained.get(shared))
+        pretrained.setdefault(shared, str(run / "pretrain" / "export"))
     table = {}
     for v in names:
         rows = [results[f"{v}/seed{s}"] for s in seeds]

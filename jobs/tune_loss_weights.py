@@ -34,7 +34,7 @@ def main() -> None:
     from raymmr.config import load_config
     from raymmr.train.launch import JobError, resolve_data
     from raymmr.tune.report import write_report
-    from raymmr.tune.runner import load_study, run_sweep, save_base
+    from raymmr.tune.runner import check_metric, load_study, run_sweep, save_base
     from raymmr.tune.space import SpaceError, load_space
 
     overrides = list(args.overrides)
@@ -49,6 +49,7 @@ def main() -> None:
         if space.objective:
             cfg = load_config(args.config, [*overrides, f"tune.objective={space.objective}"])
         space.validate_against(cfg)
+        check_metric(cfg, space)
     except SpaceError as e:
         raise JobError(str(e)) from None
     data = resolve_data(cfg, args.data)

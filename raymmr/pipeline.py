@@ -10,16 +10,23 @@ from pathlib import Path
 from raymmr.config import Config
 
 
-def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, log=print) -> dict:
-    """Train and evaluate into ``out/{pretrain,finetune,eval}``; returns the evaluation results."""
+def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, pretrained: str | None = None,
+                 log=print) -> dict:
+    """Train and evaluate into ``out/{pretrain,finetune,eval}``; returns the evaluation results.
+    ``pretrained``: the export of a pre-training with this same config, reused instead of
+    pre-training again (the ablation's variants that differ only in fine-tuning share one)."""
     from raymmr.eval.evaluate import evaluate  # noqa: PLC0415
     from raymmr.train.launch import run_training  # noqa: PLC0415
 
     out = Path(out)
-    log(f"[pipeline] pre-training {cfg.train.steps} steps -> {out / 'pretrain'}")
-    pre = run_training(cfg, stage="pretrain", out=str(out / "pretrain"), data=data, num_workers=num_workers)
+    if pretrained is None:
+        log(f"[pipeline] pre-training {cfg.train.steps} steps -> {out / 'pretrain'}")
+        pretrained = run_training(cfg, stage="pretrain", out=str(out / "pretrain"), data=data,
+                                  num_workers=num_workers).export_dir
+    else:
+        log(f"[pipeline] reusing the pre-training in {pretrained}")
     log(f"[pipeline] fine-tuning {cfg.finetune.steps} steps -> {out / 'finetune'}")
-    fin = run_training(cfg, stage="finetune", out=str(out / "finetune"), data=data, init_from=pre.export_dir,
+    fin = run_training(cfg, stage="finetune", out=str(out / "finetune"), data=data, init_from=pretrained,
                        num_workers=num_workers)
     log(f"[pipeline] evaluating on the test split -> {out / 'eval'}")
     return evaluate(fin.export_dir, data, str(out / "eval"))

@@ -81,67 +81,32 @@ def wait_for_nodes(address: str, n: int, timeout: float = 120) -> None:
     raise TimeoutError(f"{n} Ray nodes did not come up at {address}: {p.stdout}{p.stderr}")
 
 
+# A six-step tiny pre-training with one checkpoint and no validation, as `jobs/pretrain.py` arguments.
+SHORT_RUN = ["--config", "tiny", "--steps", "6", "--set", "train.checkpoint_every=6", "--set", "train.val_every=0",
+             "--set", "data.loader_workers=0"]  # fmt: skip
+
+
+def pretrain(*args: str, environ: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python jobs/pretrain.py ARGS` with this environment's interpreter."""
+    cmd = [sys.executable, str(ROOT / "jobs" / "pretrain.py"), *args]
+    return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=timeout)
+
+
 def test_ray_job_submit_runs_pretrain(tiny_data, tmp_path):
     port, dash = free_port(), free_port()
     run = tmp_path / "submitted"
-    with ray_node(
-        "--head",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-    ):
+    head = ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+    with ray_node(*head, f"--dashboard-port={dash}"):
         wait_for_nodes(f"127.0.0.1:{port}", 1)
         # A client without RAY_AUTH_MODE=token is told how to authenticate, not left with Ray's trace.
         bare = {k: v for k, v in env().items() if k != "RAY_AUTH_MODE"}
-        refused = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "jobs" / "pretrain.py"),
-                "--config",
-                "tiny",
-                "--address",
-                f"127.0.0.1:{port}",
-                "--data",
-                tiny_data,
-                "--out",
-                str(tmp_path / "refused"),
-            ],
-            env=bare,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        refused = pretrain("--config", "tiny", "--address", f"127.0.0.1:{port}", "--data", tiny_data,
+                           "--out", str(tmp_path / "refused"), environ=bare, timeout=300)  # fmt: skip
         assert refused.returncode == 2 and "RAY_AUTH_MODE=token" in refused.stderr, refused.stderr[-3000:]
-        cmd = [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            f"http://127.0.0.1:{dash}",
-            "--working-dir",
-            str(ROOT),
-            "--runtime-env-json",
-            json.dumps({"excludes": [".venv", ".git", "runs", "*.tar"]}),
-            "--",
-            "python",
-            "jobs/pretrain.py",
-            "--config",
-            "tiny",
-            "--steps",
-            "6",
-            "--set",
-            "train.checkpoint_every=6",
-            "--set",
-            "train.val_every=0",
-            "--set",
-            "data.loader_workers=0",
-            "--data",
-            tiny_data,
-            "--out",
-            str(run),
-        ]
+        excludes = json.dumps({"excludes": [".venv", ".git", "runs", "*.tar"]})
+        cmd = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+               "--runtime-env-json", excludes, "--", "python", "jobs/pretrain.py", *SHORT_RUN,
+               "--data", tiny_data, "--out", str(run)]  # fmt: skip
         proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
@@ -152,46 +117,12 @@ def test_two_node_cluster_one_worker_per_node(tiny_data, tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
     shared = tmp_path / "shared"  # both "nodes" see it: the shared storage of a real cluster
-    with ray_node(
-        "--head",
-        f"--port={port}",
-        "--num-cpus=1",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={free_port()}",
-    ):
+    head = ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+    with ray_node(*head, f"--dashboard-port={free_port()}"):
         with ray_node(f"--address={address}", "--num-cpus=1"):
             wait_for_nodes(address, 2)
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "jobs" / "pretrain.py"),
-                    "--config",
-                    "tiny",
-                    "--address",
-                    address,
-                    "--num-workers",
-                    "2",
-                    "--cpus-per-worker",
-                    "1",
-                    "--steps",
-                    "6",
-                    "--set",
-                    "train.checkpoint_every=6",
-                    "--set",
-                    "train.val_every=0",
-                    "--set",
-                    "data.loader_workers=0",
-                    "--data",
-                    tiny_data,
-                    "--out",
-                    str(shared / "run"),
-                ],
-                env=env(),
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            proc = pretrain(*SHORT_RUN, "--address", address, "--num-workers", "2", "--cpus-per-worker", "1",
+                            "--data", tiny_data, "--out", str(shared / "run"), environ=env())  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     events = [json.loads(x) for x in (shared / "run" / "events.jsonl").read_text().splitlines()]
     nodes = {e["node_id"] for e in events if e["event"] == "worker_started"}

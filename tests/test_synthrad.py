@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from raymmr.data import synthrad
-from raymmr.data.baselines import fit_baselines, normalize_question, score_baselines, trivial_baselines
+from raymmr.eval.metrics import majority_baseline, question_only_baseline
 
 KW = dict(image_size=32, num_domains=4, test_domain=3, seed=0)
 
@@ -54,8 +54,13 @@ def test_all_question_kinds_with_valid_answers_and_balanced_closed_questions():
     seen = {(s.question_type, s.answer_type) for s in vqa}
     expected = {("presence", "closed")} | {(q, t) for q in synthrad.QUESTION_TYPES[1:] for t in ("open", "closed")}
     assert seen == expected
-    allowed = {"organ": {"head", "chest", "abdomen"}, "modality": {"ct", "mri", "x ray"}, "side": {"left", "right"},
-               "count": {"1", "2", "3"}, "size": {"small", "large"}}
+    allowed = {
+        "organ": {"head", "chest", "abdomen"},
+        "modality": {"ct", "mri", "x ray"},
+        "side": {"left", "right"},
+        "count": {"1", "2", "3"},
+        "size": {"small", "large"},
+    }
     for s in vqa:
         if s.answer_type == "closed":
             assert s.answer in ("yes", "no")
@@ -73,8 +78,13 @@ def test_answers_follow_the_findings():
         f = s.extra
         if s.kind != "vqa" or s.answer_type != "open":
             continue
-        truth = {"organ": s.organ, "modality": s.modality.replace("-", " "), "side": f["side"], "count": str(f["count"]),
-                 "size": f["size"]}[s.question_type]
+        truth = {
+            "organ": s.organ,
+            "modality": s.modality.replace("-", " "),
+            "side": f["side"],
+            "count": str(f["count"]),
+            "size": f["size"],
+        }[s.question_type]
         assert s.answer == truth
 
 
@@ -113,28 +123,14 @@ def test_sites_differ_in_image_statistics_and_reporting_style():
     assert len(questions) == 4
 
 
-def test_trivial_baselines_on_hand_made_records():
-    def rec(q, a, t="closed", d="site0"):
-        return {"kind": "vqa", "question": q, "answer": a, "answer_type": t, "domain": d}
-
-    train = [rec("Is it?", "yes"), rec("is it", "yes"), rec("Is it?", "no"), rec("Organ?", "head", "open"),
-             rec("Organ?", "chest", "open"), rec("Organ?", "chest", "open"), {"kind": "caption", "answer": ""}]
-    fitted = fit_baselines(train)
-    assert fitted["majority"] == "chest"  # 'chest' and 'yes' tie at 2; alphabetical breaks it
-    assert fitted["per_question"] == {"is it": "yes", "organ": "chest"}
-    scores = score_baselines(fitted, [rec("IS IT", "yes"), rec("Organ?", "head", "open"), rec("New?", "chest", "open", "site3")])
-    assert scores["n"] == 3
-    assert scores["majority"]["overall"] == pytest.approx(1 / 3)
-    assert scores["question_only"]["overall"] == pytest.approx(2 / 3)
-    assert scores["question_only"]["domain/site3"] == 1.0  # unseen question: falls back to the majority
-    assert normalize_question("  Is it?? ") == "is it" == normalize_question("is it")
-    assert normalize_question("Are there two lesions?") == "are there 2 lesions"
-
-
 def test_multimodal_signal_beyond_question_only():
     """Question-only accuracy stays far from perfect, so answers truly need the image."""
-    train, test = _samples("train", 300), _samples("test", 120)
-    scores = trivial_baselines(train, test)
-    assert scores["majority"]["overall"] < 0.4
-    assert scores["question_only"]["overall"] < 0.6
-    assert scores["question_only"]["overall"] > scores["majority"]["overall"]
+    train, test = (
+        [(s.question, s.answer) for s in _samples(split, n) if s.kind == "vqa"]
+        for split, n in (("train", 300), ("test", 120))
+    )
+    majority = majority_baseline([a for _, a in train], [a for _, a in test])["overall"]
+    question_only = question_only_baseline(train, test)["overall"]
+    assert majority < 0.4
+    assert question_only < 0.6
+    assert question_only > majority

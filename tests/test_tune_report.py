@@ -107,3 +107,52 @@ def test_optuna_importances_when_a_study_is_given():
     single = optuna.create_study()
     single.optimize(lambda t: t.suggest_float("loss.w_img", 0.0, 1.0), n_trials=1)
     assert "rank correlation" in param_importances(records[:1], single)[1]  # < 2 completed trials
+
+
+def test_interrupted_trial_stage_resumes_only_from_a_complete_checkpoint(tmp_path):
+    import json
+
+    from raymmr.train import checkpoint as ckpt
+    from raymmr.tune.runner import can_resume
+
+    assert can_resume(tmp_path / "pretrain") is False  # never started
+    run = tmp_path / "pretrain"
+    c = run / "ray" / "step_0000004"
+    (c / ckpt.TAG).mkdir(parents=True)
+    (c / ckpt.META).write_text(json.dumps({"step": 4, "world_size": 1, "zero_stage": 2, "stage": "pretrain"}))
+    (run / "metrics.jsonl").write_text('{"step": 2}\n')
+    assert can_resume(run) is False  # no rank marker: moved aside, the stage starts over
+    assert not run.exists()
+    (aside,) = tmp_path.glob("pretrain.interrupted-*")
+    assert (aside / "metrics.jsonl").read_text() == '{"step": 2}\n'  # its logs are kept
+    (aside / "ray" / "step_0000004" / "rank-0.done").write_text("4")
+    aside.rename(run)
+    assert can_resume(run) is True and run.exists()
+
+
+def test_tune_metric_must_be_reported_by_every_trial_in_its_direction(tmp_path):
+    import yaml
+
+    from raymmr.config import ConfigError, load_config
+    from raymmr.tune.runner import check_metric
+    from raymmr.tune.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"objective": "pretrain", "params": {"loss.w_img": {"uniform": [0.5, 2.0]}}}))
+    space = load_space(str(path))
+
+    def check(*overrides):
+        check_metric(load_config("tiny", ["tune.objective=pretrain", *overrides]), space)
+
+    check("tune.metric=val_vqa_accuracy", "tune.mode=max")
+    check("tune.metric=val_rec_txt_global", "tune.mode=min")  # fixed, non-zero weight: always reported
+    with pytest.raises(ConfigError, match="weighted loss"):
+        check("tune.metric=val_loss", "tune.mode=min")
+    with pytest.raises(ConfigError, match="set tune.mode=max"):
+        check("tune.metric=val_vqa_accuracy", "tune.mode=min")
+    with pytest.raises(ConfigError, match="not reported at every rung"):
+        check("tune.metric=val_rec_img_global", "tune.mode=min")  # its weight is searched: may be 0
+    with pytest.raises(ConfigError, match="not reported at every rung"):
+        check("tune.metric=val_dom_consist", "tune.mode=min", "loss.w_dom_consist=0")
+    with pytest.raises(ConfigError, match="not reported at every rung"):
+        check("tune.metric=val_vqa_acc", "tune.mode=max")  # a typo

@@ -131,11 +131,14 @@ def run_training(
     num_workers: str | int | None = None,
     address: str | None = None,
     report_to_tune: bool = False,
+    rung_offset: int = 0,
 ) -> TrainResult:
     """Run one training stage ("pretrain" or "finetune") into ``out`` and export its weights.
 
     ``report_to_tune``: inside a Ray Tune trial, forward every ``ray.train.report`` to Tune
-    (``TuneReportCallback``) so the scheduler sees each validation rung."""
+    (``TuneReportCallback``) so the scheduler sees each validation rung. Reports then carry
+    ``rung`` = ``rung_offset`` + the stage's progress in units of ``tune.rungs``: ASHA's clock,
+    which (unlike Tune's iteration count) stays right when a trial resumes from a checkpoint."""
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchConfig, TorchTrainer  # noqa: PLC0415
@@ -180,6 +183,7 @@ def run_training(
         # Ray Train V2 has no resume_from_checkpoint: the worker loads this one itself when Ray
         # has no newer checkpoint of this launch (ray-project/ray#49454).
         "resume_from": str(resume_from) if resume_from else None,
+        "rung_offset": rung_offset if report_to_tune else None,
     }
     embedded = connect_ray(address)
     gpus = cfg.train.gpus_per_worker

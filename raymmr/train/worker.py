@@ -75,7 +75,10 @@ def train_loop_per_worker(job: dict) -> None:
             if writer:
                 writer.write({"step": step, **last_val})
         if step % cfg.train.checkpoint_every == 0 or step == w.total_steps or val_due:
-            save_and_report(w, step, {**last_val, "step": step}, with_checkpoint=step % cfg.train.checkpoint_every == 0 or step == w.total_steps)
+            report = {**last_val, "step": step}
+            if job["rung_offset"] is not None:  # a Tune trial: ASHA's clock (see launch.run_training)
+                report["rung"] = job["rung_offset"] + step * cfg.tune.rungs / w.total_steps
+            save_and_report(w, step, report, with_checkpoint=step % cfg.train.checkpoint_every == 0 or step == w.total_steps)
     write_probe(w, job)
     if writer:
         writer.close()
@@ -205,7 +208,9 @@ def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint:
 
 @torch.no_grad()
 def validate(w: WorkerContext) -> dict:
-    """Validation loss, VQA accuracy and in-batch retrieval mean rank on the held-out split.
+    """Validation loss, VQA accuracy and image->text retrieval mean rank on the held-out split
+    (each image ranked against all the captions of this rank's validation part, not one batch:
+    a pool of a few in-batch captions makes the rank too coarse to compare trials).
 
     Runs on ALL ranks (each on its own part of the split, the same number of batches everywhere):
     under ZeRO-3 every forward gathers parameters collectively, so rank-0-only evaluation hangs."""
@@ -214,6 +219,7 @@ def validate(w: WorkerContext) -> dict:
     model.eval()
     acc = TermAccumulator()
     sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # correct, answered, rank sum, ranked
+    images, texts = [], []  # caption pairs' embeddings, pair i <-> i
     for batch in w.val_batches():
         batch = {k: v.to(w.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         batch.pop("skipped", None)
@@ -223,15 +229,17 @@ def validate(w: WorkerContext) -> dict:
         has_answer = batch["answer"] >= 0
         sums[0] += ((logits.argmax(-1) == batch["answer"]) & has_answer).sum()
         sums[1] += has_answer.sum()
+        # Whole batches through the towers on every rank (ZeRO-3 gathers parameters collectively,
+        # so the number of forwards must not depend on how many captions a rank drew).
         cap = batch["is_caption"]
-        if int(cap.sum()) >= 2:
-            with autocast(w):
-                img = model.encode_image(batch["image"][cap]).float()
-                txt = model.encode_text(batch["text_ids"][cap], batch["text_mask"][cap]).float()
-            sim = img @ txt.T  # [C, C], pair i <-> i
-            ranks = (sim > sim.diag()[:, None]).sum(1) + 1
-            sums[2] += ranks.sum()
-            sums[3] += ranks.numel()
+        with autocast(w):
+            images.append(model.encode_image(batch["image"]).float()[cap])
+            texts.append(model.encode_text(batch["text_ids"], batch["text_mask"]).float()[cap])
+    if sum(len(x) for x in images) > 0:
+        sim = torch.cat(images) @ torch.cat(texts).T
+        ranks = (sim > sim.diag()[:, None]).sum(1) + 1
+        sums[2] += ranks.sum()
+        sums[3] += ranks.numel()
     terms = acc.reduce(w.world_size)
     if w.world_size > 1:
         dist.all_reduce(sums)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from raymmr.config import Config, to_yaml
@@ -33,6 +34,32 @@ def trial_config(base: Config, params: dict) -> Config:
     return apply_params(cfg, {"train.val_every": every, "train.checkpoint_every": every})
 
 
+def check_metric(base: Config, space: SearchSpace) -> None:
+    """``tune.metric`` must be a validation metric every report of every trial carries, and
+    ``tune.mode`` its better direction; checked before Ray starts."""
+    from raymmr.config import ConfigError  # noqa: PLC0415
+    from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS  # noqa: PLC0415
+
+    t = base.tune
+    if t.metric == "val_loss":
+        raise ConfigError("tune.metric=val_loss is the weighted loss: it moves with the weights being searched, "
+                          "so trials would not be comparable. Use val_vqa_accuracy or val_retrieval_mean_rank")
+    stages = [PRETRAIN_TERMS] if t.objective == "pretrain" else [FINETUNE_TERMS]
+    if t.objective == "finetune" and space.touches_pretraining:
+        stages.append(PRETRAIN_TERMS)  # such trials also report while they pre-train
+    searched = set(space.keys())
+    # A loss term is reported only when its weight is not 0, so only fixed, non-zero weights qualify.
+    terms = set.intersection(*({term for term, w in s.items()
+                                if f"loss.{w}" not in searched and getattr(base.loss, w) > 0} for s in stages))
+    better = {"val_vqa_accuracy": "max", "val_retrieval_mean_rank": "min", **{f"val_{x}": "min" for x in terms}}
+    if t.metric not in better:
+        raise ConfigError(f"tune.metric={t.metric!r} is not reported at every rung of these trials; "
+                          f"choose from {sorted(better)}")
+    if t.mode != better[t.metric]:
+        raise ConfigError(f"tune.mode={t.mode} with tune.metric={t.metric}: it is better when "
+                          f"{'higher' if better[t.metric] == 'max' else 'lower'}; set tune.mode={better[t.metric]}")
+
+
 def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | None = None):
     """The Tune trainable: a driver function that runs Ray Train for one trial. With
     ``shared_pretrain`` (a space that only touches fine-tuning), trials fine-tune from that one
@@ -41,7 +68,6 @@ def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | Non
     def run_trial(params: dict) -> None:
         import ray.tune  # noqa: PLC0415
 
-        from raymmr.train.launch import run_training  # noqa: PLC0415
 
         if set(params) == {"params"}:  # a grid point arrives wrapped by tune.grid_search
             params = params["params"]
@@ -51,14 +77,38 @@ def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | Non
         (trial_dir / "params.json").write_text(json.dumps(params, indent=1))
         init_from = shared_pretrain
         if init_from is None:
-            pre = run_training(cfg, stage="pretrain", out=str(trial_dir / "pretrain"), data=data,
-                               num_workers=cfg.train.num_workers, report_to_tune=True)
-            init_from = pre.export_dir
+            init_from = run_stage(cfg, "pretrain", trial_dir, data, rung_offset=0)
         if cfg.tune.objective == "finetune":
-            run_training(cfg, stage="finetune", out=str(trial_dir / "finetune"), data=data,
-                         init_from=init_from, num_workers=cfg.train.num_workers, report_to_tune=True)
+            offset = 0 if shared_pretrain else cfg.tune.rungs
+            run_stage(cfg, "finetune", trial_dir, data, rung_offset=offset, init_from=init_from)
 
     return run_trial
+
+
+def run_stage(cfg: Config, stage: str, trial_dir: Path, data: str, rung_offset: int, init_from: str | None = None) -> str:
+    """One training stage of a trial; returns its export. A trial restarted by ``--resume`` (it
+    was running when the sweep stopped) continues the stage from its newest complete checkpoint,
+    and a stage that already exported is not trained again."""
+    from raymmr.train.launch import run_training  # noqa: PLC0415
+
+    run = trial_dir / stage
+    if (run / "export" / "model.safetensors").exists():
+        return str(run / "export")
+    return run_training(cfg, stage=stage, out=str(run), data=data, init_from=init_from, resume=can_resume(run),
+                        num_workers=cfg.train.num_workers, report_to_tune=True, rung_offset=rung_offset).export_dir
+
+
+def can_resume(run: Path) -> bool:
+    """Whether a sweep's own run directory holds a complete checkpoint to continue from. One that
+    stopped before its first checkpoint is moved aside (logs kept) so the stage starts over."""
+    from raymmr.train.checkpoint import latest_complete  # noqa: PLC0415
+
+    if not run.exists():
+        return False
+    if latest_complete(run) is not None:
+        return True
+    run.rename(run.with_name(f"{run.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return False
 
 
 def optuna_storage(out: str):
@@ -96,13 +146,14 @@ def run_sweep(
     from raymmr.train.launch import connect_ray  # noqa: PLC0415
 
     t = base.tune
+    check_metric(base, space)
     out = str(Path(out).resolve())
     connect_ray(address)
     shared = None
     if t.objective == "finetune" and not space.touches_pretraining:
         shared = shared_pretraining(base, out, data)
     trainable = tune.with_resources(make_trainable(base, out, data, shared), {"cpu": t.trial_cpus})
-    reports = t.rungs * (2 if t.objective == "finetune" and shared is None else 1)
+    max_rung = t.rungs * (2 if t.objective == "finetune" and shared is None else 1)
     experiment = str(Path(out) / "tune")
     if resume:
         if not tune.Tuner.can_restore(experiment):
@@ -110,8 +161,11 @@ def run_sweep(
         # Experiment state is pickled by Ray; restore only sweeps this user wrote (trusted paths).
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, restart_errored=False)
     else:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=reports,
-                                  grace_period=min(t.grace_period, reports), reduction_factor=t.reduction_factor)
+        # Time is the trial's own "rung" (progress in validation reports, see run_training), not
+        # Tune's iteration count, which restarts when a trial resumes. stop_last_trials=False: a trial
+        # at its last rung runs to its end, so its export (and a fine-tune after pre-training) is written.
+        scheduler = ASHAScheduler(time_attr="rung", max_t=max_rung, stop_last_trials=False,
+                                  grace_period=min(t.grace_period, max_rung), reduction_factor=t.reduction_factor)
         if space.is_grid:
             param_space = {"params": tune.grid_search(space.grid_points())}
             search_alg, samples = None, 1
@@ -130,7 +184,7 @@ def run_sweep(
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     results = tuner.fit()
-    return trial_records(results, t.metric, max_t=reports)
+    return trial_records(results, t.metric, max_rung=max_rung)
 
 
 def shared_pretraining(base: Config, out: str, data: str) -> str:
@@ -143,21 +197,22 @@ def shared_pretraining(base: Config, out: str, data: str) -> str:
         return str(export)
     print(f"[tune] the space only touches fine-tuning: pre-training once into {run}", flush=True)
     return run_training(base, stage="pretrain", out=str(run), data=data, num_workers=base.train.num_workers,
-                        resume=run.exists()).export_dir
+                        resume=can_resume(run)).export_dir
 
 
-def trial_records(results, metric: str, max_t: int) -> list[dict]:
-    """One record per trial: parameters, objective (last reported metric), rungs, status."""
+def trial_records(results, metric: str, max_rung: int) -> list[dict]:
+    """One record per trial: parameters, objective (last reported metric), rungs reached
+    (``iterations``), status."""
     records = []
     for r in results:
         params = r.config or {}
         if set(params) == {"params"}:
             params = params["params"]
         metrics = r.metrics or {}
-        iterations = metrics.get("training_iteration", 0)
+        iterations = round(float(metrics.get("rung", 0)), 2)
         if r.error:
             status = "ERROR"
-        elif iterations < max_t:
+        elif iterations < max_rung - 1e-6:
             status = "STOPPED_EARLY"  # by ASHA
         else:
             status = "COMPLETED"

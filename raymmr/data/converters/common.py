@@ -20,6 +20,8 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+from raymmr.data.answers import normalize_answer
+
 logger = logging.getLogger("raymmr.data.converters")
 
 SPLITS = {
@@ -189,6 +191,23 @@ class Skips:
             return
         parts = [f"{n} {reason} (first: {self.examples[reason]})" for reason, n in self.counts.most_common()]
         logger.warning("%s: converted %d samples, skipped %s", self.source, yielded, "; ".join(parts))
+
+
+def vqa_row(row: dict, path: Path, i: int, *, image_name: str, shown: str, images: ImageStore, skips: Skips):
+    """(answer_type, question, answer, image bytes) of one VQA row, or None when the row is skipped
+    (empty question or answer, image not found; counted in ``skips``). ``shown`` is how the image
+    is named in the skip summary."""
+    kind = answer_type(row["answer_type"], path, i)
+    answer = normalize_answer(row["answer"])
+    question = " ".join(str(row["question"]).split())
+    if not answer or not question:
+        skips.add("rows with an empty question or answer", f"{path.name} row {i}")
+        return None
+    image = images.read(image_name)
+    if image is None:
+        skips.add(MISSING_IMAGE, f"{shown} ({path.name} row {i})")
+        return None
+    return kind, question, answer, image
 
 
 def check_some_images(source: str, yielded: int, skips: Skips, expected: str, fix: str) -> None:

@@ -21,18 +21,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from raymmr.data.answers import normalize_answer
 from raymmr.data.converters.common import (
-    MISSING_IMAGE,
     ConverterError,
     ImageStore,
     KeyMaker,
     Skips,
-    answer_type,
     check_some_images,
     label,
     logger,
     read_json_rows,
+    vqa_row,
 )
 from raymmr.data.schema import Sample
 
@@ -73,16 +71,11 @@ def _samples(tables, images: ImageStore, languages: tuple[str, ...]) -> Iterator
             if label(row["q_lang"]) not in languages:
                 other_language += 1  # expected, not a data problem: info, not a warning
                 continue
-            kind = answer_type(row["answer_type"], path, i)
-            answer = normalize_answer(row["answer"])
-            question = " ".join(str(row["question"]).split())
-            if not answer or not question:
-                skips.add("rows with an empty question or answer", f"{path.name} row {i}")
+            name = str(row["img_name"])
+            fields = vqa_row(row, path, i, image_name=name, shown=f"imgs/{name}", images=images, skips=skips)
+            if fields is None:
                 continue
-            image = images.read(str(row["img_name"]))
-            if image is None:
-                skips.add(MISSING_IMAGE, f"imgs/{row['img_name']} ({path.name} row {i})")
-                continue
+            kind, question, answer, image = fields
             qid = row.get("qid", i)
             yield Sample(
                 key=keys(SOURCE, split, qid),

@@ -34,17 +34,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from raymmr.data.answers import normalize_answer
 from raymmr.data.converters.common import (
-    MISSING_IMAGE,
     ConverterError,
     ImageStore,
     KeyMaker,
     Skips,
-    answer_type,
     check_some_images,
     label,
     read_json_rows,
+    vqa_row,
 )
 from raymmr.data.schema import Sample
 
@@ -113,16 +111,11 @@ def _samples(tables, images: ImageStore, layout: str) -> Iterator[Sample]:
                 phrase_type = label(row.get("phrase_type"))
                 # OSF: one file; test rows are "test_freeform" / "test_para" / "test_paraphrase".
                 split = file_split or ("test" if phrase_type.startswith("test") else "train")
-                kind = answer_type(row["answer_type"], path, i)
-                answer = normalize_answer(row["answer"])
-                question = " ".join(str(row["question"]).split())
-                if not answer or not question:
-                    skips.add("rows with an empty question or answer", f"{path.name} row {i}")
+                name = str(row["image_name"])
+                fields = vqa_row(row, path, i, image_name=name, shown=name, images=images, skips=skips)
+                if fields is None:
                     continue
-                image = images.read(str(row["image_name"]))
-                if image is None:
-                    skips.add(MISSING_IMAGE, f"{row['image_name']} ({path.name} row {i})")
-                    continue
+                kind, question, answer, image = fields
                 organ = label(row.get("image_organ"))
                 yield Sample(
                     key=keys(SOURCE, split, row["qid"]),
