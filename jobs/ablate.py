@@ -5,7 +5,8 @@ domain consistency, modality resilience) and with and without the CMDPI fine-tun
     python jobs/ablate.py --config tiny --out runs/ablation [--variants full,no_robust_mmr] [--seeds 0,1]
 
 Variants that differ only in fine-tuning (full / no_cmdpi_finetune, no_robust_mmr / neither)
-share one pre-training per seed. Writes ablation.json and ablation.md into --out.
+share one pre-training per seed. Rerun with the same --out after a failure: finished variants
+are read back, finished pre-trainings reused. Writes ablation.json and ablation.md into --out.
 """
 
 import _path  # noqa: F401
@@ -34,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     import json
     import statistics
+    import time
     from pathlib import Path
 
     from raymmr.config import load_config
@@ -53,11 +55,25 @@ def main() -> None:
     results = {}
     pretrained = {}  # variants that differ only in fine-tuning share one pre-training per seed
     for (variant, seed), cfg in configs.items():
-        print(f"[ablate] {variant} seed {seed}", flush=True)
         shared = (seed, tuple(o for o in VARIANTS[variant] if not o.startswith(FINETUNE_ONLY_PREFIXES)))
         run = out / variant / f"seed{seed}"
+        own = run / "pretrain" / "export"
+        if (own / "model.safetensors").exists():
+            pretrained.setdefault(shared, str(own))
+        done = run / "eval" / "results.json"
+        if done.exists():  # a rerun after a failure or an interruption keeps what finished
+            print(f"[ablate] {variant} seed {seed}: done before, reading {done}", flush=True)
+            results[f"{variant}/seed{seed}"] = json.loads(done.read_text())
+            continue
+        if run.exists():  # an unfinished attempt: kept aside, this variant starts over
+            aside = run.with_name(f"{run.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+            run.rename(aside)
+            print(f"[ablate] {variant} seed {seed}: moved the unfinished attempt to {aside}", flush=True)
+            if str(own) == pretrained.get(shared):
+                del pretrained[shared]
+        print(f"[ablate] {variant} seed {seed}", flush=True)
         results[f"{variant}/seed{seed}"] = run_pipeline(cfg, run, data, pretrained=pretrained.get(shared))
-        pretrained.setdefault(shared, str(run / "pretrain" / "export"))
+        pretrained.setdefault(shared, str(own))
     table = {}
     for v in names:
         rows = [results[f"{v}/seed{s}"] for s in seeds]

@@ -159,3 +159,18 @@ def test_worker_group_too_big_for_local_ray_is_refused():
     with pytest.raises(JobError, match="GPU"):
         check_fits_locally((1, 4), 1.0, 1.0, {"CPU": 8.0})
     check_fits_locally(2, 1.0, 0.0, {"CPU": 2.0})
+
+
+def test_num_workers_spec_and_local_fit():
+    from raymmr.train.launch import JobError, check_fits_locally, parse_num_workers
+
+    assert parse_num_workers("4") == 4 and parse_num_workers(3) == 3
+    assert parse_num_workers("2:8") == (2, 8)  # Ray Train's elastic range
+    for bad in ("0", "3:2", "a", "1:2:3", "-1:2"):
+        with pytest.raises(JobError, match="MIN:MAX"):
+            parse_num_workers(bad)
+    check_fits_locally((2, 8), cpus=1, gpus=0, available={"CPU": 2.0})  # the minimum fits: elastic may start
+    with pytest.raises(JobError, match="--cpus-per-worker"):
+        check_fits_locally(2, cpus=2, gpus=0, available={"CPU": 2.0})
+    with pytest.raises(JobError, match="--gpus-per-worker"):
+        check_fits_locally(1, cpus=1, gpus=1, available={"CPU": 2.0})

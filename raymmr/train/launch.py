@@ -160,6 +160,8 @@ def run_training(
         Path(init_from) / "export" / "model.safetensors"
     ).exists():
         raise JobError(f"--init {init_from}: no model.safetensors there or in its export/ folder")
+    if init_from:
+        init_from = str(Path(init_from).resolve())  # Ray workers run in another working directory
     data = resolve_data(cfg, data)
     resume_from = None
     if resume:
