@@ -1,0 +1,58 @@
+"""raymmr.ablation's bookkeeping, with the pipeline replaced by a recorder: which variants share a
+pre-training, how a rerun keeps finished variants, and the side-by-side table."""
+
+import json
+
+import pytest
+
+import raymmr.pipeline
+from raymmr.ablation import markdown, run_ablation
+from raymmr.train.launch import JobError
+
+
+@pytest.fixture
+def recorded(monkeypatch, tiny_data):
+    calls = []
+
+    def fake_pipeline(cfg, out, data, *, pretrained=None, **_):
+        calls.append((out.parent.name, cfg.train.seed, pretrained))
+        if pretrained is None:
+            (out / "pretrain" / "export").mkdir(parents=True)
+            (out / "pretrain" / "export" / "model.safetensors").write_text("weights")
+        acc = 0.5 if cfg.loss.w_dom_consist > 0 else 0.4
+        results = {"vqa_overall": acc + cfg.train.seed / 100, "retrieval_mean_rank": 10.0}
+        (out / "eval").mkdir(parents=True)
+        (out / "eval" / "results.json").write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(raymmr.pipeline, "run_pipeline", fake_pipeline)
+    return calls
+
+
+def test_fine_tuning_only_variants_share_a_pre_training_and_seeds_average(recorded, tmp_path, tiny_data):
+    report = run_ablation("tiny", [], ["full", "no_robust_mmr", "no_cmdpi_finetune", "neither"], [0, 2],
+                          tmp_path, tiny_data, log=lambda _: None)  # fmt: skip
+    pretrained = {(v, s): p for v, s, p in recorded}
+    assert pretrained[("full", 0)] is None and pretrained[("no_robust_mmr", 0)] is None
+    assert pretrained[("no_cmdpi_finetune", 0)] == str(tmp_path / "full" / "seed0" / "pretrain" / "export")
+    assert pretrained[("neither", 2)] == str(tmp_path / "no_robust_mmr" / "seed2" / "pretrain" / "export")
+    assert report["mean"]["full"]["vqa_overall"] == pytest.approx(0.51)  # (0.50 + 0.52) / 2
+    assert report["mean"]["neither"]["vqa_overall"] == pytest.approx(0.41)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| full | 51.0% | — | — | — | — | 10.00 | — |" in table
+    assert json.loads((tmp_path / "ablation.json").read_text())["mean"] == report["mean"]
+
+
+def test_rerun_keeps_finished_variants_and_sets_unfinished_ones_aside(recorded, tmp_path, tiny_data):
+    run_ablation("tiny", [], ["full"], [0], tmp_path, tiny_data, log=lambda _: None)
+    (tmp_path / "no_cmdpi_finetune" / "seed0" / "finetune").mkdir(parents=True)  # a crashed attempt
+    recorded.clear()
+    run_ablation("tiny", [], ["full", "no_cmdpi_finetune"], [0], tmp_path, tiny_data, log=lambda _: None)
+    assert recorded == [("no_cmdpi_finetune", 0, str(tmp_path / "full" / "seed0" / "pretrain" / "export"))]
+    assert len(list((tmp_path / "no_cmdpi_finetune").glob("seed0.unfinished-*"))) == 1
+
+
+def test_unknown_variant_is_refused_before_training(recorded, tmp_path):
+    with pytest.raises(JobError, match="choose from"):
+        run_ablation("tiny", [], ["full", "robust_only"], [0], tmp_path)
+    assert recorded == [] and markdown({}).count("\n") == 2
