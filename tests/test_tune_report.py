@@ -156,3 +156,22 @@ def test_tune_metric_must_be_reported_by_every_trial_in_its_direction(tmp_path):
         check("tune.metric=val_dom_consist", "tune.mode=min", "loss.w_dom_consist=0")
     with pytest.raises(ConfigError, match="not reported at every rung"):
         check("tune.metric=val_vqa_acc", "tune.mode=max")  # a typo
+
+
+def test_trial_records_status_from_the_rung_clock():
+    from types import SimpleNamespace
+
+    from raymmr.tune.runner import trial_records
+
+    def result(rung, error=None, trial="t"):
+        metrics = {"trial_id": trial, "val_vqa_accuracy": 0.5, "rung": rung, "training_iteration": 1}
+        return SimpleNamespace(config={"params": {"loss.w_img": 1.0}}, metrics=metrics, error=error, path=f"/x/{trial}")
+
+    done, early, mid, failed = trial_records(
+        [result(3.0), result(1.0), result(2.5), result(0, error=RuntimeError("boom"))], "val_vqa_accuracy", max_rung=3
+    )
+    # a resumed trial reports training_iteration 1 but rung 3: it completed
+    assert (done["status"], done["iterations"], done["params"]) == ("COMPLETED", 3, {"loss.w_img": 1.0})
+    assert (early["status"], early["iterations"]) == ("STOPPED_EARLY", 1)
+    assert (mid["status"], mid["iterations"]) == ("STOPPED_EARLY", 2.5)
+    assert failed["status"] == "ERROR" and done["objective"] == 0.5

@@ -209,10 +209,11 @@ def trial_records(results, metric: str, max_rung: int) -> list[dict]:
         if set(params) == {"params"}:
             params = params["params"]
         metrics = r.metrics or {}
-        iterations = round(float(metrics.get("rung", 0)), 2)
+        rung = round(float(metrics.get("rung", 0)), 2)
+        iterations = int(rung) if rung.is_integer() else rung  # rungs reached: 3, or 2.5 mid-rung
         if r.error:
             status = "ERROR"
-        elif iterations < max_rung - 1e-6:
+        elif rung < max_rung - 1e-6:
             status = "STOPPED_EARLY"  # by ASHA
         else:
             status = "COMPLETED"
