@@ -107,7 +107,13 @@ def test_ray_job_submit_runs_pretrain(tiny_data, tmp_path):
         cmd = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
                "--runtime-env-json", excludes, "--", "python", "jobs/pretrain.py", *SHORT_RUN,
                "--data", tiny_data, "--out", str(run)]  # fmt: skip
-        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+        for _ in range(20):
+            proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+            # Just after `ray start` the node's dashboard agent may not be up yet; Ray asks to retry
+            # (no job was created, so submitting again is safe).
+            if "No available agent to submit job" not in proc.stderr:
+                break
+            time.sleep(3)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     assert (run / "export" / "model.safetensors").exists()
