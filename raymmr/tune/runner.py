@@ -68,7 +68,6 @@ def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | Non
     def run_trial(params: dict) -> None:
         import ray.tune  # noqa: PLC0415
 
-
         if set(params) == {"params"}:  # a grid point arrives wrapped by tune.grid_search
             params = params["params"]
         cfg = trial_config(base, params)
