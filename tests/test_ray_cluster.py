@@ -43,10 +43,12 @@ ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records
 def ray_node(*args: str):
     """`ray start --block` in its own process group, killed (with its Ray processes) on exit.
     (`ray stop` would also stop every other Ray on the machine, e.g. the test session's.)
-    The address file `ray start` leaves behind is put back as it was."""
+    The address file `ray start` leaves behind is put back as it was. Each node's dashboard agent
+    gets a free port: the default (52365) is taken by any other Ray on the machine, such as the
+    test session's embedded one, and a head without its agent refuses every job submission."""
     before = ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None
     proc = subprocess.Popen(
-        [RAY, "start", "--block", "--disable-usage-stats", *args],
+        [RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
