@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 
 from raymmr.config import load_config
+from raymmr.train.rundir import set_aside
 from raymmr.tune.space import FINETUNE_ONLY_PREFIXES
 
 ROBUST_MMR_OFF = ["masking.asymmetric=false", "loss.w_dom_consist=0", "loss.w_mod_resil=0"]
@@ -65,8 +65,7 @@ def run_ablation(
             results[f"{variant}/seed{seed}"] = json.loads(done.read_text())
             continue
         if run.exists():  # an unfinished attempt: kept aside, this variant starts over
-            aside = run.with_name(f"{run.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
-            run.rename(aside)
+            aside = set_aside(run, "unfinished")
             log(f"[ablate] {variant} seed {seed}: moved the unfinished attempt to {aside}")
             if pretrained.get(shared) == str(own):
                 del pretrained[shared]

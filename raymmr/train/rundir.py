@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
@@ -16,6 +17,14 @@ REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 
 def is_remote(url: str) -> bool:
     return url.startswith(REMOTE_SCHEMES)
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename an unfinished run directory to ``<name>.<why>-<time>`` so a new attempt can start in
+    its place; its logs and partial checkpoints are kept there. Returns the new path."""
+    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    return aside
 
 
 class RunDir:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 from raymmr.config import Config, to_yaml
@@ -76,37 +75,38 @@ def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | Non
         (trial_dir / "params.json").write_text(json.dumps(params, indent=1))
         init_from = shared_pretrain
         if init_from is None:
-            init_from = run_stage(cfg, "pretrain", trial_dir, data, rung_offset=0)
+            init_from = run_stage(cfg, "pretrain", trial_dir / "pretrain", data, report_to_tune=True, rung_offset=0)
         if cfg.tune.objective == "finetune":
             offset = 0 if shared_pretrain else cfg.tune.rungs
-            run_stage(cfg, "finetune", trial_dir, data, rung_offset=offset, init_from=init_from)
+            run_stage(cfg, "finetune", trial_dir / "finetune", data, report_to_tune=True, rung_offset=offset,
+                      init_from=init_from)
 
     return run_trial
 
 
-def run_stage(cfg: Config, stage: str, trial_dir: Path, data: str, rung_offset: int, init_from: str | None = None) -> str:
-    """One training stage of a trial; returns its export. A trial restarted by ``--resume`` (it
-    was running when the sweep stopped) continues the stage from its newest complete checkpoint,
-    and a stage that already exported is not trained again."""
+def run_stage(cfg: Config, stage: str, run: Path, data: str, **train_kwargs) -> str:
+    """One training stage of the sweep (a trial's, or the shared pre-training) into ``run``;
+    returns its export. After ``--resume`` a stage that already exported is not trained again,
+    and one that was running continues from its newest complete checkpoint."""
     from raymmr.train.launch import run_training  # noqa: PLC0415
 
-    run = trial_dir / stage
     if (run / "export" / "model.safetensors").exists():
         return str(run / "export")
-    return run_training(cfg, stage=stage, out=str(run), data=data, init_from=init_from, resume=can_resume(run),
-                        num_workers=cfg.train.num_workers, report_to_tune=True, rung_offset=rung_offset).export_dir
+    return run_training(cfg, stage=stage, out=str(run), data=data, resume=can_resume(run),
+                        num_workers=cfg.train.num_workers, **train_kwargs).export_dir
 
 
 def can_resume(run: Path) -> bool:
     """Whether a sweep's own run directory holds a complete checkpoint to continue from. One that
     stopped before its first checkpoint is moved aside (logs kept) so the stage starts over."""
     from raymmr.train.checkpoint import latest_complete  # noqa: PLC0415
+    from raymmr.train.rundir import set_aside  # noqa: PLC0415
 
     if not run.exists():
         return False
     if latest_complete(run) is not None:
         return True
-    run.rename(run.with_name(f"{run.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
+    set_aside(run, "interrupted")
     return False
 
 
@@ -188,15 +188,9 @@ def run_sweep(
 
 def shared_pretraining(base: Config, out: str, data: str) -> str:
     """Pre-train the base config once for a fine-tuning-only sweep (reused on --resume)."""
-    from raymmr.train.launch import run_training  # noqa: PLC0415
-
     run = Path(out) / "shared_pretrain"
-    export = run / "export"
-    if (export / "model.safetensors").exists():
-        return str(export)
-    print(f"[tune] the space only touches fine-tuning: pre-training once into {run}", flush=True)
-    return run_training(base, stage="pretrain", out=str(run), data=data, num_workers=base.train.num_workers,
-                        resume=can_resume(run)).export_dir
+    print(f"[tune] the space only touches fine-tuning: every trial fine-tunes from {run}", flush=True)
+    return run_stage(base, "pretrain", run, data)
 
 
 def trial_records(results, metric: str, max_rung: int) -> list[dict]:
