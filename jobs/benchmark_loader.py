@@ -9,7 +9,6 @@ perturbation, tokenisation, batching): robust to other jobs sharing the machine.
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -29,8 +28,9 @@ def main() -> int:
     p.add_argument("--markdown", default="BENCHMARKS.md", help="append rows here ('' to skip)")
     args = p.parse_args()
     from raymmr.data.benchmark import append_markdown, benchmark_loader
+    from raymmr.storage import cache_dir
 
-    cache = os.environ.get("RAYMMR_CACHE", str(Path.home() / ".cache" / "raymmr"))
+    cache = str(cache_dir())
     try:
         result = benchmark_loader(args.data, cache_dir=cache, workers=[int(w) for w in args.workers.split(",")],
                                   samples=args.samples, batch_size=args.batch_size, max_text_len=args.max_text_len,

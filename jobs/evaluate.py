@@ -19,27 +19,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many samples (0 = all)")
     args = parser.parse_args()
-    from pathlib import Path
-
+    from raymmr import storage
     from raymmr.config import load_config
     from raymmr.eval.evaluate import evaluate
     from raymmr.perturb import SEVERITIES
     from raymmr.train.launch import JobError, resolve_data
+    from raymmr.train.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides)
     severities = [s for s in args.severities.split(",") if s]
     bad = [s for s in severities if s not in SEVERITIES or s == "none"]
     if bad:
         raise JobError(f"--severities: unknown {bad}; choose from {[s for s in SEVERITIES if s != 'none']}")
-    model = Path(args.model)
-    export = model / "export" if (model / "export" / "model.safetensors").exists() else model
-    if not (export / "model.safetensors").exists():
-        raise JobError(f"--model {args.model}: no model.safetensors there or in its export/ folder")
+    export = storage.find_export(args.model)
+    if export is None:
+        raise JobError(f"--model {args.model}: no {storage.WEIGHTS} there or in its export/ folder")
     data = resolve_data(cfg, args.data)
-    results = evaluate(str(export), data, args.out, split=args.split, severities=severities,
+    out = RunDir(args.out)
+    results = evaluate(export, data, out.url, split=args.split, severities=severities,
                        batch_size=args.batch_size, limit=args.limit)
-    print((Path(args.out) / "results.md").read_text())
-    print(f"results: {Path(args.out) / 'results.json'}  ({len(results)} keys)")
+    print((out.local / "results.md").read_text())
+    print(f"results: {out.url_of('results.json')}  ({len(results)} keys)")
 
 
 if __name__ == "__main__":

@@ -63,10 +63,10 @@ def main() -> int:
     out = args.out
     if remote:  # write locally, then upload the finished set
         import hashlib
-        import os
-        from pathlib import Path
 
-        cache = Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr"))
+        from raymmr.storage import cache_dir
+
+        cache = cache_dir()
         out = str(cache / "staging" / hashlib.sha1(args.out.encode()).hexdigest()[:12])
     try:
         cfg = load_config(args.config, overrides)

@@ -45,12 +45,16 @@ def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) 
 
 def run_main(fn) -> None:
     """Run a job's main; user errors print one line and exit 2 instead of a traceback."""
+    from raymmr.storage import StorageError  # noqa: PLC0415
     from raymmr.train.checkpoint import CheckpointError  # noqa: PLC0415
-    from raymmr.train.launch import JobError  # noqa: PLC0415
+    from raymmr.train.launch import Interrupted, JobError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         fn()
-    except (ConfigError, JobError, CheckpointError) as e:
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, JobError, CheckpointError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -359,7 +359,9 @@ def shard_tokenizer(data: str) -> str:
     if not _scheme(url):
         return url
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
-    local = Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr")) / "tokenizers" / digest / "tokenizer.json"
+    from raymmr.storage import cache_dir  # noqa: PLC0415
+
+    local = cache_dir() / "tokenizers" / digest / "tokenizer.json"
     if not local.exists():
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_suffix(".tmp")

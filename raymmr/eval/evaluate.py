@@ -112,10 +112,13 @@ class Evaluator:
 
 def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", severities=SEVERITIES,
              retrieval_size: int = 1000, batch_size: int = 64, limit: int = 0) -> dict:
-    """Run every evaluation and write results.json / results.md / plots into ``out``."""
+    """Run every evaluation and write results.json / results.md / plots into ``out``. ``export_dir``
+    and ``out`` are local paths or storage URLs."""
+    from raymmr import storage  # noqa: PLC0415
     from raymmr.data.shards import read_manifest  # noqa: PLC0415
+    from raymmr.train.rundir import RunDir  # noqa: PLC0415
 
-    ev = Evaluator(export_dir, batch_size=batch_size)
+    ev = Evaluator(str(storage.cached_copy(export_dir, "exports")), batch_size=batch_size)
     test = load_split(data, split, ev.cfg.model.image_size, limit)
     if not test.vqa and not test.captions:
         raise ValueError(f"{data}: split '{split}' has no samples")
@@ -156,7 +159,9 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
             results[f"retrieval_mean_rank_perturbed_{sev}"] = r["mean_rank"]
             results[f"retrieval_mean_rank_degradation_{sev}"] = r["mean_rank"] - clean_r["mean_rank"]
 
-    write_results(results, out, severities)
+    run = RunDir(out)
+    write_results(results, str(run.local), severities)
+    run.upload()
     return results
 
 

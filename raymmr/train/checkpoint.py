@@ -17,8 +17,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from raymmr import storage
+
 TAG = "state"
 META = "raymmr_checkpoint.json"
+PROBE = "probe.safetensors"  # the final checkpoint's live-model outputs (worker.probe_live_model)
 
 
 class CheckpointError(RuntimeError):
@@ -45,28 +48,43 @@ def save(engine, meta: CheckpointMeta, rank: int, client_state: dict) -> str:
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
-    path = Path(path)
-    if not (path / META).exists():
-        raise CheckpointError(f"{path} is not a raymmr checkpoint (no {META})")
-    return CheckpointMeta(**json.loads((path / META).read_text()))
+    """The metadata of a checkpoint, local or at a storage URL."""
+    where = storage.join(str(path), META)
+    try:
+        return CheckpointMeta(**json.loads(storage.read_text(where)))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a raymmr checkpoint (no {META})") from None
 
 
 def is_complete(path: str | Path) -> bool:
     """True when the metadata and the done-marker of every writing rank are present."""
-    path = Path(path)
     try:
         meta = read_meta(path)
     except (CheckpointError, ValueError, TypeError):
         return False
-    return all((path / f"rank-{r}.done").exists() for r in range(meta.world_size)) and (path / TAG).is_dir()
+    have = set(storage.names(str(path)))
+    return TAG in have and all(f"rank-{r}.done" in have for r in range(meta.world_size))
 
 
-def latest_complete(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under a run directory (``<run>/ray*/checkpoint_*``)."""
-    candidates = [p for p in Path(run_dir).glob("ray*/step_*") if p.is_dir() and is_complete(p)]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: read_meta(p).step)
+def checkpoints(run_dir: str | Path) -> list[str]:
+    """Every checkpoint directory Ray Train persisted under a run (``<run>/ray*/step_*``),
+    complete or not; local paths or URLs like ``run_dir``."""
+    run_dir = str(run_dir)
+    return [storage.join(run_dir, launch, step)
+            for launch in storage.names(run_dir) if launch.startswith("ray")
+            for step in storage.names(storage.join(run_dir, launch)) if step.startswith("step_")]
+
+
+def latest_complete(run_dir: str | Path) -> str | None:
+    """The newest complete checkpoint under a run directory or run URL, as read from the storage
+    Ray persisted it to (any launch of the run: the first, or a ``--resume``)."""
+    metas = [(read_meta(c).step, c) for c in checkpoints(run_dir) if is_complete(c)]
+    return max(metas)[1] if metas else None
+
+
+def local_copy(path: str) -> Path:
+    """A checkpoint as a local directory: itself when local, else a copy in this process's cache."""
+    return storage.cached_copy(path, "checkpoints")
 
 
 def check_resumable(meta: CheckpointMeta, *, world_size: int, zero_stage: int, where: str) -> None:
@@ -82,12 +100,13 @@ def check_resumable(meta: CheckpointMeta, *, world_size: int, zero_stage: int, w
 
 
 def load(engine, path: str | Path, *, world_size: int, zero_stage: int) -> tuple[CheckpointMeta, dict]:
-    """Load a complete checkpoint into ``engine`` on every rank; returns (meta, client_state)."""
-    path = Path(path)
+    """Load a complete checkpoint (a local dir or a URL, copied into this node's cache) into
+    ``engine`` on every rank; returns (meta, client_state)."""
     if not is_complete(path):
         raise CheckpointError(f"checkpoint {path} is incomplete (missing rank markers); refusing to resume from it")
     meta = read_meta(path)
     check_resumable(meta, world_size=world_size, zero_stage=zero_stage, where=str(path))
+    path = local_copy(str(path))
     load_path, client_state = engine.load_checkpoint(str(path), tag=TAG)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed found no checkpoint under {path}/{TAG}")
@@ -100,7 +119,7 @@ def consolidate(path: str | Path):
     import torch  # noqa: PLC0415
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
 
-    path = Path(path)
+    path = local_copy(str(path))
     meta = read_meta(path)
     if meta.zero_stage == 3:
         return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=TAG)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raymmr import storage
 from raymmr.config import Config, to_yaml
 from raymmr.train import checkpoint as ckpt
 from raymmr.train.rundir import RunDir
@@ -19,6 +20,17 @@ from raymmr.train.rundir import RunDir
 
 class JobError(RuntimeError):
     """A problem with the job's input that the user can fix; the message says how."""
+
+
+class Interrupted(JobError):
+    """The user stopped the job (Ctrl-C); the message says how to continue it."""
+
+
+def controller_failure_limit(embedded: bool) -> int:
+    """Worker-group starts (60 s each) that may fail before the run is given up, instead of Ray's
+    endless retries: 3 on an embedded Ray (no autoscaler will ever add room), 30 on a cluster
+    (time for the autoscaler to launch nodes)."""
+    return 3 if embedded else 30
 
 
 @dataclass
@@ -46,10 +58,6 @@ def parse_num_workers(spec: str | int) -> int | tuple[int, int]:
         raise JobError(f"--num-workers {spec!r}: expected N or MIN:MAX with 1 <= MIN <= MAX") from None
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr"))
-
-
 def resolve_data(cfg: Config, data: str | None) -> str:
     """The shard set to train on: ``--data``, else ``data.train_shards``, else SynthRad shards
     generated once for this data config (reused by later runs)."""
@@ -58,7 +66,7 @@ def resolve_data(cfg: Config, data: str | None) -> str:
     data = data or cfg.data.train_shards
     if not data:
         digest = hashlib.sha1(json.dumps(cfg.to_dict()["data"], sort_keys=True).encode()).hexdigest()[:10]
-        data = str(cache_dir() / "synthrad" / digest)
+        data = str(storage.cache_dir() / "synthrad" / digest)
         make_synthrad_shards(data, cfg.data)
     try:
         shard_urls(data, "train")
@@ -111,13 +119,16 @@ def vocab_size(cfg: Config, data: str) -> int:
 
 
 def check_run_dir(run: RunDir, resume: bool) -> None:
-    existing = (run.local / "config.yaml").exists() or any(run.local.glob("ray*"))
-    if existing and not resume:
+    """A new launch must not write over a run that trained; ``--resume`` needs a checkpoint. Both
+    are read from the run's storage (the URL), not from this machine's staging copy. A run that
+    stopped before its first checkpoint holds nothing to keep: launching again starts it over."""
+    trained = bool(ckpt.checkpoints(run.url)) or run.exists("export/" + storage.WEIGHTS)
+    if trained and not resume:
         raise JobError(
             f"--out {run} already holds a run; pass --resume {run} to continue it, or choose a new --out"
         )
-    if resume and not existing:
-        raise JobError(f"--resume {run}: no run there (no config.yaml)")
+    if resume and not trained:
+        raise JobError(f"--resume {run}: no checkpoint there; launch it again without --resume to start over")
 
 
 def run_training(
@@ -156,22 +167,21 @@ def run_training(
             "command (deepspeed.checkpoint.ds_to_universal)",
             flush=True,
         )
-    if init_from and not (Path(init_from) / "model.safetensors").exists() and not (
-        Path(init_from) / "export" / "model.safetensors"
-    ).exists():
-        raise JobError(f"--init {init_from}: no model.safetensors there or in its export/ folder")
     if init_from:
-        init_from = str(Path(init_from).resolve())  # Ray workers run in another working directory
+        # An absolute path or URL: Ray workers run in another working directory, on other nodes.
+        found = storage.find_export(init_from)
+        if found is None:
+            raise JobError(f"--init {init_from}: no {storage.WEIGHTS} there or in its export/ folder")
+        init_from = found
     data = resolve_data(cfg, data)
     resume_from = None
     if resume:
-        latest = ckpt.latest_complete(run.local)
-        if latest is None:
-            raise JobError(f"--resume {run}: no complete checkpoint under it")
-        resume_from = latest
-        print(f"[{stage}] resuming from {latest}", flush=True)
-    (run.local / "config.yaml").write_text(to_yaml(cfg))
-    run.upload("config.yaml")
+        resume_from = ckpt.latest_complete(run.url)
+        if resume_from is None:
+            raise JobError(f"--resume {run}: no complete checkpoint under it (only partial ones); "
+                           "launch it again without --resume to start over")
+        print(f"[{stage}] resuming from {resume_from}", flush=True)
+    run.write_text("config.yaml", to_yaml(cfg))
 
     job = {
         "config_yaml": to_yaml(cfg),
@@ -179,12 +189,11 @@ def run_training(
         "run_dir": run.url,
         "data": data,
         "init_from": init_from,
-        "index_path": str(run.local / "similar_index.safetensors"),
         "inject_failure": os.environ.get("RAYMMR_INJECT_FAILURE"),
         "vocab_size": vocab_size(cfg, data),
         # Ray Train V2 has no resume_from_checkpoint: the worker loads this one itself when Ray
         # has no newer checkpoint of this launch (ray-project/ray#49454).
-        "resume_from": str(resume_from) if resume_from else None,
+        "resume_from": resume_from,
         "rung_offset": rung_offset if report_to_tune else None,
     }
     embedded = connect_ray(address)
@@ -201,16 +210,23 @@ def run_training(
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})},
         ),
         run_config=RunConfig(
-            storage_path=run.url if run.remote else str(run.local),
+            storage_path=run.url,
             # A fresh name per launch: Ray Train V2 silently resumes a reused name.
-            name="ray" if not resume else f"ray-resume-{time.strftime('%Y%m%d-%H%M%S')}",
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}" + ("-resume" if resume else ""),
+            # A worker group that can never start (too large for the cluster) fails the run
+            # instead of being retried without end.
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures,
+                                         controller_failure_limit=controller_failure_limit(embedded)),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker)))}},
             callbacks=[TuneReportCallback()] if report_to_tune else None,
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the run keeps its checkpoints in {run}: continue it with the same "
+                          f"command and --resume") from None
     if result.error:
         raise result.error
     export_dir = export_latest(cfg, run, data)
@@ -225,9 +241,10 @@ def export_latest(cfg: Config, run: RunDir, data: str) -> str:
     from raymmr.model.export import save_export  # noqa: PLC0415
     from raymmr.model.model import RaymmrModel  # noqa: PLC0415
 
-    latest = ckpt.latest_complete(run.local)
+    latest = ckpt.latest_complete(run.url)  # read from the storage Ray persisted it to
     if latest is None:
         raise JobError(f"{run}: training finished without a complete checkpoint to export")
+    local = ckpt.local_copy(latest)
     manifest = read_manifest(data)
     tokenizer_path = cfg.data.tokenizer or shard_tokenizer(data)
     tokenizer = load_tokenizer(tokenizer_path)
@@ -238,13 +255,12 @@ def export_latest(cfg: Config, run: RunDir, data: str) -> str:
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=tokenizer.mask_token_id,
     )
-    state = ckpt.consolidate(latest)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(ckpt.consolidate(local), strict=True)
     export_dir = run.local / "export"
     save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_path, answers=manifest["answers"])
-    verify_export(cfg, export_dir, run.local / "probe.safetensors", vocab_size=len(tokenizer))
+    verify_export(cfg, export_dir, local / ckpt.PROBE, vocab_size=len(tokenizer))
     run.upload("export")
-    return str(export_dir)
+    return run.url_of("export")
 
 
 def verify_export(cfg: Config, export_dir: Path, probe_path: Path, *, vocab_size: int) -> float:
@@ -257,7 +273,8 @@ def verify_export(cfg: Config, export_dir: Path, probe_path: Path, *, vocab_size
     from raymmr.train.worker import probe_inputs, probe_outputs  # noqa: PLC0415
 
     if not probe_path.exists():
-        raise JobError(f"{probe_path} is missing: the workers did not finish the run")
+        raise JobError(f"{probe_path} is missing: the newest checkpoint is not the one the workers wrote "
+                       "at the end of training")
     live = load_file(str(probe_path))
     model, _, _ = load_export(str(export_dir))
     model.eval()

@@ -82,11 +82,13 @@ class TermAccumulator:
 
 
 class MetricsWriter:
-    """Rank 0's sink: metrics.jsonl (appended, one object per log step), TensorBoard, console."""
+    """Rank 0's sink: metrics.jsonl (appended, one object per log step), TensorBoard, console.
+    ``sync`` copies both to the run URL (at every report); a rank 0 that starts on another node
+    continues the URL's metrics.jsonl, not a stale copy of its own."""
 
     def __init__(self, run_dir: RunDir, stage: str, total_steps: int, resume_step: int = 0):
         self.run_dir = run_dir
-        self.path = run_dir.local / "metrics.jsonl"
+        self.path = run_dir.fetch("metrics.jsonl")
         truncate_after(self.path, resume_step)
         self.stage = stage
         self.total_steps = total_steps
@@ -101,7 +103,6 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        self.run_dir.upload("metrics.jsonl")
         if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -118,10 +119,14 @@ class MetricsWriter:
                 parts.append(f"{key} " + fmt.format(r[key]))
         return " | ".join(parts)
 
+    def sync(self) -> None:
+        self.run_dir.upload("metrics.jsonl")
+        self.run_dir.upload("tensorboard")
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-        self.run_dir.upload("tensorboard")
+        self.sync()
 
 
 def truncate_after(path: Path, step: int) -> None:

@@ -1,22 +1,19 @@
-"""The run directory given by ``--out``: a local path, or an ``s3://`` / ``gs://`` URL.
+"""The run directory given by ``--out``: a local path or a storage URL (``s3://``, ``gs://`` ...).
 
-Files are always written to a local directory first (the run dir itself when it is local, else a
-staging dir under ``~/.cache/raymmr/runs``) and copied to the remote URL with fsspec when they
-change. Ray Train persists checkpoints to the same URL through ``RunConfig(storage_path=...)``.
+Files are written to a local directory first (the run dir itself when it is local, else a staging
+dir in this process's cache, ``<cache>/runs/<digest>``) and copied to the URL when they change.
+The URL is the truth: a process on another node (a restarted rank 0, the driver, a later job)
+reads the run from there, never from a staging dir on a disk it does not share. Ray Train
+persists checkpoints to the same URL through ``RunConfig(storage_path=...)``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
-
-
-def is_remote(url: str) -> bool:
-    return url.startswith(REMOTE_SCHEMES)
+from raymmr import storage
 
 
 def set_aside(path: Path, why: str) -> Path:
@@ -29,29 +26,52 @@ def set_aside(path: Path, why: str) -> Path:
 
 class RunDir:
     def __init__(self, url: str):
-        self.url = url.rstrip("/") if is_remote(url) else str(Path(url).expanduser().resolve())
-        if is_remote(url):
+        self.url = storage.normalize(url)
+        if self.remote:
             digest = hashlib.sha1(self.url.encode()).hexdigest()[:12]
-            self.local = Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr")) / "runs" / digest
+            self.local = storage.cache_dir() / "runs" / digest
         else:
             self.local = Path(self.url)
         self.local.mkdir(parents=True, exist_ok=True)
 
     @property
     def remote(self) -> bool:
-        return is_remote(self.url)
+        return storage.is_remote(self.url)
 
-    def upload(self, relpath: str) -> None:
-        """Copy ``relpath`` (file or folder) to the remote run dir; no-op for a local run dir."""
+    def url_of(self, relpath: str) -> str:
+        return storage.join(self.url, relpath)
+
+    def exists(self, relpath: str) -> bool:
+        return storage.exists(self.url_of(relpath))
+
+    def upload(self, relpath: str = "") -> None:
+        """Copy ``relpath`` (file or folder; "" = everything staged) to the run URL; no-op for a
+        local run dir."""
         if not self.remote:
             return
-        import fsspec  # noqa: PLC0415
+        src = self.local / relpath if relpath else self.local
+        if src.exists():
+            storage.put(src, self.url_of(relpath) if relpath else self.url)
 
-        src = self.local / relpath
-        if not src.exists():
-            return
-        fs, root = fsspec.core.url_to_fs(self.url)
-        fs.put(str(src), f"{root}/{relpath}", recursive=src.is_dir())
+    def fetch(self, relpath: str) -> Path:
+        """The local copy of ``relpath``, first brought from the run URL when it is there (a
+        process on another node continues a file that an earlier process wrote)."""
+        dst = self.local / relpath
+        if self.remote and self.exists(relpath):
+            storage.get(self.url_of(relpath), dst)
+        return dst
+
+    def write_text(self, relpath: str, text: str) -> None:
+        (self.local / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (self.local / relpath).write_text(text)
+        self.upload(relpath)
+
+    def append_lines(self, relpath: str, lines: list[str]) -> None:
+        """Append to a log in the run (continuing the URL's copy, written by any earlier process)."""
+        path = self.fetch(relpath)
+        with path.open("a") as f:
+            f.writelines(line + "\n" for line in lines)
+        self.upload(relpath)
 
     def __str__(self) -> str:
         return self.url

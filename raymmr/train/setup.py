@@ -231,16 +231,16 @@ def epochs(make: Callable[[int], Any], *, exact: bool, world_size: int, device) 
 
 
 def load_initial_weights(model, init_from: str, rank: int) -> None:
-    """Initialise fine-tuning from a pre-training export (``<run>/export`` or the export dir).
+    """Initialise fine-tuning from a pre-training export (a path or URL the driver resolved with
+    ``storage.find_export``; each node copies a remote one into its own cache).
     An answer head whose vocabulary size differs (another dataset) is left freshly initialised."""
     from safetensors.torch import load_file  # noqa: PLC0415
 
-    path = Path(init_from)
-    if (path / "export" / "model.safetensors").exists():
-        path = path / "export"
-    weights = path / "model.safetensors"
+    from raymmr import storage  # noqa: PLC0415
+
+    weights = storage.cached_copy(init_from, "exports") / storage.WEIGHTS
     if not weights.exists():
-        raise FileNotFoundError(f"--init {init_from}: no model.safetensors there or in its export/ folder")
+        raise FileNotFoundError(f"--init {init_from}: no {storage.WEIGHTS} there")
     state = load_file(str(weights))
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -254,41 +254,51 @@ def load_initial_weights(model, init_from: str, rank: int) -> None:
 @torch.no_grad()
 def similar_image_index(model, make_loader, urls, loader_args, job, device, rank, world_size):
     """Global image embeddings of the train split from the pre-trained model (SPEC §4), built by
-    all ranks together (each embeds its exact-epoch share, then all-gather) or loaded from
-    ``<run>/similar_index.safetensors``. Returns (key -> row, embeddings [N, D] on device)."""
+    all ranks together (each embeds its exact-epoch share, then all-gather: every rank gets the
+    whole table through the process group) and saved with the run as ``similar_index.safetensors``;
+    a restarted run reads it back from the run URL. Returns (key -> row, embeddings [N, D] on device)."""
+    from safetensors import safe_open  # noqa: PLC0415
     from safetensors.torch import load_file, save_file  # noqa: PLC0415
 
-    path = Path(job["index_path"])
-    if not path.exists():
-        was_training = model.training
-        model.eval()
-        keys, embs = [], []
-        loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0, key_to_row=None,
-                             **{**loader_args, "shuffle_buffer": 0})
-        for batch in loader:
-            embs.append(model.encode_image(batch["image"].to(device)).float().cpu())
-            keys += list(batch["key"])
-        model.train(was_training)
-        local = torch.cat(embs) if embs else torch.zeros(0, model.embed_dim)
-        gathered_keys, gathered = [None] * world_size, [None] * world_size
-        if world_size > 1:
-            # Our own workers' key strings and embeddings (not data from outside the run).
-            dist.all_gather_object(gathered_keys, keys)
-            dist.all_gather_object(gathered, local)
-        else:
-            gathered_keys, gathered = [keys], [local]
-        all_keys = [k for ks in gathered_keys for k in ks]
-        table = torch.cat(gathered)
-        if rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({"embeddings": table.contiguous()}, str(tmp), metadata={"keys": json.dumps(all_keys)})
-            tmp.rename(path)  # atomic: a half-written index is never loaded
-        if world_size > 1:
-            dist.barrier()
-    from safetensors import safe_open  # noqa: PLC0415
+    from raymmr import storage  # noqa: PLC0415
+    from raymmr.train.rundir import RunDir  # noqa: PLC0415
 
-    with safe_open(str(path), "pt") as f:
-        all_keys = json.loads(f.metadata()["keys"])
-    table = load_file(str(path))["embeddings"]
+    run = RunDir(job["run_dir"])
+    # Rank 0 decides for all: ranks that disagreed on building would wait in different collectives.
+    decision = [run.exists(INDEX) if rank == 0 else None]
+    if world_size > 1:
+        dist.broadcast_object_list(decision, src=0)
+    if decision[0]:
+        path = storage.cached_copy(run.url_of(INDEX), "indexes")
+        with safe_open(str(path), "pt") as f:
+            all_keys = json.loads(f.metadata()["keys"])
+        table = load_file(str(path))["embeddings"]
+        return {k: i for i, k in enumerate(all_keys)}, table.to(device)
+    was_training = model.training
+    model.eval()
+    keys, embs = [], []
+    loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0, key_to_row=None,
+                         **{**loader_args, "shuffle_buffer": 0})
+    for batch in loader:
+        embs.append(model.encode_image(batch["image"].to(device)).float().cpu())
+        keys += list(batch["key"])
+    model.train(was_training)
+    local = torch.cat(embs) if embs else torch.zeros(0, model.embed_dim)
+    gathered_keys, gathered = [None] * world_size, [None] * world_size
+    if world_size > 1:
+        # Our own workers' key strings and embeddings (not data from outside the run).
+        dist.all_gather_object(gathered_keys, keys)
+        dist.all_gather_object(gathered, local)
+    else:
+        gathered_keys, gathered = [keys], [local]
+    all_keys = [k for ks in gathered_keys for k in ks]
+    table = torch.cat(gathered)
+    if rank == 0:
+        tmp = run.local / f".{INDEX}.tmp"
+        save_file({"embeddings": table.contiguous()}, str(tmp), metadata={"keys": json.dumps(all_keys)})
+        tmp.rename(run.local / INDEX)  # atomic: a half-written index is never loaded
+        run.upload(INDEX)
     return {k: i for i, k in enumerate(all_keys)}, table.to(device)
+
+
+INDEX = "similar_index.safetensors"

@@ -78,8 +78,13 @@ def train_loop_per_worker(job: dict) -> None:
             report = {**last_val, "step": step}
             if job["rung_offset"] is not None:  # a Tune trial: ASHA's clock (see launch.run_training)
                 report["rung"] = job["rung_offset"] + step * cfg.tune.rungs / w.total_steps
-            save_and_report(w, step, report, with_checkpoint=step % cfg.train.checkpoint_every == 0 or step == w.total_steps)
-    write_probe(w, job)
+            if writer:
+                writer.sync()  # metrics and TensorBoard in the run URL, for whoever watches the run
+            # The last checkpoint carries the live model's probe outputs: the driver checks its export
+            # against them, wherever this rank ran.
+            probe = probe_live_model(w, job) if step == w.total_steps else None
+            save_and_report(w, step, report, with_checkpoint=step % cfg.train.checkpoint_every == 0 or step == w.total_steps,
+                            probe=probe)
     if writer:
         writer.close()
 
@@ -148,11 +153,11 @@ def restore(w: WorkerContext, job: dict) -> int:
     import ray.train  # noqa: PLC0415
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None:  # downloaded from the run's storage by Ray, onto this node
         with checkpoint.as_directory() as path:
             meta, state = ckpt.load(w.engine, path, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
         source = checkpoint.path
-    elif job.get("resume_from"):
+    elif job.get("resume_from"):  # a URL or path; each rank copies it into its own node's cache
         source = job["resume_from"]
         meta, state = ckpt.load(w.engine, source, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
     else:
@@ -165,10 +170,7 @@ def restore(w: WorkerContext, job: dict) -> int:
                  "optimizer_steps": optimizer_steps(w.engine)}
         console(f"[{w.stage}] resumed from {source} at step {step} "
                 f"(optimizer state at {event['optimizer_steps']} steps)")
-        run = RunDir(w.extra["run_dir"])
-        with (run.local / "events.jsonl").open("a") as f:
-            f.write(json.dumps(event) + "\n")
-        run.upload("events.jsonl")
+        RunDir(w.extra["run_dir"]).append_lines("events.jsonl", [json.dumps(event)])
     return step
 
 
@@ -183,26 +185,35 @@ def optimizer_steps(engine) -> int:
 
 
 def record_worker(w: WorkerContext) -> None:
-    """One line per rank in events.jsonl: where each worker ran (node, device)."""
+    """One line per rank in events.jsonl: where each worker ran (node, device). The ranks' lines
+    reach rank 0 through the process group (ranks on other nodes share no disk with it)."""
     import ray  # noqa: PLC0415
 
-    run = RunDir(w.extra["run_dir"])
     event = {"event": "worker_started", "rank": w.rank, "world_size": w.world_size,
              "node_id": ray.get_runtime_context().get_node_id(), "device": str(w.device)}
-    with (run.local / "events.jsonl").open("a") as f:  # short appends from each rank
-        f.write(json.dumps(event) + "\n")
+    events = [None] * w.world_size
+    if w.world_size > 1:
+        dist.all_gather_object(events, event)  # our own ranks' small dicts
+    else:
+        events = [event]
+    if w.rank == 0:
+        RunDir(w.extra["run_dir"]).append_lines("events.jsonl", [json.dumps(e) for e in events])
 
 
-def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint: bool) -> None:
-    """Every rank saves its shard (collective) and reports (a barrier) equally often."""
+def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint: bool, probe: dict | None = None) -> None:
+    """Every rank saves its shard (collective) and reports (a barrier) equally often. Rank 0 puts
+    ``probe`` (see ``probe_live_model``) into its part of the checkpoint."""
     import ray.train  # noqa: PLC0415
     from ray.train import Checkpoint  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
 
     if not with_checkpoint:
         ray.train.report(metrics)
         return
     meta = ckpt.CheckpointMeta(step=step, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage, stage=w.stage)
     path = ckpt.save(w.engine, meta, w.rank, client_state={"step": step})
+    if probe is not None and w.rank == 0:
+        save_file(probe, os.path.join(path, ckpt.PROBE))
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=f"step_{step:07d}")
 
 
@@ -251,12 +262,10 @@ def validate(w: WorkerContext) -> dict:
 
 
 @torch.no_grad()
-def write_probe(w: WorkerContext, job: dict) -> None:
-    """Answer logits and embeddings of the final live model on a fixed synthetic input, saved by
-    rank 0 as ``probe.safetensors``; the driver checks the exported weights reproduce them.
-    Every rank runs the forward (a collective under ZeRO-3)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
-
+def probe_live_model(w: WorkerContext, job: dict) -> dict:
+    """Answer logits and embeddings of the final live model on a fixed synthetic input (fp32, CPU);
+    the driver checks that the exported weights reproduce them. Every rank runs the forward (a
+    collective under ZeRO-3)."""
     model = w.engine.module
     was_training = model.training
     model.eval()
@@ -264,9 +273,7 @@ def write_probe(w: WorkerContext, job: dict) -> None:
     with autocast(w):
         out = probe_outputs(model, inputs)
     model.train(was_training)
-    if w.rank == 0:
-        run = RunDir(job["run_dir"])
-        save_file({k: v.float().cpu().contiguous() for k, v in out.items()}, str(run.local / "probe.safetensors"))
+    return {k: v.float().cpu().contiguous() for k, v in out.items()}
 
 
 def probe_inputs(cfg: Config, *, vocab_size: int, device) -> dict:

@@ -1,0 +1,116 @@
+"""Real Ray nodes for the cluster tests: `ray start` processes on localhost, each with its own
+environment (a node of its own: scratch, cache and home directories), and the jobs run as users
+run them (`python jobs/<job>.py ...` in a subprocess)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra: str) -> dict:
+    # `python` in a submitted job must be this environment's interpreter.
+    # Token authentication is on by default (Ray 2.60): every client sends ~/.ray/auth_token.
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        **extra,
+    }
+
+
+ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address (default TMPDIR)
+
+
+@contextmanager
+def ray_node(*args: str, environ: dict | None = None):
+    """`ray start --block` in its own process group, killed (with its Ray processes) on exit.
+    (`ray stop` would also stop every other Ray on the machine, e.g. the test session's.)
+    The address file `ray start` leaves behind is put back as it was. Each node's dashboard agent
+    gets a free port: the default (52365) is taken by any other Ray on the machine, such as the
+    test session's embedded one, and a head without its agent refuses every job submission."""
+    before = ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None
+    proc = subprocess.Popen(
+        [RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
+        env=environ or env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if before is None:
+            ADDRESS_FILE.unlink(missing_ok=True)
+        else:
+            ADDRESS_FILE.write_text(before)
+
+
+def wait_for_nodes(address: str, n: int, timeout: float = 120, environ: dict | None = None) -> None:
+    code = (
+        f"import ray; ray.init(address='{address}', log_to_driver=False); "
+        "print(sum(1 for x in ray.nodes() if x['Alive']))"
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = subprocess.run([sys.executable, "-c", code], env=environ or env(), capture_output=True, text=True)
+        if p.returncode == 0 and p.stdout.strip().splitlines() and int(p.stdout.strip().splitlines()[-1]) >= n:
+            return
+        time.sleep(2)
+    raise TimeoutError(f"{n} Ray nodes did not come up at {address}: {p.stdout}{p.stderr}")
+
+
+# A six-step tiny pre-training with one checkpoint and no validation, as `jobs/pretrain.py` arguments.
+SHORT_RUN = ["--config", "tiny", "--steps", "6", "--set", "train.checkpoint_every=6", "--set", "train.val_every=0",
+             "--set", "data.loader_workers=0"]  # fmt: skip
+
+
+def job(name: str, *args: str, environ: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python jobs/<name>.py ARGS` with this environment's interpreter."""
+    cmd = [sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args]
+    return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=timeout)
+
+
+def pretrain(*args: str, environ: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return job("pretrain", *args, environ=environ, timeout=timeout)
+
+
+
+
+def node_env(root: Path, name: str, **extra: str) -> dict:
+    """The environment of one machine of a cluster: its own scratch (TMPDIR: Ray's session files
+    too), raymmr cache and home directory, so nothing one node writes is visible on another
+    except through the object store. Ray's token comes in RAY_AUTH_TOKEN (a home of its own has
+    no ~/.ray/auth_token). DeepSpeed's compiled ops stay where this machine built them: a
+    cluster image ships them built (TORCH_EXTENSIONS_DIR), and they hold no run data."""
+    import tempfile
+
+    # Short paths: Ray's Unix sockets live under TMPDIR (a socket path has at most 107 bytes).
+    node = Path(tempfile.mkdtemp(prefix=f"rn-{name}-", dir="/tmp"))
+    (root / f"{name}.dirs").write_text(str(node))  # where to look when a test fails
+    dirs = {"TMPDIR": node / "tmp", "RAYMMR_CACHE": node / "cache", "HOME": node / "home"}
+    for d in dirs.values():
+        d.mkdir()
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    return env(**{k: str(v) for k, v in dirs.items()}, TORCH_EXTENSIONS_DIR=extensions, **extra)
