@@ -6,6 +6,9 @@ objective needs; the objective is a fixed validation metric (tune.metric), never
     python jobs/tune_loss_weights.py --space search_spaces/cmdpi_table5.yaml --out runs/table5   # a paper grid
     python jobs/tune_loss_weights.py --space ... --out runs/sweep --resume                     # after an interruption
 
+--out is a directory or a storage URL (s3://, gs://): Tune's experiment, every trial's runs and the
+Optuna study live there, so `--resume` works from any machine.
+
 Outputs in --out: trials.csv, trials.md (ranked), best_config.yaml (accepted by
 jobs/pretrain.py --config as is), plots, and the Optuna study (optuna.journal, study "raymmr").
 """
@@ -21,7 +24,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, help="trials for a sampled space (default tune.num_samples)")
     parser.add_argument("--data", help="shard set (default: data.train_shards, else SynthRad)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default tune.max_concurrent)")
-    parser.add_argument("--num-workers", type=int, help="Ray Train workers per trial (default train.num_workers)")
+    parser.add_argument("--num-workers", help="Ray Train workers per trial: N or MIN:MAX (default train.num_workers)")
     parser.add_argument("--cpus-per-worker", type=float, help="CPUs per Ray Train worker")
     parser.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray Train worker (fractional allowed)")
     parser.add_argument("--trial-cpus", type=float, help="CPUs the trial's driver function reserves")
@@ -29,10 +32,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="resume the interrupted sweep in --out")
     args = parser.parse_args()
 
-    from pathlib import Path
-
     from raymmr.config import load_config
     from raymmr.train.launch import JobError, resolve_data
+    from raymmr.train.rundir import RunDir
     from raymmr.tune.report import write_report
     from raymmr.tune.runner import check_metric, load_study, run_sweep, save_base
     from raymmr.tune.space import SpaceError, load_space
@@ -57,12 +59,15 @@ def main() -> None:
     records = run_sweep(cfg, space, out=args.out, data=data, num_samples=cfg.tune.num_samples,
                         resume=args.resume, address=args.address)
     study = load_study(args.out)
-    paths = write_report(records, args.out, base_cfg=cfg, metric=cfg.tune.metric, mode=cfg.tune.mode, study=study,
-                         title=f"Sweep over {args.space}")
-    table = Path(args.out) / "trials.md"
+    sweep = RunDir(args.out)
+    paths = write_report(records, str(sweep.local), base_cfg=cfg, metric=cfg.tune.metric, mode=cfg.tune.mode,
+                         study=study, title=f"Sweep over {args.space}")
+    for path in paths.values():
+        sweep.upload(path.name)
+    table = sweep.local / "trials.md"
     if table.exists():
         print(table.read_text())
-    print(f"report: {paths}")
+    print(f"report in {sweep.url}: {', '.join(sorted(p.name for p in paths.values()))}")
 
 
 if __name__ == "__main__":

@@ -172,6 +172,8 @@ class TuneConfig:
     reduction_factor: float = _f(2.0, range=(1.01, 100.0))
     trial_cpus: float = _f(0.01, range=(0.001, 1024.0))
     seed: int = _f(0, range=(0, 2**31 - 1))
+    scheduler: str = _f("asha", choices=["asha", "fifo"], help="asha stops weak trials; fifo runs every trial to the end")
+    max_failures: int = _f(2, range=(0, 1000), help="retries of a failed trial (a lost node); each continues from its checkpoint")
 
 
 @dataclass

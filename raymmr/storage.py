@@ -145,6 +145,16 @@ def put(local: str | os.PathLike, url: str) -> None:
         fs.put_file(str(local), path)
 
 
+def move(src: str, dst: str) -> None:
+    """Rename a file or directory (on object stores: copy, then delete)."""
+    if not is_remote(src):
+        Path(src).rename(dst)
+        return
+    fs, path = filesystem(src)
+    _, target = filesystem(dst)
+    fs.mv(path, target, recursive=True)
+
+
 def get(url: str, local: str | os.PathLike) -> Path:
     """Copy a remote file or directory to ``local``; returns ``local``."""
     local = Path(local)

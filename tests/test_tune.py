@@ -1,6 +1,10 @@
 """Sweeps for real on CPU: Ray Tune + Optuna + ASHA over Ray Train trials of the tiny preset."""
 
+import csv
+import io
 import json
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -45,7 +49,7 @@ def test_sweep_asha_report_and_best_config(tiny_data, tmp_path):
     out = tmp_path / "sweep"
     proc = subprocess.run(sweep_cmd(tmp_path, tiny_data, out), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    rows = list(__import__("csv").DictReader((out / "trials.csv").open()))
+    rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 4
     assert any(r["status"] == "STOPPED_EARLY" for r in rows), rows  # ASHA stopped a trial
     assert all(r["objective"] for r in rows)
@@ -64,34 +68,74 @@ def test_sweep_asha_report_and_best_config(tiny_data, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
-def test_interrupted_sweep_resumes_without_rerunning(tiny_data, tmp_path):
-    out = tmp_path / "sweep"
+def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_tiny_data, tmp_path):
+    """`--out s3://...`: the driver (and its embedded Ray) is SIGKILLed once a trial has exported;
+    `--resume` from a machine with an empty cache finishes the sweep without training completed
+    trials again, and the report, best_config.yaml and the Optuna study land in the bucket."""
+    from raynodes import node_env
+
+    from raymmr import storage
+
+    out = s3_server.url("sweeps", "killed")
     log = (tmp_path / "interrupted.log").open("w")  # a file, not a pipe nobody reads (it would fill and block)
-    proc = subprocess.Popen(sweep_cmd(tmp_path, tiny_data, out), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(sweep_cmd(tmp_path, s3_tiny_data, out), stdout=log, stderr=subprocess.STDOUT,
+                            env=node_env(tmp_path, "first", **s3_server.env), start_new_session=True)
     deadline = time.time() + 600
-    finished = []
-    while time.time() < deadline and not finished:
-        finished = [p for p in (out / "trials").glob("*/pretrain/export/model.safetensors")]
-        time.sleep(2)
-    assert finished, "no trial finished before the interruption: " + (tmp_path / "interrupted.log").read_text()[-3000:]
-    proc.send_signal(signal.SIGINT)  # Tune saves the experiment state and stops
+
+    def exported() -> set[str]:
+        return {k.split("/")[3] for k in s3_server.keys("sweeps/killed/trials/")
+                if k.endswith("pretrain/export/model.safetensors")}
+
     try:
-        proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        while not exported():
+            assert proc.poll() is None, "the sweep ended early: " + (tmp_path / "interrupted.log").read_text()[-3000:]
+            assert time.time() < deadline, "no trial finished: " + (tmp_path / "interrupted.log").read_text()[-3000:]
+            time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # a lost driver machine: no chance to save anything
         proc.wait()
-    done_before = {p.parts[-4] for p in (out / "trials").glob("*/pretrain/export/model.safetensors")}
+    done_before = exported()
     starts_before = {t: count_starts(out, t) for t in done_before}
-    resumed = subprocess.run(sweep_cmd(tmp_path, tiny_data, out, "--resume"), capture_output=True, text=True,
-                             timeout=900)
+    resumed = subprocess.run(sweep_cmd(tmp_path, s3_tiny_data, out, "--resume"), capture_output=True, text=True,
+                             env=node_env(tmp_path, "second", **s3_server.env), timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
-    rows = list(__import__("csv").DictReader((out / "trials.csv").open()))
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{out}/trials.csv"))))
     assert len(rows) == 4 and all(r["status"] in ("COMPLETED", "STOPPED_EARLY") for r in rows), rows
+    assert all(r["objective"] for r in rows), rows
     for t in done_before:  # completed trials were not trained again
         assert count_starts(out, t) == starts_before[t], t
+    for name in ("trials.md", "best_config.yaml", "history.png", "base_config.yaml"):
+        assert storage.exists(f"{out}/{name}"), name
+    journal = tmp_path / "optuna.journal"
+    journal.write_bytes(storage.read_bytes(f"{out}/optuna.journal"))
+    study = optuna.load_study(study_name="raymmr", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert len(study.trials) == 4
+    assert not (ROOT / "s3:").exists()
 
 
-def count_starts(out: Path, trial: str) -> int:
-    events = out / "trials" / trial / "pretrain" / "events.jsonl"
-    return sum(json.loads(x)["event"] == "worker_started" for x in events.read_text().splitlines())
+def count_starts(out: str, trial: str) -> int:
+    from raymmr import storage
+
+    events = storage.read_text(f"{out}/trials/{trial}/pretrain/events.jsonl")
+    return sum(json.loads(x)["event"] == "worker_started" for x in events.splitlines())
+
+
+def readme_sweep_command() -> list[str]:
+    """The sweep command the README shows first (between its `sweep-command` markers)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- sweep-command -->")[1].split("```")[1]
+    return shlex.split(block.removeprefix("bash\n").replace("\\\n", " "))
+
+
+def test_readme_sweep_command_finishes_as_written(tiny_data, tmp_path):
+    cmd = readme_sweep_command()
+    assert cmd[:2] == ["python", "jobs/tune_loss_weights.py"], cmd
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, *cmd[1:]]
+    cmd[cmd.index("--out") + 1] = str(out)  # the only change: where it writes
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert rows and all(r["status"] in ("COMPLETED", "STOPPED_EARLY") for r in rows), rows
+    assert (out / "best_config.yaml").exists()

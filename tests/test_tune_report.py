@@ -175,3 +175,25 @@ def test_trial_records_status_from_the_rung_clock():
     assert (early["status"], early["iterations"]) == ("STOPPED_EARLY", 1)
     assert (mid["status"], mid["iterations"]) == ("STOPPED_EARLY", 2.5)
     assert failed["status"] == "ERROR" and done["objective"] == 0.5
+
+
+def test_sweep_fitted_to_an_embedded_machine():
+    from raymmr.config import ConfigError, load_config
+    from raymmr.tune.runner import fit_to_machine
+
+    quiet = lambda *_: None  # noqa: E731
+    # tiny: 1 worker x 2 CPU per trial, 2 trials at once: on 2 CPUs each trial gets one.
+    fitted = fit_to_machine(load_config("tiny"), {"CPU": 2.0}, log=quiet)
+    assert fitted.train.cpus_per_worker == 0.99 and fitted.tune.max_concurrent == 2
+    assert 2 * (fitted.tune.trial_cpus + fitted.train.cpus_per_worker) <= 2.0
+    # Enough room: nothing changes.
+    roomy = fit_to_machine(load_config("tiny"), {"CPU": 16.0}, log=quiet)
+    assert roomy.train.cpus_per_worker == 2 and roomy.tune.max_concurrent == 2
+    # 4 trials of 2 workers on 2 CPUs: fewer trials at once, each worker at least half a CPU.
+    crowded = fit_to_machine(load_config("tiny", ["train.num_workers=2", "tune.max_concurrent=4"]), {"CPU": 2.0},
+                             log=quiet)
+    assert crowded.tune.max_concurrent == 1 and 0.5 <= crowded.train.cpus_per_worker <= 0.995
+    with pytest.raises(ConfigError, match="GPU"):
+        fit_to_machine(load_config("tiny", ["train.gpus_per_worker=1"]), {"CPU": 2.0}, log=quiet)
+    with pytest.raises(ConfigError, match="8 workers"):
+        fit_to_machine(load_config("tiny", ["train.num_workers=8"]), {"CPU": 2.0}, log=quiet)

@@ -87,29 +87,54 @@ def local_copy(path: str) -> Path:
     return storage.cached_copy(path, "checkpoints")
 
 
-def check_resumable(meta: CheckpointMeta, *, world_size: int, zero_stage: int, where: str) -> None:
-    """ZeRO shards the optimizer by data-parallel rank: a different world size cannot load it."""
-    if meta.zero_stage > 0 and meta.world_size != world_size:
-        raise CheckpointError(
-            f"checkpoint {where} was written by {meta.world_size} workers with ZeRO-{meta.zero_stage}, "
-            f"but this run has {world_size}. ZeRO optimizer shards cannot be re-partitioned as they are: "
-            "convert it with `python -m deepspeed.checkpoint.ds_to_universal --input_folder "
-            f"{where}/{TAG} --output_folder {where}/{TAG}_universal` and load the universal checkpoint, "
-            "or resume with the original --num-workers."
-        )
+def needs_universal(meta: CheckpointMeta, world_size: int) -> bool:
+    """ZeRO shards the optimizer state by data-parallel rank: a checkpoint written by another
+    number of workers loads only through DeepSpeed's universal format."""
+    return meta.zero_stage > 0 and meta.world_size != world_size
 
 
-def load(engine, path: str | Path, *, world_size: int, zero_stage: int) -> tuple[CheckpointMeta, dict]:
+def universal_copy(source: str, local: Path, *, convert: bool) -> Path:
+    """The universal-format conversion of a ZeRO checkpoint (``deepspeed.checkpoint.ds_to_universal``)
+    in this node's cache, keyed by the checkpoint's URL; returns the directory that holds ``TAG``.
+    Only ``convert=True`` (one process per node) writes it; the others wait at a barrier and read."""
+    import hashlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    from argparse import Namespace  # noqa: PLC0415
+
+    root = storage.cache_dir() / "universal" / hashlib.sha1(str(source).encode()).hexdigest()[:16]
+    if convert and not root.exists():
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal  # noqa: PLC0415
+
+        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Our checkpoints carry no Megatron parallelism info: inject DeepSpeed's defaults for it.
+        ds_to_universal(Namespace(input_folder=str(local / TAG), output_folder=str(tmp / TAG), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True))
+        os.replace(tmp, root)
+    return root
+
+
+def load(engine, path: str | Path, *, world_size: int, universal: Path | None = None) -> tuple[CheckpointMeta, dict]:
     """Load a complete checkpoint (a local dir or a URL, copied into this node's cache) into
-    ``engine`` on every rank; returns (meta, client_state)."""
+    ``engine`` on every rank; returns (meta, client_state). ``universal``: its universal-format
+    copy (``universal_copy``), for an engine built with ``load_universal`` (another world size)."""
     if not is_complete(path):
         raise CheckpointError(f"checkpoint {path} is incomplete (missing rank markers); refusing to resume from it")
     meta = read_meta(path)
-    check_resumable(meta, world_size=world_size, zero_stage=zero_stage, where=str(path))
-    path = local_copy(str(path))
-    load_path, client_state = engine.load_checkpoint(str(path), tag=TAG)
+    if needs_universal(meta, world_size) and universal is None:
+        raise CheckpointError(f"checkpoint {path} was written by {meta.world_size} workers with ZeRO-{meta.zero_stage} "
+                              f"and this run has {world_size}: it loads only through its universal conversion")
+    load_dir = universal if universal is not None else local_copy(str(path))
+    try:
+        load_path, client_state = engine.load_checkpoint(str(load_dir), tag=TAG)
+    except (RuntimeError, ValueError, KeyError, AssertionError) as e:
+        if universal is None:
+            raise
+        raise CheckpointError(f"DeepSpeed could not load the universal conversion of {path} "
+                              f"({meta.world_size} -> {world_size} workers, ZeRO-{meta.zero_stage}): {e}") from e
     if load_path is None:
-        raise CheckpointError(f"DeepSpeed found no checkpoint under {path}/{TAG}")
+        raise CheckpointError(f"DeepSpeed found no checkpoint under {load_dir}/{TAG}")
     return meta, client_state or {}
 
 

@@ -18,15 +18,16 @@ def use_bf16(train_cfg: TrainConfig, on_gpu: bool) -> bool:
     return train_cfg.precision == "bf16"
 
 
-def deepspeed_config(train_cfg: TrainConfig, *, on_gpu: bool) -> dict:
-    """The DeepSpeed JSON for one engine. Batch sizes are per worker (micro) and accumulation."""
+def deepspeed_config(train_cfg: TrainConfig, *, on_gpu: bool, load_universal: bool = False) -> dict:
+    """The DeepSpeed JSON for one engine. Batch sizes are per worker (micro) and accumulation.
+    ``load_universal``: the engine resumes from a universal checkpoint (another world size)."""
     zero: dict = {"stage": train_cfg.zero_stage, "contiguous_gradients": True}
     if train_cfg.zero_stage >= 1:
         zero.update(overlap_comm=on_gpu, reduce_bucket_size=5e7, allgather_bucket_size=5e7)
     if train_cfg.zero_stage == 3:
         # Lets engine.save_16bit_model gather full weights for export.
         zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e5)
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": train_cfg.batch_size,
         "gradient_accumulation_steps": train_cfg.grad_accum,
         "gradient_clipping": train_cfg.grad_clip,
@@ -37,6 +38,9 @@ def deepspeed_config(train_cfg: TrainConfig, *, on_gpu: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
+    return config
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -72,7 +76,8 @@ def lr_lambda(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_engine(model: torch.nn.Module, train_cfg: TrainConfig, *, lr: float, total_steps: int, on_gpu: bool):
+def build_engine(model: torch.nn.Module, train_cfg: TrainConfig, *, lr: float, total_steps: int, on_gpu: bool,
+                 load_universal: bool = False):
     """Wrap ``model`` in a DeepSpeed engine with AdamW and the schedule; returns the engine."""
     import deepspeed  # noqa: PLC0415 - see module docstring
 
@@ -86,6 +91,6 @@ def build_engine(model: torch.nn.Module, train_cfg: TrainConfig, *, lr: float, t
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(train_cfg, on_gpu=on_gpu),
+        config=deepspeed_config(train_cfg, on_gpu=on_gpu, load_universal=load_universal),
     )
     return engine

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,13 +144,15 @@ def run_training(
     address: str | None = None,
     report_to_tune: bool = False,
     rung_offset: int = 0,
+    local_cluster: bool = False,
 ) -> TrainResult:
     """Run one training stage ("pretrain" or "finetune") into ``out`` and export its weights.
 
     ``report_to_tune``: inside a Ray Tune trial, forward every ``ray.train.report`` to Tune
     (``TuneReportCallback``) so the scheduler sees each validation rung. Reports then carry
     ``rung`` = ``rung_offset`` + the stage's progress in units of ``tune.rungs``: ASHA's clock,
-    which (unlike Tune's iteration count) stays right when a trial resumes from a checkpoint."""
+    which (unlike Tune's iteration count) stays right when a trial resumes from a checkpoint.
+    ``local_cluster``: Ray is already connected (a Tune trial) to an embedded Ray (no autoscaler)."""
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchConfig, TorchTrainer  # noqa: PLC0415
@@ -160,13 +163,6 @@ def run_training(
     run = RunDir(out)
     check_run_dir(run, resume)
     workers = parse_num_workers(num_workers if num_workers is not None else cfg.train.num_workers)
-    if isinstance(workers, tuple) and cfg.train.zero_stage > 0:
-        print(
-            f"[{stage}] elastic {workers[0]}:{workers[1]} workers with ZeRO-{cfg.train.zero_stage}: a restart at a "
-            "different size cannot load ZeRO optimizer shards; raymmr refuses such a resume with the conversion "
-            "command (deepspeed.checkpoint.ds_to_universal)",
-            flush=True,
-        )
     if init_from:
         # An absolute path or URL: Ray workers run in another working directory, on other nodes.
         found = storage.find_export(init_from)
@@ -195,8 +191,10 @@ def run_training(
         # has no newer checkpoint of this launch (ray-project/ray#49454).
         "resume_from": resume_from,
         "rung_offset": rung_offset if report_to_tune else None,
+        # A fresh name per launch: Ray Train V2 silently resumes a reused name.
+        "launch": f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}" + ("-resume" if resume else ""),
     }
-    embedded = connect_ray(address)
+    embedded = connect_ray(address) or local_cluster
     gpus = cfg.train.gpus_per_worker
     if embedded:
         check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())
@@ -211,8 +209,7 @@ def run_training(
         ),
         run_config=RunConfig(
             storage_path=run.url,
-            # A fresh name per launch: Ray Train V2 silently resumes a reused name.
-            name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}" + ("-resume" if resume else ""),
+            name=job["launch"],
             # A worker group that can never start (too large for the cluster) fails the run
             # instead of being retried without end.
             failure_config=FailureConfig(max_failures=cfg.train.max_failures,

@@ -16,11 +16,12 @@ from pathlib import Path
 from raymmr import storage
 
 
-def set_aside(path: Path, why: str) -> Path:
-    """Rename an unfinished run directory to ``<name>.<why>-<time>`` so a new attempt can start in
-    its place; its logs and partial checkpoints are kept there. Returns the new path."""
-    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
-    path.rename(aside)
+def set_aside(path: str | Path, why: str) -> str:
+    """Move an unfinished run directory (a path or URL) to ``<name>.<why>-<time>`` so a new attempt
+    can start in its place; its logs and partial checkpoints are kept there. Returns the new place."""
+    path = storage.normalize(str(path))
+    aside = f"{path}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage.move(path, aside)
     return aside
 
 
@@ -53,10 +54,13 @@ class RunDir:
         if src.exists():
             storage.put(src, self.url_of(relpath) if relpath else self.url)
 
-    def fetch(self, relpath: str) -> Path:
+    def fetch(self, relpath: str, *, keep_local: bool = False) -> Path:
         """The local copy of ``relpath``, first brought from the run URL when it is there (a
-        process on another node continues a file that an earlier process wrote)."""
+        process on another node continues a file that an earlier process wrote). ``keep_local``:
+        a local copy that exists is newer than the URL's (its writer uploads it now and then)."""
         dst = self.local / relpath
+        if keep_local and dst.exists():
+            return dst
         if self.remote and self.exists(relpath):
             storage.get(self.url_of(relpath), dst)
         return dst

@@ -37,7 +37,47 @@ class WorkerContext:
     flops_per_sample: float
     peak_flops: float
     update_momentum: Callable[[], None]
+    resume: ResumePoint | None = None
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a worker starts from: ``source`` (its URL or path) and, when it was written
+    by another number of workers under ZeRO, its universal conversion on this node."""
+
+    source: str
+    universal: Path | None = None
+
+
+def find_resume_point(job: dict, *, world_size: int, local_rank: int) -> ResumePoint | None:
+    """Ray's latest checkpoint of this launch (a restart after a failure, possibly at another world
+    size under elastic training) or else the ``--resume`` one. A ZeRO checkpoint of another world
+    size is converted to DeepSpeed's universal format once per node (local rank 0; the others wait)."""
+    import ray.train  # noqa: PLC0415
+
+    from raymmr import storage  # noqa: PLC0415
+    from raymmr.train import checkpoint as ckpt  # noqa: PLC0415
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        # Read from the run's storage like any checkpoint: <run>/<this launch>/<checkpoint dir>.
+        source = storage.join(job["run_dir"], job["launch"], Path(checkpoint.path).name)
+    elif job.get("resume_from"):
+        source = job["resume_from"]
+    else:
+        return None
+    meta = ckpt.read_meta(source)
+    if not ckpt.needs_universal(meta, world_size):
+        return ResumePoint(source)
+    if local_rank == 0:
+        console(f"[resume] {source}: written by {meta.world_size} workers with ZeRO-{meta.zero_stage}, resuming "
+                f"with {world_size}: converting it with deepspeed.checkpoint.ds_to_universal")
+    universal = ckpt.universal_copy(source, ckpt.local_copy(source) if local_rank == 0 else Path(),
+                                    convert=local_rank == 0)
+    if world_size > 1:
+        dist.barrier()  # every node's conversion is done before any rank loads
+    return ResumePoint(source, universal)
 
 
 def config_from_yaml(text: str) -> Config:
@@ -134,7 +174,9 @@ def build_worker_context(job: dict) -> WorkerContext:
 
     steps = cfg.train.steps if stage == "pretrain" else cfg.finetune.steps
     lr = cfg.train.lr if stage == "pretrain" else cfg.finetune.lr
-    engine = build_engine(model, cfg.train, lr=lr, total_steps=steps, on_gpu=on_gpu)
+    resume = find_resume_point(job, world_size=world_size, local_rank=ctx.get_local_rank())
+    engine = build_engine(model, cfg.train, lr=lr, total_steps=steps, on_gpu=on_gpu,
+                          load_universal=resume is not None and resume.universal is not None)
     if cfg.train.zero_stage == 3:
         register_external_parameters(model)
 
@@ -180,6 +222,7 @@ def build_worker_context(job: dict) -> WorkerContext:
         flops_per_sample=model.flops_per_sample(stage, cfg.loss, cfg.masking),
         peak_flops=measured_peak_flops(device),
         update_momentum=functools.partial(update_momentum, engine.module, zero3),
+        resume=resume,
         extra={"run_dir": job["run_dir"]},
     )
 

@@ -35,7 +35,7 @@ def train_loop_per_worker(job: dict) -> None:
     w = build_worker_context(job)
     cfg, engine = w.cfg, w.engine
     record_worker(w)
-    start = restore(w, job)
+    start = restore(w)
     writer = MetricsWriter(RunDir(job["run_dir"]), w.stage, w.total_steps, resume_step=start) if w.rank == 0 else None
     terms_acc, timer = TermAccumulator(), StepTimer(w.device)
     last_val: dict = {}
@@ -147,28 +147,23 @@ class StepTimer:
         return out
 
 
-def restore(w: WorkerContext, job: dict) -> int:
-    """Resume from Ray's latest checkpoint of this launch (a restart after a failure) or, failing
-    that, the explicit ``--resume`` one; returns the last completed step (0 for a fresh run)."""
-    import ray.train  # noqa: PLC0415
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # downloaded from the run's storage by Ray, onto this node
-        with checkpoint.as_directory() as path:
-            meta, state = ckpt.load(w.engine, path, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
-        source = checkpoint.path
-    elif job.get("resume_from"):  # a URL or path; each rank copies it into its own node's cache
-        source = job["resume_from"]
-        meta, state = ckpt.load(w.engine, source, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage)
-    else:
+def restore(w: WorkerContext) -> int:
+    """Load the resume point ``build_worker_context`` found (Ray's latest checkpoint of this launch
+    after a restart, else the ``--resume`` one), through its universal conversion when the world
+    size changed; returns the last completed step (0 for a fresh run)."""
+    point = w.resume
+    if point is None:
         return 0
+    meta, state = ckpt.load(w.engine, point.source, world_size=w.world_size, universal=point.universal)
     if meta.stage != w.stage:
-        raise ckpt.CheckpointError(f"checkpoint {source} is from {meta.stage}, not {w.stage}")
+        raise ckpt.CheckpointError(f"checkpoint {point.source} is from {meta.stage}, not {w.stage}")
     step = int(state.get("step", meta.step))
     if w.rank == 0:
-        event = {"event": "resumed", "step": step, "checkpoint": str(source),
+        event = {"event": "resumed", "step": step, "checkpoint": point.source, "world_size": w.world_size,
+                 "checkpoint_world_size": meta.world_size, "universal": point.universal is not None,
                  "optimizer_steps": optimizer_steps(w.engine)}
-        console(f"[{w.stage}] resumed from {source} at step {step} "
+        how = f" via its universal conversion ({meta.world_size} -> {w.world_size} workers)" if point.universal else ""
+        console(f"[{w.stage}] resumed from {point.source} at step {step}{how} "
                 f"(optimizer state at {event['optimizer_steps']} steps)")
         RunDir(w.extra["run_dir"]).append_lines("events.jsonl", [json.dumps(event)])
     return step
