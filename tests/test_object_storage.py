@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from raynodes import ROOT, SHORT_RUN, free_port, job, node_env, ray_node, wait_for_nodes
+from raynodes import ROOT, free_port, job, node_env, ray_node, wait_for_nodes
 
 from raymmr import storage
 
@@ -29,28 +29,66 @@ def check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
-def test_two_nodes_without_shared_disk_pretrain_finetune_evaluate(s3_server, s3_tiny_data, tmp_path):
-    """2 Ray nodes (one training worker each) + a driver on a third "machine": pre-train into the
-    bucket, fine-tune from the bucket's export, evaluate the bucket's fine-tuned export."""
+def start_job(name: str, *args: str, environ: dict, log) -> subprocess.Popen:
+    """`python jobs/<name>.py ARGS` in the background, in its own process group."""
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args], env=environ, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_after_first_checkpoint(proc: subprocess.Popen, run: str, log_path) -> int:
+    """SIGKILL the job's process group (a lost driver machine) once a complete checkpoint of
+    ``run`` is in the bucket; returns its step."""
+    from raymmr.train import checkpoint as ckpt
+
+    deadline = time.time() + 400
+    try:
+        while ckpt.latest_complete(run) is None:
+            assert proc.poll() is None, f"the run ended before it was killed: {log_path.read_text()[-3000:]}"
+            assert time.time() < deadline, f"no checkpoint reached the bucket: {log_path.read_text()[-3000:]}"
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return ckpt.read_meta(ckpt.latest_complete(run)).step
+
+
+def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
+    """2 Ray nodes (one training worker each) and drivers on other "machines", sharing only the
+    bucket: pre-train into the bucket, the driver killed after its first checkpoint and the run
+    resumed from the URL by a driver on a fresh machine; fine-tune from the bucket's export; evaluate
+    the bucket's fine-tuned export. Export, metrics, events and TensorBoard files are in the bucket."""
     token = secrets.token_hex(32)
     port = free_port()
     address = f"127.0.0.1:{port}"
-    head_env, worker_env, driver_env = (node_env(tmp_path, name, RAY_AUTH_TOKEN=token, **s3_server.env)
-                                        for name in ("head", "worker", "driver"))
+    head_env, worker_env, driver_env, second_driver_env = (
+        node_env(tmp_path, name, RAY_AUTH_TOKEN=token, **s3_server.env) for name in ("head", "worker", "driver", "driver2"))
     pt, ft, ev = (s3_server.url("runs", "two-node", x) for x in ("pretrain", "finetune", "eval"))
-    cluster = ["--address", address, "--num-workers", "2", "--cpus-per-worker", "1", "--data", s3_tiny_data]
+    cluster = ["--address", address, "--num-workers", "2", "--cpus-per-worker", "1", "--data", s3_tiny_data,
+               "--set", "data.loader_workers=0", "--set", "train.val_every=0"]  # fmt: skip
+    pretrain = ["--config", "tiny", "--steps", "12", "--set", "train.checkpoint_every=4", "--set", "train.log_every=2",
+                *cluster, "--out", pt]  # fmt: skip
     head = ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={free_port()}"]
+    log_path = tmp_path / "killed-driver.log"
     with ray_node(*head, environ=head_env), ray_node(f"--address={address}", "--num-cpus=1", environ=worker_env):
         wait_for_nodes(address, 2, environ=driver_env)
-        check(job("pretrain", *SHORT_RUN, *cluster, "--out", pt, environ=driver_env))
-        check(job("finetune", "--config", "tiny", "--steps", "4", "--set", "train.checkpoint_every=4",
-                  "--set", "train.val_every=0", "--set", "data.loader_workers=0", *cluster,
+        with log_path.open("w") as log:
+            killed_at = kill_after_first_checkpoint(start_job("pretrain", *pretrain, environ=driver_env, log=log),
+                                                    pt, log_path)
+        assert killed_at < 12
+        again = job("pretrain", *pretrain, environ=second_driver_env)  # without --resume: refused, nothing lost
+        assert again.returncode == 2 and "--resume" in again.stderr, again.stderr[-2000:]
+        check(job("pretrain", *pretrain, "--resume", environ=second_driver_env))
+        check(job("finetune", "--config", "tiny", "--steps", "4", "--set", "train.checkpoint_every=4", *cluster,
                   "--init", pt, "--out", ft, environ=driver_env))  # fmt: skip
     evaluated = job("evaluate", "--config", "tiny", "--model", ft, "--data", s3_tiny_data, "--limit", "64",
-                    "--severities", "strong", "--out", ev, environ=driver_env)  # fmt: skip
+                    "--severities", "strong", "--out", ev, environ=second_driver_env)  # fmt: skip
     check(evaluated)
 
+    metrics = jsonl(f"{pt}/metrics.jsonl")
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(2, 13, 2)), metrics  # one continuous log
+    resumed = [e for e in jsonl(f"{pt}/events.jsonl") if e["event"] == "resumed"]
+    assert resumed and resumed[-1]["step"] >= killed_at, resumed
     keys = s3_server.keys("runs/two-node/")
     for run in ("pretrain", "finetune"):
         prefix = f"runs/two-node/{run}/"
@@ -66,38 +104,3 @@ def test_two_nodes_without_shared_disk_pretrain_finetune_evaluate(s3_server, s3_
     assert json.loads(storage.read_text(s3_server.url("runs/two-node/eval/results.json")))["n_vqa"] > 0
     # Nothing was written to a local folder named after the URL.
     assert not (ROOT / "s3:").exists()
-
-
-def test_driver_killed_then_resumed_from_the_url_on_a_fresh_machine(s3_server, s3_tiny_data, tmp_path):
-    """`--out s3://...`: the driver (with its embedded Ray) is SIGKILLed after the first checkpoint
-    reached the bucket; `--resume URL` from a machine with an empty cache finishes the run."""
-    run = s3_server.url("runs", "killed")
-    args = ["--config", "tiny", "--steps", "16", "--set", "train.checkpoint_every=4", "--set", "train.log_every=2",
-            "--set", "train.val_every=0", "--set", "data.loader_workers=0", "--set", "train.cpus_per_worker=1",
-            "--data", s3_tiny_data, "--out", run]  # fmt: skip
-    first = node_env(tmp_path, "first", **s3_server.env)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "pretrain.py"), *args], env=first,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    from raymmr.train import checkpoint as ckpt
-
-    deadline = time.time() + 400
-    try:
-        while ckpt.latest_complete(run) is None:
-            assert proc.poll() is None, f"the run ended before it was killed: {proc.stdout.read()[-3000:]}"
-            assert time.time() < deadline, "no checkpoint reached the bucket"
-            time.sleep(1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, as a lost machine
-        proc.wait()
-    killed_at = ckpt.read_meta(ckpt.latest_complete(run)).step
-    assert killed_at < 16
-
-    again = job("pretrain", *args, environ=node_env(tmp_path, "second", **s3_server.env))
-    assert again.returncode == 2 and "--resume" in again.stderr, again.stderr[-2000:]
-    resumed = job("pretrain", *args, "--resume", environ=node_env(tmp_path, "third", **s3_server.env))
-    check(resumed)
-    metrics = jsonl(f"{run}/metrics.jsonl")
-    assert [m["step"] for m in metrics if "loss" in m] == list(range(2, 17, 2))
-    events = [e for e in jsonl(f"{run}/events.jsonl") if e["event"] == "resumed"]
-    assert events and events[-1]["step"] >= killed_at
-    assert storage.exists(f"{run}/export/model.safetensors")

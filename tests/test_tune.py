@@ -45,33 +45,11 @@ def sweep_cmd(tmp_path, data, out, *extra):
     return [*cmd, *extra]
 
 
-def test_sweep_asha_report_and_best_config(tiny_data, tmp_path):
-    out = tmp_path / "sweep"
-    proc = subprocess.run(sweep_cmd(tmp_path, tiny_data, out), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert len(rows) == 4
-    assert any(r["status"] == "STOPPED_EARLY" for r in rows), rows  # ASHA stopped a trial
-    assert all(r["objective"] for r in rows)
-    for r in rows:  # trials that ran to the end exported their weights (Tune did not cut them short)
-        if r["status"] == "COMPLETED":
-            assert (out / "trials" / r["trial_id"] / "pretrain" / "export" / "model.safetensors").exists(), r
-    for name in ("trials.md", "best_config.yaml", "history.png", "importances.png", "parallel_coordinates.png"):
-        assert (out / name).stat().st_size > 0, name
-    study = optuna.load_study(study_name="raymmr", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal"))))
-    assert len(study.trials) == 4
-    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--config", str(out / "best_config.yaml"),
-                          "--steps", "3", "--set", "train.checkpoint_every=3", "--set", "train.val_every=0",
-                          "--data", tiny_data, "--out", str(tmp_path / "best-run")],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-
 def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_tiny_data, tmp_path):
     """`--out s3://...`: the driver (and its embedded Ray) is SIGKILLed once a trial has exported;
     `--resume` from a machine with an empty cache finishes the sweep without training completed
-    trials again, and the report, best_config.yaml and the Optuna study land in the bucket."""
+    trials again, ASHA stops a weak trial, and the report, best_config.yaml (a valid config) and
+    the Optuna study land in the bucket."""
     from raynodes import node_env
 
     from raymmr import storage
@@ -101,10 +79,15 @@ def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{out}/trials.csv"))))
     assert len(rows) == 4 and all(r["status"] in ("COMPLETED", "STOPPED_EARLY") for r in rows), rows
+    assert any(r["status"] == "STOPPED_EARLY" for r in rows), rows  # ASHA stopped a trial
     assert all(r["objective"] for r in rows), rows
+    for r in rows:  # trials that ran to the end exported their weights (Tune did not cut them short)
+        if r["status"] == "COMPLETED":
+            assert storage.exists(f"{out}/trials/{r['trial_id']}/pretrain/export/model.safetensors"), r
     for t in done_before:  # completed trials were not trained again
         assert count_starts(out, t) == starts_before[t], t
-    for name in ("trials.md", "best_config.yaml", "history.png", "base_config.yaml"):
+    for name in ("trials.md", "best_config.yaml", "history.png", "importances.png", "parallel_coordinates.png",
+                 "base_config.yaml"):
         assert storage.exists(f"{out}/{name}"), name
     journal = tmp_path / "optuna.journal"
     journal.write_bytes(storage.read_bytes(f"{out}/optuna.journal"))
@@ -112,6 +95,13 @@ def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_
         optuna.storages.journal.JournalFileBackend(str(journal))))
     assert len(study.trials) == 4
     assert not (ROOT / "s3:").exists()
+    # best_config.yaml is accepted as is by a training job.
+    best = tmp_path / "best_config.yaml"
+    best.write_bytes(storage.read_bytes(f"{out}/best_config.yaml"))
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--config", str(best), "--steps", "3",
+                          "--set", "train.checkpoint_every=3", "--set", "train.val_every=0", "--data", s3_tiny_data,
+                          "--out", str(tmp_path / "best-run")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 def count_starts(out: str, trial: str) -> int:
