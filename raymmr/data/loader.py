@@ -15,6 +15,15 @@ Epoch modes
   yields exactly samples_per_epoch // (batch_size * world_size) full batches, the same number
   on every rank, so no rank waits forever in a collective.
 
+Shuffling and resumption: a consumer's shards are read in *windows* of whole shards holding about
+``shuffle_buffer`` samples (encoded bytes); each window is permuted by its own RNG
+(seed, epoch, consumer, window). A consumer's position is therefore (window, offset in it, batches
+yielded), and each batch carries it (``position``). A restarted run passes the positions it had
+consumed (``start``): each consumer jumps straight to its window (resampled mode replays only the
+shard draws, no reads), re-reads that one window and continues at the offset: the same samples in
+the same order, none replayed, none skipped. ``phase`` rotates the DataLoader workers' roles so the
+round-robin interleaving of the workers' batches also continues where it was.
+
 Robustness: only jpg/jpeg/png/json/txt members are decoded (never pickle). A truncated or
 corrupt tar, an undecodable image, malformed JSON or a missing text skips the sample, counts it
 in the next batch's ``skipped`` and logs one warning per shard naming shard and member.
@@ -23,10 +32,11 @@ in the next batch's ``skipped`` and logs one warning per shard naming shard and 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
+import itertools
 import json
 import logging
+import math
 import os
 import random
 import tarfile
@@ -113,20 +123,6 @@ def read_tar(url: str, problems: _Problems, expected: int | None = None) -> Iter
             stream.close()
 
 
-def _shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
-    """Reservoir shuffle: keep ``bufsize`` samples, emit a random one per new arrival."""
-    buf: list[dict] = []
-    for s in samples:
-        if len(buf) < bufsize:
-            buf.append(s)
-            continue
-        i = rng.randrange(bufsize)
-        buf[i], s = s, buf[i]
-        yield s
-    rng.shuffle(buf)
-    yield from buf
-
-
 # --------------------------------------------------------------------------- decoding
 
 
@@ -209,7 +205,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __init__(self, urls, *, tokenizer, answers, max_text_len, batch_size, rank, world_size, epoch_mode,
                  samples_per_epoch, shuffle_buffer, seed, epoch, perturbation, image_size, key_to_row, manifest,
-                 num_workers):
+                 num_workers, start=None, phase=0):
         from raymmr.data.answers import normalize_answer
 
         self.urls, self.counts = list(urls), shard_counts(list(urls), manifest)
@@ -218,6 +214,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
         self.perturbation, self.image_size, self.key_to_row = perturbation, image_size, key_to_row
         self.num_workers = max(1, num_workers)
+        self.start = {int(k): tuple(v) for k, v in (start or {}).items()}  # role -> (window, offset, batches)
+        self.phase = phase
         self.answer_ids = {a: i for i, a in enumerate(answers)}
         self._normalize = normalize_answer
         manifest = manifest or {}
@@ -226,57 +224,82 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.batches_per_rank = None
         if epoch_mode == "resampled":
             self.batches_per_rank = samples_per_epoch // (batch_size * world_size)
+        known = [c for c in self.counts if c]
+        per_shard = sum(known) / len(known) if known else 0
+        # Shards per shuffle window: enough to hold shuffle_buffer samples (one when counts are unknown).
+        self.window = max(1, math.ceil(shuffle_buffer / per_shard)) if shuffle_buffer > 1 and per_shard else 1
 
     # -- shards
 
-    def _exact_shards(self, consumer: int, consumers: int) -> list[int]:
+    def _exact_shards(self, consumer: int, consumers: int) -> Iterator[int]:
         order = list(range(len(self.urls)))
         random.Random(f"{self.seed}-{self.epoch}").shuffle(order)  # same permutation on every rank
-        return order[consumer::consumers]
+        return iter(order[consumer::consumers])
 
-    def _resampled_shards(self, rng: random.Random) -> Iterator[int]:
+    def _resampled_shards(self, consumer: int) -> Iterator[int]:
+        rng = random.Random(f"{self.seed}-{self.epoch}-{consumer}")
         while True:
             yield rng.randrange(len(self.urls))
 
-    def _samples(self, shard_ids, problems: _Problems) -> Iterator[dict]:
+    def _windows(self, shard_ids: Iterator[int]) -> Iterator[list[int]]:
+        while True:
+            window = list(itertools.islice(shard_ids, self.window))
+            if not window:
+                return
+            yield window
+
+    def _samples(self, shard_ids: Iterator[int], consumer: int, problems: _Problems,
+                 start: tuple[int, int] = (0, 0)) -> Iterator[dict]:
+        """Raw samples window by window, each window permuted; every sample carries the position
+        after it (``__pos__`` = (window, offset)). Windows before ``start`` are not read."""
         barren = 0  # consecutive shards without one sample: stop instead of spinning forever
-        for i in shard_ids:
-            n = 0
-            for raw in read_tar(self.urls[i], problems, self.counts[i]):
-                n += 1
+        first_window, first_offset = start
+        for w, window in enumerate(self._windows(shard_ids)):
+            if w < first_window:
+                continue
+            raws = []
+            for i in window:
+                n = 0
+                for raw in read_tar(self.urls[i], problems, self.counts[i]):
+                    n += 1
+                    raws.append(raw)
+                barren = 0 if n else barren + 1
+                if barren >= max(20, 2 * len(self.urls)):
+                    raise RuntimeError(f"{barren} shards in a row yielded no sample (e.g. {self.urls[i]}); "
+                                       "run `python jobs/make_shards.py validate DIR`")
+            if self.shuffle_buffer > 1:
+                random.Random(f"{self.seed}-{self.epoch}-{consumer}-w{w}").shuffle(raws)
+            skip = first_offset if w == first_window else 0
+            for offset in range(skip, len(raws)):
+                raw = raws[offset]
+                raw["__pos__"] = (w, offset + 1)
                 yield raw
-            barren = 0 if n else barren + 1
-            if barren >= max(20, 2 * len(self.urls)):
-                raise RuntimeError(f"{barren} shards in a row yielded no sample (e.g. {self.urls[i]}); "
-                                   "run `python jobs/make_shards.py validate DIR`")
 
     # -- iteration
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        consumer, consumers = self.rank * nw + wid, self.world_size * nw
-        rng = random.Random(f"{self.seed}-{self.epoch}-{consumer}")
+        role = (wid + self.phase) % nw  # which consumer of this rank this worker plays
+        consumer, consumers = self.rank * nw + role, self.world_size * nw
+        window, offset, done = self.start.get(role, (0, 0, 0))
         problems = _Problems()
         if self.epoch_mode == "exact":
-            samples = self._samples(self._exact_shards(consumer, consumers), problems)
+            shards = self._exact_shards(consumer, consumers)
             quota = None
         else:
-            samples = self._samples(self._resampled_shards(rng), problems)
+            shards = self._resampled_shards(consumer)
             n = self.batches_per_rank
-            quota = n // nw + (wid < n % nw)
-        import webdataset as wds
+            quota = n // nw + (role < n % nw)
+        samples = self._samples(shards, consumer, problems, (window, offset))
+        yield from self._batches(samples, problems, quota=quota, role=role, done=done)
 
-        stages = [lambda: samples]
-        if self.shuffle_buffer > 1:
-            stages.append(functools.partial(_shuffled, bufsize=self.shuffle_buffer, rng=rng))
-        stages.append(functools.partial(self._batches, problems=problems, quota=quota))
-        yield from wds.DataPipeline(*stages)
-
-    def _batches(self, samples: Iterator[dict], problems: _Problems, quota: int | None) -> Iterator[dict]:
-        if quota == 0:
+    def _batches(self, samples: Iterator[dict], problems: _Problems, quota: int | None, role: int = 0,
+                 done: int = 0) -> Iterator[dict]:
+        """Batches of ``samples``; ``done``: batches this role yielded before a restart."""
+        if quota is not None and done >= quota:
             return
-        done, pending = 0, None
+        pending = None
         shared = torch.utils.data.get_worker_info() is not None
         B, S = self.batch_size, self.image_size
         while True:
@@ -300,9 +323,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             if not records or (quota is not None and len(records) < B):
                 break  # exhausted (resampled mode only ever yields full batches)
             batch = self._collate(records, images[: len(records)], problems.take())
+            done += 1
+            batch["position"] = torch.tensor([role, *raw["__pos__"], done])  # after this batch
             if quota is not None:
                 yield batch
-                done += 1
                 if done >= quota:
                     return
                 continue
@@ -356,13 +380,17 @@ class ShardStream(torch.utils.data.IterableDataset):
 def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len: int, batch_size: int, rank: int,
                 world_size: int, epoch_mode: str, samples_per_epoch: int, shuffle_buffer: int, loader_workers: int,
                 seed: int, epoch: int, perturbation, image_size: int, key_to_row: dict[str, int] | None = None,
-                manifest: dict | None = None, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                manifest: dict | None = None, pin_memory: bool = False, start: dict | None = None,
+                phase: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader of batch dicts for rank ``rank`` of ``world_size`` (see the module docstring).
 
     Batch: image uint8 [B,3,S,S]; text_ids/text_mask (+ _strong, _light) int64 [B,L]; answer,
     answer_type, question_type, organ, domain, index_row int64 [B]; is_caption bool [B];
-    skipped int64 []; key list[str]. ``samples_per_epoch`` = 0 in resampled mode means the
-    manifest's sample count of ``urls``.
+    skipped int64 []; key list[str]; position int64 [4] (worker role, window, offset, batches: where
+    the role stands after this batch). ``samples_per_epoch`` = 0 in resampled mode means the
+    manifest's sample count of ``urls``. ``start`` (role -> the position of the last batch consumed)
+    and ``phase`` (the role whose batch came next) continue an epoch where a checkpoint left it
+    (see ``LoaderPosition``).
     """
     if not urls:
         raise ValueError("make_loader: no shard URL given (is the split empty?)")
@@ -387,13 +415,39 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
         urls, tokenizer=tokenizer, answers=answers, max_text_len=max_text_len, batch_size=batch_size, rank=rank,
         world_size=world_size, epoch_mode=epoch_mode, samples_per_epoch=samples_per_epoch,
         shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch, perturbation=perturbation, image_size=image_size,
-        key_to_row=key_to_row, manifest=manifest, num_workers=loader_workers,
+        key_to_row=key_to_row, manifest=manifest, num_workers=loader_workers, start=start, phase=phase,
     )
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
         worker_init_fn=_worker_init if loader_workers > 0 else None,
         prefetch_factor=4 if loader_workers > 0 else None, persistent_workers=False,
     )
+
+
+class LoaderPosition:
+    """Where one rank's training stream stands: the epoch, each worker role's position after its
+    last consumed batch, and the role whose batch comes next. Saved with every checkpoint (one per
+    rank) and given back to ``make_loader`` (``start``, ``phase``) to continue the exact sequence."""
+
+    def __init__(self, epoch: int = 0, roles: dict | None = None, next_role: int = 0, workers: int = 1):
+        self.epoch, self.workers = epoch, max(1, workers)
+        self.roles = {int(k): list(v) for k, v in (roles or {}).items()}
+        self.next_role = next_role
+
+    def consumed(self, position: torch.Tensor) -> None:
+        role, window, offset, batches = (int(x) for x in position.tolist())  # a CPU tensor: no device sync
+        self.roles[role] = [window, offset, batches]
+        self.next_role = (role + 1) % self.workers
+
+    def new_epoch(self, epoch: int) -> None:
+        self.epoch, self.roles, self.next_role = epoch, {}, 0
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "roles": self.roles, "next_role": self.next_role, "workers": self.workers}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoaderPosition:
+        return cls(d["epoch"], d["roles"], d["next_role"], d["workers"])
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -434,4 +488,4 @@ def iter_samples(urls: list[str]) -> Iterator[Sample]:
             yield Sample(image=image, **fields)
 
 
-__all__ = ["make_loader", "iter_samples", "iter_records", "decode_image", "decode_record", "read_tar", "ShardStream"]
+__all__ = ["make_loader", "LoaderPosition", "iter_samples", "iter_records", "decode_image", "decode_record", "read_tar", "ShardStream"]

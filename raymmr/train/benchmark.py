@@ -73,6 +73,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
             batch = next(batches)
             wait += time.perf_counter() - t
             batch.pop("skipped", None)
+            batch.pop("position", None)
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             if stage == "finetune":
                 batch["index_row"] = torch.randint(0, index.shape[0], (len(batch["key"]),), device=device)

@@ -185,7 +185,7 @@ def run_training(
         "run_dir": run.url,
         "data": data,
         "init_from": init_from,
-        "inject_failure": os.environ.get("RAYMMR_INJECT_FAILURE"),
+        "key_log": os.environ.get("RAYMMR_KEY_LOG"),  # a test's record of consumed sample keys
         "vocab_size": vocab_size(cfg, data),
         # Ray Train V2 has no resume_from_checkpoint: the worker loads this one itself when Ray
         # has no newer checkpoint of this launch (ray-project/ray#49454).

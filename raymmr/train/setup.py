@@ -38,6 +38,7 @@ class WorkerContext:
     peak_flops: float
     update_momentum: Callable[[], None]
     resume: ResumePoint | None = None
+    data_position: Any = None  # raymmr.data.loader.LoaderPosition of ``batches``
     extra: dict = field(default_factory=dict)
 
 
@@ -181,19 +182,23 @@ def build_worker_context(job: dict) -> WorkerContext:
         register_external_parameters(model)
 
     samples_per_epoch = cfg.data.samples_per_epoch or manifest["splits"]["train"]["count"]
+    position = data_position(resume, cfg, rank, world_size)
     batches = epochs(
-        lambda epoch: make_loader(
+        lambda epoch, start, phase: make_loader(
             train_urls,
             epoch_mode=cfg.data.epoch_mode,
             samples_per_epoch=samples_per_epoch,
             seed=cfg.data.seed,
             epoch=epoch,
             key_to_row=key_to_row,
+            start=start,
+            phase=phase,
             **loader_args,
         ),
         exact=cfg.data.epoch_mode == "exact",
         world_size=world_size,
         device=device,
+        position=position,
     )
     val_urls = shard_urls(cfg.data.val_shards or data, "val")
     n_val = cfg.train.val_batches * cfg.train.batch_size * world_size
@@ -223,6 +228,7 @@ def build_worker_context(job: dict) -> WorkerContext:
         peak_flops=measured_peak_flops(device),
         update_momentum=functools.partial(update_momentum, engine.module, zero3),
         resume=resume,
+        data_position=position,
         extra={"run_dir": job["run_dir"]},
     )
 
@@ -255,12 +261,16 @@ def update_momentum(model, zero3: bool) -> None:
         model.update_momentum()
 
 
-def epochs(make: Callable[[int], Any], *, exact: bool, world_size: int, device) -> Iterator:
-    """Batches across epochs. Resampled epochs have the same length on every rank. Exact epochs
-    may not (shard splits differ), so each rank tells the others whether it still has a batch and
-    all move to the next epoch together — no rank waits forever in a collective."""
-    for epoch in itertools.count():
-        it = iter(make(epoch))
+def epochs(make: Callable[[int, dict, int], Any], *, exact: bool, world_size: int, device, position) -> Iterator:
+    """Batches across epochs, from ``position`` on (a ``LoaderPosition``, kept up to date with every
+    batch handed out, so a checkpoint saves exactly where the stream stands). Resampled epochs have
+    the same length on every rank. Exact epochs may not (shard splits differ), so each rank tells the
+    others whether it still has a batch and all move to the next epoch together — no rank waits
+    forever in a collective."""
+    for epoch in itertools.count(position.epoch):
+        if epoch != position.epoch:
+            position.new_epoch(epoch)
+        it = iter(make(epoch, position.roles, position.next_role))
         while True:
             batch = next(it, None)
             if exact and world_size > 1:
@@ -270,7 +280,35 @@ def epochs(make: Callable[[int], Any], *, exact: bool, world_size: int, device) 
                     break
             if batch is None:
                 break
+            position.consumed(batch.pop("position"))
             yield batch
+
+
+LOADER_STATE = "loader-rank-{rank}.json"  # in each checkpoint, one per rank
+
+
+def data_position(resume: ResumePoint | None, cfg: Config, rank: int, world_size: int):
+    """Where this rank's data stream starts: the position saved with the resume point when the world
+    size and loader workers are the ones that wrote it (the exact sample sequence continues); else
+    the start of the epoch after the saved one (a different partition cannot continue it)."""
+    from raymmr import storage  # noqa: PLC0415
+    from raymmr.data.loader import LoaderPosition  # noqa: PLC0415
+
+    workers = max(1, cfg.data.loader_workers)
+    if resume is None:
+        return LoaderPosition(workers=workers)
+    where = storage.join(resume.source, LOADER_STATE.format(rank=rank))
+    if not storage.exists(where):
+        if rank == 0:
+            console(f"[resume] {resume.source} holds no data position (an older checkpoint): data starts at epoch 0")
+        return LoaderPosition(workers=workers)
+    saved = json.loads(storage.read_text(where))
+    if saved["world_size"] == world_size and saved["workers"] == workers:
+        return LoaderPosition.from_dict(saved)
+    if rank == 0:
+        console(f"[resume] the data position was saved by {saved['world_size']} ranks x {saved['workers']} loader "
+                f"workers; with {world_size} x {workers} the data starts over at epoch {saved['epoch'] + 1}")
+    return LoaderPosition(epoch=saved["epoch"] + 1, workers=workers)
 
 
 def load_initial_weights(model, init_from: str, rank: int) -> None:

@@ -21,7 +21,7 @@ from raymmr.config import Config
 from raymmr.train import checkpoint as ckpt
 from raymmr.train.metrics import MetricsWriter, TermAccumulator, console
 from raymmr.train.rundir import RunDir
-from raymmr.train.setup import WorkerContext, build_worker_context
+from raymmr.train.setup import LOADER_STATE, WorkerContext, build_worker_context
 
 log = logging.getLogger("raymmr")
 
@@ -41,10 +41,10 @@ def train_loop_per_worker(job: dict) -> None:
     last_val: dict = {}
     nonfinite = 0
     for step in range(start + 1, w.total_steps + 1):
-        maybe_inject_failure(job, step, w.rank)
         micro = 0
         while micro < cfg.train.grad_accum:
             batch = timer.next_batch(w.batches)
+            record_keys(job, step, w.rank, batch)
             with autocast(w):
                 terms = w.task(engine.module, batch)
             if not finite_on_all_ranks(terms["loss"], w.world_size):
@@ -184,8 +184,9 @@ def record_worker(w: WorkerContext) -> None:
     reach rank 0 through the process group (ranks on other nodes share no disk with it)."""
     import ray  # noqa: PLC0415
 
-    event = {"event": "worker_started", "rank": w.rank, "world_size": w.world_size,
-             "node_id": ray.get_runtime_context().get_node_id(), "device": str(w.device)}
+    event = {"event": "worker_started", "rank": w.rank, "world_size": w.world_size, "pid": os.getpid(),
+             "node_id": ray.get_runtime_context().get_node_id(), "device": str(w.device),
+             "data_epoch": w.data_position.epoch}
     events = [None] * w.world_size
     if w.world_size > 1:
         dist.all_gather_object(events, event)  # our own ranks' small dicts
@@ -207,6 +208,9 @@ def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint:
         return
     meta = ckpt.CheckpointMeta(step=step, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage, stage=w.stage)
     path = ckpt.save(w.engine, meta, w.rank, client_state={"step": step})
+    position = {"world_size": w.world_size, **w.data_position.to_dict()}
+    with open(os.path.join(path, LOADER_STATE.format(rank=w.rank)), "w") as f:
+        json.dump(position, f)
     if probe is not None and w.rank == 0:
         save_file(probe, os.path.join(path, ckpt.PROBE))
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=f"step_{step:07d}")
@@ -227,8 +231,9 @@ def validate(w: WorkerContext) -> dict:
     sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # correct, answered, rank sum, ranked
     images, texts = [], []  # caption pairs' embeddings, pair i <-> i
     for batch in w.val_batches():
-        batch = {k: v.to(w.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         batch.pop("skipped", None)
+        batch.pop("position", None)
+        batch = {k: v.to(w.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast(w):
             acc.add(w.task(model, batch))
             logits = model.answer_logits(batch["image"], batch["text_ids"], batch["text_mask"])
@@ -288,14 +293,10 @@ def probe_outputs(model, x: dict) -> dict:
     }
 
 
-def maybe_inject_failure(job: dict, step: int, rank: int) -> None:
-    """Testing hook: ``RAYMMR_INJECT_FAILURE=step:rank:marker`` kills that rank once at that step
-    (the marker file records that it already happened, so the restarted group runs through)."""
-    spec = job.get("inject_failure")
-    if not spec:
-        return
-    at_step, at_rank, marker = spec.split(":", 2)
-    if step == int(at_step) and rank == int(at_rank) and not os.path.exists(marker):
-        open(marker, "w").close()
-        console(f"[inject] killing rank {rank} at step {step}")
-        os._exit(1)
+def record_keys(job: dict, step: int, rank: int, batch: dict) -> None:
+    """Testing hook: ``RAYMMR_KEY_LOG=PATH`` appends each consumed batch's sample keys to
+    ``PATH.rank<r>``, so a test can compare the sequence a killed-and-restarted run consumed."""
+    path = job.get("key_log")
+    if path:
+        with open(f"{path}.rank{rank}", "a") as f:  # a leading newline: a line cut by a kill stays alone
+            f.write("\n" + json.dumps({"step": step, "keys": batch["key"]}))
