@@ -197,3 +197,26 @@ def test_records_with_odd_label_types_still_batch(data, tmp_path):
     b = next(iter(loader([str(path)], data)))
     assert b["key"] == [s.key] and b["organ"].tolist() == [-1] and b["question_type"].tolist() == [-1]
     assert b["answer"].tolist() == [-100]  # "1" is not in this vocabulary
+
+
+@pytest.mark.parametrize("mode", ["exact", "resampled"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_restart_continues_the_exact_sample_sequence(data, mode, workers):
+    """Stop after k batches, save the LoaderPosition, start a new loader from it: the batches that
+    follow are exactly those of the uninterrupted loader (none replayed, none skipped), for every
+    stopping point, with and without DataLoader workers."""
+    from raymmr.data.loader import LoaderPosition
+
+    urls = shard_urls(str(data[0]), "train")
+    kw = dict(epoch_mode=mode, samples_per_epoch=40, loader_workers=workers, shuffle_buffer=8, epoch=2)
+    whole = [b["key"] for b in loader(urls, data, **kw)]
+    assert len(whole) >= 6
+    for k in (1, 3, len(whole) - 1):
+        position = LoaderPosition(epoch=2, workers=workers)
+        it = iter(loader(urls, data, **kw))
+        for _ in range(k):
+            position.consumed(next(it)["position"])
+        del it
+        saved = LoaderPosition.from_dict(json.loads(json.dumps(position.to_dict())))  # as a checkpoint keeps it
+        rest = [b["key"] for b in loader(urls, data, **kw, start=saved.roles, phase=saved.next_role)]
+        assert rest == whole[k:], f"stopped after {k} of {len(whole)} batches"
