@@ -120,7 +120,7 @@ class DataConfig:
     tokenizer: str = _f("", help="'' = tokenizer.json saved with the shards, else HF name or path")
     epoch_mode: str = _f("resampled", choices=["exact", "resampled"])
     samples_per_epoch: int = _f(0, range=(0, 10**12), help="resampled mode; 0 = size of the train split")
-    shuffle_buffer: int = _f(1000, range=(0, 10**7), help="samples shuffled together: windows of whole shards holding at least this many")
+    shuffle_buffer: int = _f(1000, range=(0, 10**7), help="encoded samples in the shuffle reservoir")
     loader_workers: int = _f(2, range=(0, 64), help="DataLoader worker processes per Ray Train worker")
     seed: int = _f(0, range=(0, 2**31 - 1))
     # SynthRad generation (used when no shards are given)

@@ -15,14 +15,13 @@ Epoch modes
   yields exactly samples_per_epoch // (batch_size * world_size) full batches, the same number
   on every rank, so no rank waits forever in a collective.
 
-Shuffling and resumption: a consumer's shards are read in *windows* of whole shards holding about
-``shuffle_buffer`` samples (encoded bytes); each window is permuted by its own RNG
-(seed, epoch, consumer, window). A consumer's position is therefore (window, offset in it, batches
-yielded), and each batch carries it (``position``). A restarted run passes the positions it had
-consumed (``start``): each consumer jumps straight to its window (resampled mode replays only the
-shard draws, no reads), re-reads that one window and continues at the offset: the same samples in
-the same order, none replayed, none skipped. ``phase`` rotates the DataLoader workers' roles so the
-round-robin interleaving of the workers' batches also continues where it was.
+Shuffling and resumption: a reservoir of ``shuffle_buffer`` encoded samples, its RNG seeded by
+(seed, epoch, consumer). A consumer's position is the number of samples it has drawn from that
+stream and the batches it has yielded; each batch carries it (``position``). A restarted run
+passes the positions it had consumed (``start``): each consumer replays its stream up to there
+without decoding an image (reading the tars, not decoding them, is the cost) and continues: the
+same samples in the same order, none replayed, none skipped. ``phase`` rotates the DataLoader
+workers' roles so the round-robin interleaving of the workers' batches also continues where it was.
 
 Robustness: only jpg/jpeg/png/json/txt members are decoded (never pickle). A truncated or
 corrupt tar, an undecodable image, malformed JSON or a missing text skips the sample, counts it
@@ -33,10 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import logging
-import math
 import os
 import random
 import tarfile
@@ -121,6 +118,32 @@ def read_tar(url: str, problems: _Problems, expected: int | None = None) -> Iter
     finally:
         with contextlib.suppress(OSError):  # a failed pipe: (aws/curl) reports its exit status here
             stream.close()
+
+
+def _shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """Reservoir shuffle: keep ``bufsize`` samples, emit a random one per new arrival."""
+    buf: list[dict] = []
+    for s in samples:
+        if len(buf) < bufsize:
+            buf.append(s)
+            continue
+        i = rng.randrange(bufsize)
+        buf[i], s = s, buf[i]
+        yield s
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _numbered(samples: Iterator[dict], skip: int, skipped=lambda: None) -> Iterator[dict]:
+    """Each raw sample with the count of samples drawn so far (``__pos__``), the first ``skip``
+    dropped: they were consumed before a restart (``skipped()`` is called once they are).
+    Dropping happens before any image decode."""
+    for n, raw in enumerate(samples, start=1):
+        if n == skip:
+            skipped()
+        if n > skip:
+            raw["__pos__"] = n
+            yield raw
 
 
 # --------------------------------------------------------------------------- decoding
@@ -214,7 +237,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
         self.perturbation, self.image_size, self.key_to_row = perturbation, image_size, key_to_row
         self.num_workers = max(1, num_workers)
-        self.start = {int(k): tuple(v) for k, v in (start or {}).items()}  # role -> (window, offset, batches)
+        self.start = {int(k): tuple(v) for k, v in (start or {}).items()}  # role -> (drawn, batches)
         self.phase = phase
         self.answer_ids = {a: i for i, a in enumerate(answers)}
         self._normalize = normalize_answer
@@ -224,56 +247,29 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.batches_per_rank = None
         if epoch_mode == "resampled":
             self.batches_per_rank = samples_per_epoch // (batch_size * world_size)
-        known = [c for c in self.counts if c]
-        per_shard = sum(known) / len(known) if known else 0
-        # Shards per shuffle window: enough to hold shuffle_buffer samples (one when counts are unknown).
-        self.window = max(1, math.ceil(shuffle_buffer / per_shard)) if shuffle_buffer > 1 and per_shard else 1
 
     # -- shards
 
-    def _exact_shards(self, consumer: int, consumers: int) -> Iterator[int]:
+    def _exact_shards(self, consumer: int, consumers: int) -> list[int]:
         order = list(range(len(self.urls)))
         random.Random(f"{self.seed}-{self.epoch}").shuffle(order)  # same permutation on every rank
-        return iter(order[consumer::consumers])
+        return order[consumer::consumers]
 
-    def _resampled_shards(self, consumer: int) -> Iterator[int]:
-        rng = random.Random(f"{self.seed}-{self.epoch}-{consumer}")
+    def _resampled_shards(self, rng: random.Random) -> Iterator[int]:
         while True:
             yield rng.randrange(len(self.urls))
 
-    def _windows(self, shard_ids: Iterator[int]) -> Iterator[list[int]]:
-        while True:
-            window = list(itertools.islice(shard_ids, self.window))
-            if not window:
-                return
-            yield window
-
-    def _samples(self, shard_ids: Iterator[int], consumer: int, problems: _Problems,
-                 start: tuple[int, int] = (0, 0)) -> Iterator[dict]:
-        """Raw samples window by window, each window permuted; every sample carries the position
-        after it (``__pos__`` = (window, offset)). Windows before ``start`` are not read."""
+    def _samples(self, shard_ids, problems: _Problems) -> Iterator[dict]:
         barren = 0  # consecutive shards without one sample: stop instead of spinning forever
-        first_window, first_offset = start
-        for w, window in enumerate(self._windows(shard_ids)):
-            if w < first_window:
-                continue
-            raws = []
-            for i in window:
-                n = 0
-                for raw in read_tar(self.urls[i], problems, self.counts[i]):
-                    n += 1
-                    raws.append(raw)
-                barren = 0 if n else barren + 1
-                if barren >= max(20, 2 * len(self.urls)):
-                    raise RuntimeError(f"{barren} shards in a row yielded no sample (e.g. {self.urls[i]}); "
-                                       "run `python jobs/make_shards.py validate DIR`")
-            if self.shuffle_buffer > 1:
-                random.Random(f"{self.seed}-{self.epoch}-{consumer}-w{w}").shuffle(raws)
-            skip = first_offset if w == first_window else 0
-            for offset in range(skip, len(raws)):
-                raw = raws[offset]
-                raw["__pos__"] = (w, offset + 1)
+        for i in shard_ids:
+            n = 0
+            for raw in read_tar(self.urls[i], problems, self.counts[i]):
+                n += 1
                 yield raw
+            barren = 0 if n else barren + 1
+            if barren >= max(20, 2 * len(self.urls)):
+                raise RuntimeError(f"{barren} shards in a row yielded no sample (e.g. {self.urls[i]}); "
+                                   "run `python jobs/make_shards.py validate DIR`")
 
     # -- iteration
 
@@ -282,16 +278,20 @@ class ShardStream(torch.utils.data.IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         role = (wid + self.phase) % nw  # which consumer of this rank this worker plays
         consumer, consumers = self.rank * nw + role, self.world_size * nw
-        window, offset, done = self.start.get(role, (0, 0, 0))
+        offset, done = self.start.get(role, (0, 0))
+        rng = random.Random(f"{self.seed}-{self.epoch}-{consumer}")
         problems = _Problems()
         if self.epoch_mode == "exact":
-            shards = self._exact_shards(consumer, consumers)
+            samples = self._samples(self._exact_shards(consumer, consumers), problems)
             quota = None
         else:
-            shards = self._resampled_shards(consumer)
+            samples = self._samples(self._resampled_shards(rng), problems)
             n = self.batches_per_rank
             quota = n // nw + (role < n % nw)
-        samples = self._samples(shards, consumer, problems, (window, offset))
+        if self.shuffle_buffer > 1:
+            samples = _shuffled(samples, self.shuffle_buffer, rng)
+        # The skipped prefix's problems were counted before the restart: not again.
+        samples = _numbered(samples, skip=offset, skipped=problems.take)
         yield from self._batches(samples, problems, quota=quota, role=role, done=done)
 
     def _batches(self, samples: Iterator[dict], problems: _Problems, quota: int | None, role: int = 0,
@@ -324,7 +324,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 break  # exhausted (resampled mode only ever yields full batches)
             batch = self._collate(records, images[: len(records)], problems.take())
             done += 1
-            batch["position"] = torch.tensor([role, *raw["__pos__"], done])  # after this batch
+            batch["position"] = torch.tensor([role, raw["__pos__"], done])  # after this batch
             if quota is not None:
                 yield batch
                 if done >= quota:
@@ -386,7 +386,7 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
 
     Batch: image uint8 [B,3,S,S]; text_ids/text_mask (+ _strong, _light) int64 [B,L]; answer,
     answer_type, question_type, organ, domain, index_row int64 [B]; is_caption bool [B];
-    skipped int64 []; key list[str]; position int64 [4] (worker role, window, offset, batches: where
+    skipped int64 []; key list[str]; position int64 [3] (worker role, samples drawn, batches: where
     the role stands after this batch). ``samples_per_epoch`` = 0 in resampled mode means the
     manifest's sample count of ``urls``. ``start`` (role -> the position of the last batch consumed)
     and ``phase`` (the role whose batch came next) continue an epoch where a checkpoint left it
@@ -435,8 +435,8 @@ class LoaderPosition:
         self.next_role = next_role
 
     def consumed(self, position: torch.Tensor) -> None:
-        role, window, offset, batches = (int(x) for x in position.tolist())  # a CPU tensor: no device sync
-        self.roles[role] = [window, offset, batches]
+        role, drawn, batches = (int(x) for x in position.tolist())  # a CPU tensor: no device sync
+        self.roles[role] = [drawn, batches]
         self.next_role = (role + 1) % self.workers
 
     def new_epoch(self, epoch: int) -> None:

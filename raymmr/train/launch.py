@@ -112,6 +112,16 @@ def check_fits_locally(workers, cpus: float, gpus: float, available: dict) -> No
             )
 
 
+def warn_local_paths(stage: str, paths: dict) -> None:
+    """On a cluster, a local path is read on every node as if it were shared: say so once (one node,
+    or a shared filesystem mounted everywhere, is fine; an autoscaler may add nodes later)."""
+    local = [f"{flag} {path}" for flag, path in paths.items() if path and not storage.is_remote(path)]
+    if local:
+        print(f"[{stage}] note: {', '.join(local)} {'is a local path' if len(local) == 1 else 'are local paths'} "
+              "on a Ray cluster: every node must see the same files there (a shared filesystem). Nodes without "
+              "one need storage URLs (s3://, gs://).", flush=True)
+
+
 def vocab_size(cfg: Config, data: str) -> int:
     from raymmr.data.shards import shard_tokenizer  # noqa: PLC0415
     from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
@@ -198,6 +208,8 @@ def run_training(
     gpus = cfg.train.gpus_per_worker
     if embedded:
         check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())
+    else:
+        warn_local_paths(stage, {"--data": data, "--out": run.url, "--init": init_from})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
