@@ -27,7 +27,7 @@ def main() -> None:
 
     variants = [v for v in args.variants.split(",") if v]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    run_ablation(args.config, args.overrides, variants, seeds, args.out, args.data,
+    run_ablation(args.config, args.overrides, variants, seeds, args.out, args.data, method=args.method,
                  log=lambda line: print(line, flush=True))  # fmt: skip
     print((Path(args.out) / "ablation.md").read_text())
 

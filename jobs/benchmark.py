@@ -31,13 +31,14 @@ def main() -> None:
     from raymmr.train.benchmark import append_markdown, benchmark, write_json
     from raymmr.train.launch import resolve_data
 
-    base = load_config(args.config, args.overrides)
+    base = load_config(args.config, args.overrides, method=args.method)
     data = resolve_data(base, args.data)
     rows = []
     sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [base.train.batch_size]
     for zero in [int(z) for z in args.zero_stages.split(",")]:
         for bs in sizes:
-            cfg = load_config(args.config, [*args.overrides, f"train.zero_stage={zero}", f"train.batch_size={bs}"])
+            cfg = load_config(args.config, [*args.overrides, f"train.zero_stage={zero}", f"train.batch_size={bs}"],
+                              method=args.method)
             row = benchmark(cfg, stage=args.stage, data=data, steps=args.steps, warmup=args.warmup)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
             rows.append(row)

@@ -21,7 +21,7 @@ def main() -> None:
     from raymmr.pipeline import run_pipeline
     from raymmr.train.launch import resolve_data
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, method=args.method)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     t0 = time.time()
     print(f"[demo] SynthRad shards ({cfg.data.synthrad_train} train images)", flush=True)

@@ -26,7 +26,7 @@ def main() -> None:
     from raymmr.train.launch import JobError, resolve_data
     from raymmr.train.rundir import RunDir
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, method=args.method)
     severities = [s for s in args.severities.split(",") if s]
     bad = [s for s in severities if s not in SEVERITIES or s == "none"]
     if bad:

@@ -45,11 +45,14 @@ def main() -> None:
                       ("gpus_per_worker", "train.gpus_per_worker"), ("trial_cpus", "tune.trial_cpus")]:
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    cfg = load_config(args.config, overrides)
     try:
         space = load_space(args.space)
+        if args.method and space.method and args.method != space.method:
+            raise SpaceError(f"{args.space} reproduces method '{space.method}', not --method {args.method}: "
+                             f"drop --method or give another space")
         if space.objective:
-            cfg = load_config(args.config, [*overrides, f"tune.objective={space.objective}"])
+            overrides.append(f"tune.objective={space.objective}")
+        cfg = load_config(args.config, overrides, method=args.method or space.method)
         space.validate_against(cfg)
         check_metric(cfg, space)
     except SpaceError as e:

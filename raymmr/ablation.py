@@ -1,6 +1,8 @@
-"""The ablation: the pipeline with and without the Robust-MMR terms (asymmetric perturbation-aware
-masking, domain consistency, modality resilience) and the CMDPI fine-tuning terms (difference
-reconstruction, head mixup), reported side by side on clean, cross-domain and perturbed data.
+"""The ablation: the pipeline with and without the Robust-MMR group (asymmetric perturbation-aware
+masking, domain consistency, modality resilience, perturbed fine-tuning inputs) and the CMDPI
+fine-tuning group (difference reconstruction + head mixup, replaced by the plain answer CE),
+reported side by side on clean, cross-domain and perturbed data, mean ± std over seeds. Each arm
+removes exactly its groups, as ``raymmr.config.METHOD_GROUPS`` defines them.
 
 Variants that differ only in fine-tuning share one pre-training per seed. A rerun into the same
 directory reads back finished variants and reuses finished pre-trainings."""
@@ -11,18 +13,22 @@ import json
 import statistics
 from pathlib import Path
 
-from raymmr.config import load_config
+from raymmr.config import load_config, without_groups
 from raymmr.train.rundir import set_aside
 from raymmr.tune.space import FINETUNE_ONLY_PREFIXES
 
-ROBUST_MMR_OFF = ["masking.asymmetric=false", "loss.w_dom_consist=0", "loss.w_mod_resil=0"]
-CMDPI_FINETUNE_OFF = ["loss.w_mix=0", "loss.w_diff=0"]
-VARIANTS = {
-    "full": [],
-    "no_robust_mmr": ROBUST_MMR_OFF,
-    "no_cmdpi_finetune": CMDPI_FINETUNE_OFF,
-    "neither": [*ROBUST_MMR_OFF, *CMDPI_FINETUNE_OFF],
+VARIANTS: dict[str, tuple[str, ...]] = {  # arm -> the method groups it removes
+    "full": (),
+    "no_robust_mmr": ("robust_mmr",),
+    "no_cmdpi_finetune": ("cmdpi_finetune",),
+    "neither": ("robust_mmr", "cmdpi_finetune"),
 }
+
+
+def variant_overrides(variant: str) -> list[str]:
+    return [f"{key}={value}" for key, value in without_groups(VARIANTS[variant]).items()]
+
+
 COLUMNS = [("vqa_overall", "clean"), ("vqa_in_domain", "train domains"), ("vqa_cross_domain", "unseen domain"),
            ("vqa_overall_perturbed_medium", "perturbed (medium)"),
            ("vqa_overall_perturbed_strong", "perturbed (strong)"),
@@ -38,6 +44,7 @@ def run_ablation(
     out: str | Path,
     data: str | None = None,
     log=print,
+    method: str | None = None,
 ) -> dict:
     """Train and evaluate every (variant, seed); writes ablation.json and ablation.md into ``out``
     and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
@@ -48,13 +55,14 @@ def run_ablation(
     if unknown or not variants:
         raise JobError(f"--variants: unknown {unknown or variants}; choose from {list(VARIANTS)}")
     configs = {
-        (v, s): load_config(preset, [*overrides, *VARIANTS[v], f"train.seed={s}"]) for v in variants for s in seeds
+        (v, s): load_config(preset, [*overrides, *variant_overrides(v), f"train.seed={s}"], method=method)
+        for v in variants for s in seeds
     }  # validate every variant before training any
     data = resolve_data(configs[(variants[0], seeds[0])], data)
     out = Path(out)
     results, pretrained = {}, {}  # pretrained: (seed, pre-training overrides) -> export
     for (variant, seed), cfg in configs.items():
-        shared = (seed, tuple(o for o in VARIANTS[variant] if not o.startswith(FINETUNE_ONLY_PREFIXES)))
+        shared = (seed, tuple(o for o in variant_overrides(variant) if not o.startswith(FINETUNE_ONLY_PREFIXES)))
         run = out / variant / f"seed{seed}"
         own = run / "pretrain" / "export"
         if (own / "model.safetensors").exists():
@@ -73,9 +81,10 @@ def run_ablation(
         results[f"{variant}/seed{seed}"] = run_pipeline(cfg, run, data, pretrained=pretrained.get(shared))
         pretrained.setdefault(shared, str(own))
     mean = {v: mean_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
-    report = {"per_run": results, "mean": mean}
+    std = {v: std_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
+    report = {"per_run": results, "mean": mean, "std": std, "seeds": seeds}
     (out / "ablation.json").write_text(json.dumps(report, indent=1))
-    (out / "ablation.md").write_text(markdown(mean))
+    (out / "ablation.md").write_text(markdown(mean, std))
     return report
 
 
@@ -84,11 +93,27 @@ def mean_columns(runs: list[dict]) -> dict:
     return {k: statistics.fmean(r[k] for r in runs if k in r) for k, _ in COLUMNS if any(k in r for r in runs)}
 
 
-def markdown(mean: dict) -> str:
-    """The side-by-side table: accuracies in percent, mean ranks as numbers, — where missing."""
+def std_columns(runs: list[dict]) -> dict:
+    """The sample standard deviation over seeds of each column that two or more runs have."""
+    return {k: statistics.stdev(r[k] for r in runs if k in r) for k, _ in COLUMNS
+            if sum(k in r for r in runs) >= 2}  # fmt: skip
+
+
+def markdown(mean: dict, std: dict | None = None) -> str:
+    """The side-by-side table: accuracies in percent, mean ranks as numbers, "mean ± std" where
+    there are several seeds, — where missing."""
+    std = std or {}
+
+    def cell(variant: str, k: str) -> str:
+        if k not in mean[variant]:
+            return "—"
+        scale, fmt = (1, ".2f") if "rank" in k else (100, ".1f")
+        text = f"{scale * mean[variant][k]:{fmt}}"
+        if k in std.get(variant, {}):
+            text += f" ± {scale * std[variant][k]:{fmt}}"
+        return text + ("" if "rank" in k else "%")
+
     lines = ["| variant | " + " | ".join(label for _, label in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for variant, row in mean.items():
-        cells = ["—" if k not in row else (f"{row[k]:.2f}" if "rank" in k else f"{100 * row[k]:.1f}%")
-                 for k, _ in COLUMNS]  # fmt: skip
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    for variant in mean:
+        lines.append(f"| {variant} | " + " | ".join(cell(variant, k) for k, _ in COLUMNS) + " |")
     return "\n".join(lines) + "\n"

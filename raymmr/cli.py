@@ -1,6 +1,6 @@
 """The command-line convention every job shares:
 
-    python jobs/<job>.py --config <preset|file.yaml> [--set a.b=value ...] [--out DIR] ...
+    python jobs/<job>.py --config <preset|file.yaml> [--method cmdpi|combined] [--set a.b=value ...] [--out DIR] ...
 
 Config errors are reported in one line and exit with status 2 before Ray starts."""
 
@@ -10,12 +10,15 @@ import argparse
 import logging
 import sys
 
-from raymmr.config import Config, ConfigError, load_config
+from raymmr.config import METHODS, Config, ConfigError, load_config
 
 
 def base_parser(description: str, *, out_default: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="preset name (tiny, base) or a YAML file (default: tiny)")
+    p.add_argument("--method", choices=list(METHODS),
+                   help="cmdpi = CMDPI alone (paper settings); combined = CMDPI + Robust-MMR "
+                        "(default: the config file's method, else combined)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set loss.w_img=0.5 (repeatable)")
     p.add_argument("--out", default=out_default, required=out_default is None,
@@ -40,7 +43,7 @@ def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) 
     for flag, key in [("gpus_per_worker", "train.gpus_per_worker"), ("cpus_per_worker", "train.cpus_per_worker")]:
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, method=args.method)
 
 
 def run_main(fn) -> None:

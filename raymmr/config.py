@@ -23,6 +23,41 @@ import yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
+# The two methods raymmr joins. Each group is the set of config values that removes one method's
+# own parts, defined here once: a method is a base preset minus groups, and each ablation arm
+# removes exactly one group (``raymmr.ablation``).
+METHOD_GROUPS: dict[str, dict[str, Any]] = {
+    # Robust-MMR: asymmetric perturbation-aware masking (off: CMDPI's symmetric random masking at
+    # mask_ratio_img / mask_ratio_txt on clean input), domain consistency, modality resilience and
+    # perturbed inputs during fine-tuning.
+    "robust_mmr": {"masking.asymmetric": False, "loss.w_dom_consist": 0.0, "loss.w_mod_resil": 0.0,
+                   "perturbation.in_finetune": False},
+    # CMDPI's fine-tuning (Eq. 13: difference reconstruction + head mixup). Without it a model is
+    # fine-tuned the plain way, with the answer CE alone.
+    "cmdpi_finetune": {"loss.w_mix": 0.0, "loss.w_diff": 0.0, "loss.w_ans_finetune": 1.0},
+}
+METHODS: dict[str, tuple[str, ...]] = {
+    "combined": (),  # CMDPI + Robust-MMR: the presets as they are
+    "cmdpi": ("robust_mmr",),  # CMDPI alone, with the paper's settings
+}
+
+
+def without_groups(groups) -> dict[str, Any]:
+    """The config values that remove ``groups`` (names of ``METHOD_GROUPS``)."""
+    out: dict[str, Any] = {}
+    for g in groups:
+        if g not in METHOD_GROUPS:
+            raise ConfigError(f"unknown method group '{g}'; groups: {', '.join(METHOD_GROUPS)}")
+        out.update(METHOD_GROUPS[g])
+    return out
+
+
+def method_values(method: str) -> dict[str, Any]:
+    """The config values that make a preset run ``method`` (one of ``METHODS``)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    return without_groups(METHODS[method])
+
 
 class ConfigError(ValueError):
     """A config key, type or value that is not allowed; the message names it and the fix."""
@@ -98,6 +133,8 @@ class LossConfig:
     p_drop: float = _f(0.5, range=(0.0, 1.0), help="share of a batch whose image or text is dropped for mod_resil")
     temperature: float = _f(0.07, range=(0.001, 10.0), help="tau of every InfoNCE")
     w_mix: float = _f(1.0, range=(0.0, 100.0), help="fine-tuning: mix")
+    w_ans_finetune: float = _f(0.0, range=(0.0, 100.0),
+                               help="fine-tuning: a direct answer CE on the unmasked view (not in CMDPI Eq. 13: 0)")
     w_diff: float = _f(1.0, range=(0.0, 100.0), help="fine-tuning: diff_img + diff_txt")
 
 
@@ -187,12 +224,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     preset: str = "base"
+    method: str = "combined"  # see METHODS
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------- paths and fields
+
+
+TOP_LEVEL = ("preset", "method")  # the names of a config, not settings
 
 
 def _hints(cls) -> dict:
@@ -206,7 +247,7 @@ def field_spec(path: str) -> tuple[dataclasses.Field, type]:
     node: Any = Config
     parts = path.split(".")
     for i, part in enumerate(parts):
-        names = {f.name: f for f in dataclasses.fields(node) if f.name != "preset"}
+        names = {f.name: f for f in dataclasses.fields(node) if f.name not in TOP_LEVEL}
         if part not in names:
             prefix = ".".join(parts[:i])
             valid = [f"{prefix}.{n}" if prefix else n for n in names]
@@ -230,7 +271,7 @@ def field_spec(path: str) -> tuple[dataclasses.Field, type]:
 def all_paths() -> list[str]:
     out = []
     for sec in dataclasses.fields(Config):
-        if sec.name == "preset":
+        if sec.name in TOP_LEVEL:
             continue
         out += [f"{sec.name}.{f.name}" for f in dataclasses.fields(_hints(Config)[sec.name])]
     return out
@@ -311,11 +352,13 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(source: str = "base", overrides: list[str] | dict | None = None) -> Config:
+def load_config(source: str = "base", overrides: list[str] | dict | None = None, method: str | None = None) -> Config:
     """Build a validated Config from a preset name or YAML path, then apply dotted overrides.
 
     A YAML file may name a preset it extends with a top-level ``preset:`` key (written by
-    ``save_config``), so a resolved config and a short file both load.
+    ``save_config``), so a resolved config and a short file both load. ``method`` (else the file's
+    ``method:`` key, else "combined") applies its values (``METHODS``) to the preset; a file's own
+    values and then the overrides come after them.
     """
     path = Path(source)
     if source in preset_names():
@@ -327,15 +370,18 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None)
     else:
         raise ConfigError(f"'{source}' is neither a preset ({', '.join(preset_names())}) nor a YAML file")
     base = data.pop("preset", None)
+    method = method or data.pop("method", None) or "combined"
+    data.pop("method", None)
     if name is None and base is not None:
         if base not in preset_names():
             raise ConfigError(f"{source}: preset '{base}' does not exist (presets: {', '.join(preset_names())})")
         base_data = _read_yaml(PRESET_DIR / f"{base}.yaml")
         base_data.pop("preset", None)
-        values = {**_flatten(base_data), **_flatten(data)}
+        # The method changes the preset; the file's own values (a saved run's) come after it.
+        values = {**_flatten(base_data), **method_values(method), **_flatten(data)}
         name = base
     else:
-        values = _flatten(data)
+        values = {**_flatten(data), **method_values(method)}
         name = name or "custom"
     if isinstance(overrides, dict):
         values.update(overrides)
@@ -345,7 +391,7 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None)
                 raise ConfigError(f"--set '{item}': expected key=value, e.g. --set loss.w_img=0.5")
             key, raw = item.split("=", 1)
             values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    cfg = Config(preset=name)
+    cfg = Config(preset=name, method=method)
     for key, value in values.items():
         set_value(cfg, key, value)
     validate(cfg)
@@ -398,5 +444,5 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 
 def to_yaml(cfg: Config) -> str:
     data = cfg.to_dict()
-    preset = data.pop("preset")
-    return yaml.safe_dump({"preset": preset, **data}, sort_keys=False)
+    top = {k: data.pop(k) for k in TOP_LEVEL}
+    return yaml.safe_dump({**top, **data}, sort_keys=False)

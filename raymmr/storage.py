@@ -125,6 +125,20 @@ def names(url: str) -> list[str]:
         return []
 
 
+def sizes(url: str) -> dict[str, int]:
+    """Every file under a directory URL (recursively), by its path relative to it, with its size."""
+    if not is_remote(url):
+        root = Path(url)
+        return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    fs, path = filesystem(url)
+    path = path.rstrip("/")
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {name[len(path) + 1:]: info["size"] for name, info in found.items() if info.get("type") != "directory"}
+
+
 def put(local: str | os.PathLike, url: str) -> None:
     """Copy a local file or directory to ``url`` (a no-op when ``url`` is that same local path)."""
     local = Path(local)

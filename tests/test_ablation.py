@@ -39,7 +39,8 @@ def test_fine_tuning_only_variants_share_a_pre_training_and_seeds_average(record
     assert report["mean"]["full"]["vqa_overall"] == pytest.approx(0.51)  # (0.50 + 0.52) / 2
     assert report["mean"]["neither"]["vqa_overall"] == pytest.approx(0.41)
     table = (tmp_path / "ablation.md").read_text()
-    assert "| full | 51.0% | — | — | — | — | 10.00 | — |" in table
+    assert "| full | 51.0 ± 1.4% | — | — | — | — | 10.00 ± 0.00 | — |" in table
+    assert report["std"]["full"]["vqa_overall"] == pytest.approx(0.01414, abs=1e-4)
     assert json.loads((tmp_path / "ablation.json").read_text())["mean"] == report["mean"]
 
 
@@ -56,3 +57,21 @@ def test_unknown_variant_is_refused_before_training(recorded, tmp_path):
     with pytest.raises(JobError, match="choose from"):
         run_ablation("tiny", [], ["full", "robust_only"], [0], tmp_path)
     assert recorded == [] and markdown({}).count("\n") == 2
+
+
+def test_each_arm_differs_from_full_only_in_its_groups_keys():
+    """Robust-MMR off also stops perturbing fine-tuning inputs; CMDPI's fine-tuning off leaves the plain
+    answer CE; nothing else changes."""
+    from raymmr.ablation import VARIANTS, variant_overrides
+    from raymmr.config import METHOD_GROUPS, load_config
+
+    def flat(cfg):
+        return {f"{section}.{k}": v for section, values in cfg.to_dict().items() if isinstance(values, dict)
+                for k, v in values.items()}
+
+    full = flat(load_config("tiny"))
+    assert full["perturbation.in_finetune"] and full["masking.asymmetric"]
+    for variant, groups in VARIANTS.items():
+        arm = flat(load_config("tiny", variant_overrides(variant)))
+        changed = {k for k in full if arm[k] != full[k]}
+        assert changed == {k for g in groups for k in METHOD_GROUPS[g]}, variant

@@ -15,6 +15,7 @@ from raymmr.model.encoders import ImageEncoder, TextEncoder
 from raymmr.model.export import load_export, save_export
 from raymmr.model.inference import Predictor
 from raymmr.model.model import RaymmrModel
+from raymmr.train.momentum import MomentumEMA
 
 torch.set_num_threads(1)
 VOCAB = 120
@@ -162,7 +163,7 @@ def make_model(cfg, tokenizer_dir, answers):
     with torch.no_grad():  # make the momentum copies differ from the online encoders
         for p in model.image_encoder.parameters():
             p.add_(0.01)
-    model.update_momentum()
+    MomentumEMA(model, zero3=False).update()
     return model.eval()
 
 

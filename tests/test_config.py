@@ -1,5 +1,6 @@
 """The config tree: presets, overrides, validation errors, save/load round trip, job CLI errors."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,37 @@ def test_job_rejects_bad_config_before_ray(tmp_path, override, needle):
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
+def test_cmdpi_method_plans_exactly_cmdpis_terms():
+    """CMDPI alone: Eq. 5-6 pre-training terms on symmetric random masks of clean input; Eq. 13
+    fine-tuning (mix + diff) on unperturbed input."""
+    from raymmr.model.task import plan_passes
+
+    cfg = load_config("base", method="cmdpi")
+    assert cfg.method == "cmdpi"
+    assert set(plan_passes("pretrain", cfg.loss).terms) == {
+        "rec_img_global", "rec_txt_global", "rec_ans_global", "rec_img_local", "rec_txt_local", "rec_ans_local",
+        "con_inter", "con_intra"}  # fmt: skip
+    assert set(plan_passes("finetune", cfg.loss).terms) == {"mix", "diff_img", "diff_txt"}
+    assert not cfg.masking.asymmetric and not cfg.perturbation.in_finetune
+    combined = load_config("base")
+    assert cfg.masking == dataclasses.replace(combined.masking, asymmetric=False)  # symmetric at mask_ratio_img/txt
+    assert combined.method == "combined" and combined.masking.asymmetric and combined.loss.w_dom_consist > 0
+
+
+def test_method_is_saved_and_a_saved_runs_own_values_win(tmp_path):
+    cfg = load_config("tiny", ["loss.w_dom_consist=0.3"], method="cmdpi")
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert again == cfg and again.loss.w_dom_consist == 0.3 and not again.masking.asymmetric
+    with pytest.raises(ConfigError, match="choose one of combined, cmdpi"):
+        load_config("tiny", method="robust")
+
+
+def test_paper_grids_run_cmdpi_alone():
+    from raymmr.tune.space import load_space
+
+    spaces = sorted((Path(__file__).parent.parent / "search_spaces").glob("cmdpi_*.yaml"))
+    assert len(spaces) == 5
+    assert all(load_space(str(p)).method == "cmdpi" for p in spaces)

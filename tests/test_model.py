@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from raymmr.config import load_config
 from raymmr.model.model import RaymmrModel
-from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS, finetune_terms, pretrain_terms
+from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS, finetune_terms, plan_passes, pretrain_terms
 
 torch.set_num_threads(1)
 
@@ -96,7 +96,8 @@ def test_pretrain_step_produces_every_term_and_gradient(model, cfg):
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("momentum_"))
 
 
-def test_finetune_step_produces_every_term_and_gradient(model, cfg):
+def test_finetune_step_produces_every_term_and_gradient(model):
+    cfg = tiny("loss.w_ans_finetune=0.5")
     model.zero_grad(set_to_none=True)
     index = torch.nn.functional.normalize(torch.randn(BATCH, cfg.model.embed_dim), dim=-1)
     index[1] = index[0] * 0.9 + 0.1 * index[1]  # one similar pair
@@ -128,9 +129,18 @@ def test_zero_weight_removes_its_pretrain_term(model, weight, removed):
     assert set(terms) == (set(PRETRAIN_TERMS) - removed) | {"loss"}
 
 
-@pytest.mark.parametrize("weight,removed", [("w_diff", {"diff_img", "diff_txt"}), ("w_mix", {"mix"}), ("w_ans", {"rec_ans_global"})])
+def test_finetune_objective_is_cmdpi_eq13_by_default(model, cfg):
+    """L_ft = L_mix + L_diff; pre-training's answer weight does not reach fine-tuning."""
+    terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg, index_embeddings=None)
+    assert set(terms) == {"mix", "diff_img", "diff_txt", "loss"}
+    no_pretrain_answer = tiny("loss.w_ans=0")
+    assert plan_passes("finetune", no_pretrain_answer.loss) == plan_passes("finetune", cfg.loss)
+
+
+@pytest.mark.parametrize("weight,removed", [("w_diff", {"diff_img", "diff_txt"}), ("w_mix", {"mix"}),
+                                            ("w_ans_finetune", {"rec_ans_global"})])
 def test_zero_weight_removes_its_finetune_term(model, weight, removed):
-    cfg = tiny(f"loss.{weight}=0")
+    cfg = tiny("loss.w_ans_finetune=1", f"loss.{weight}=0")
     terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg, index_embeddings=None)
     assert set(terms) == (set(FINETUNE_TERMS) - removed) | {"loss"}
 
@@ -144,9 +154,10 @@ def test_only_contrastive_and_mod_resil_weights_still_run(model):
 
 
 def test_contrastive_terms_are_zero_with_fewer_than_two_captions(model, cfg):
+    """VQA samples never enter a contrastive term (SPEC §1), dom_consist included."""
     terms = pretrain_terms(model, make_batch(cfg, n_caption=1), cfg)
-    assert terms["con_inter"].item() == 0.0 and terms["con_intra"].item() == 0.0
-    assert terms["con_inter"].requires_grad and terms["con_intra"].requires_grad
+    contrastive = ("con_inter", "con_intra", "dom_consist")
+    assert all(terms[t].item() == 0.0 and terms[t].requires_grad for t in contrastive)
     terms["loss"].backward()  # the graph is intact
 
 
@@ -210,19 +221,23 @@ def test_flops_drop_when_terms_are_switched_off(model, cfg):
     assert model.flops_per_sample("pretrain", lean.loss, lean.masking) < 0.8 * full
 
 
-def test_update_momentum_is_an_ema():
+def test_momentum_ema_in_fp32_training():
+    from raymmr.train.momentum import MomentumEMA
+
     cfg = tiny("model.momentum=0.9")
     m = make_model(cfg)
     online = m.image_encoder.proj_global.weight
     target = m.momentum_image_encoder.proj_global.weight
     assert torch.equal(online, target)  # synced at init
+    ema = MomentumEMA(m, zero3=False)
+    assert ema.fp32 and ema.ema is None  # in fp32 the parameters are the EMA
     before = target.detach().clone()
     with torch.no_grad():
         online.add_(1.0)
-    m.update_momentum()
+    ema.update()
     assert torch.allclose(target, 0.9 * before + 0.1 * online.detach(), atol=1e-6)
-    m.update_momentum(tensor_of=lambda p: p.data)
     assert not target.requires_grad
+    assert len(m.momentum_pairs()) == len(list(m.image_encoder.parameters())) + len(list(m.text_encoder.parameters()))
 
 
 def test_no_weight_decay_names(model):

@@ -73,8 +73,11 @@ def write_checkpoint(base: str, launch: str, step: int, world: int, ranks_done: 
     storage.write_text(f"{c}/{ckpt.META}", json.dumps({"step": step, "world_size": world, "zero_stage": 2,
                                                        "stage": "pretrain"}))
     storage.write_text(f"{c}/{ckpt.TAG}/mp_rank_00_model_states.pt", "x")
+    listed = {ckpt.META: len(storage.read_bytes(f"{c}/{ckpt.META}")), f"{ckpt.TAG}/mp_rank_00_model_states.pt": 1}
     for r in range(ranks_done):
-        storage.write_text(f"{c}/rank-{r}.done", str(step))
+        storage.write_text(f"{c}/rank-{r}.done", json.dumps({"step": step, "files": listed if r == 0 else {"x": 1}}))
+        if r:
+            storage.write_text(f"{c}/x", "x")
     return c
 
 
@@ -86,6 +89,8 @@ def test_latest_complete_checkpoint_read_from_the_url(url):
     assert len(ckpt.checkpoints(url)) == 3
     assert ckpt.latest_complete(url) == newest
     assert not ckpt.is_complete(f"{url}/ray-20261202-110000-resume/step_0000012")
+    storage.write_text(f"{newest}/{ckpt.TAG}/mp_rank_00_model_states.pt", "")  # a file not as its marker lists it
+    assert ckpt.latest_complete(url).endswith("ray-20261202-100000/step_0000004")
 
 
 def test_run_dir_guards_read_the_url(url):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -199,13 +200,24 @@ def test_zero2_checkpoint_of_two_workers_resumes_with_one(ray_local, tiny_data, 
 
 def test_incomplete_checkpoint_is_never_resumed(tmp_path):
     c = tmp_path / "ray" / "step_0000010"
-    (c / ckpt.TAG).mkdir(parents=True)
-    (c / ckpt.META).write_text(json.dumps({"step": 10, "world_size": 2, "zero_stage": 2, "stage": "pretrain"}))
-    (c / "rank-0.done").write_text("10")
+    parts = [tmp_path / f"rank{r}" for r in range(2)]
+    for r, part in enumerate(parts):  # each rank's part as a worker writes it, sealed last
+        (part / ckpt.TAG).mkdir(parents=True)
+        (part / ckpt.TAG / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x" * 100)
+        if r == 0:
+            (part / ckpt.META).write_text(json.dumps({"step": 10, "world_size": 2, "zero_stage": 2, "stage": "pretrain"}))
+        ckpt.seal(part, r, 10)
+    shutil.copytree(parts[0], c)
     assert not ckpt.is_complete(c)  # rank 1 never finished
     assert ckpt.latest_complete(tmp_path) is None
-    (c / "rank-1.done").write_text("10")
+    shutil.copytree(parts[1], c, dirs_exist_ok=True)
     assert ckpt.latest_complete(tmp_path) == str(c)
+    # A marker uploaded before the files it lists (object stores publish in no set order): incomplete.
+    shard = c / ckpt.TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(b"x" * 10)
+    assert not ckpt.is_complete(c)
+    shard.unlink()
+    assert ckpt.latest_complete(tmp_path) is None
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -125,7 +125,7 @@ def test_interrupted_trial_stage_resumes_only_from_a_complete_checkpoint(tmp_pat
     assert not run.exists()
     (aside,) = tmp_path.glob("pretrain.interrupted-*")
     assert (aside / "metrics.jsonl").read_text() == '{"step": 2}\n'  # its logs are kept
-    (aside / "ray" / "step_0000004" / "rank-0.done").write_text("4")
+    ckpt.seal(aside / "ray" / "step_0000004", 0, 4)
     aside.rename(run)
     assert can_resume(run) is True and run.exists()
 

@@ -10,14 +10,13 @@ Architecture only: the losses live in ``losses.py``, the per-step passes in ``ta
     z_I, z_T = image_encoder.embed(h_I), text_encoder.embed(h_T)   [B, embed_dim], L2-normalised
 
 The momentum encoders (EMA copies of both towers with their projections, MoCo-style) give the
-targets of intra-modality contrast; they never receive gradients and the trainer calls
-``update_momentum()`` after every optimizer step.
+targets of intra-modality contrast; they never receive gradients and the trainer updates them
+after every optimizer step (``raymmr.train.momentum.MomentumEMA``, in fp32 under bf16 too).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -148,19 +147,11 @@ class RaymmrModel(nn.Module):
     def _momentum_pairs(self):
         return [(self.image_encoder, self.momentum_image_encoder), (self.text_encoder, self.momentum_text_encoder)]
 
-    @torch.no_grad()
-    def update_momentum(self, tensor_of: Callable[[Tensor], Tensor] | None = None) -> None:
-        """theta_m <- m * theta_m + (1 - m) * theta, m = ``model.momentum``.
-
-        ``tensor_of`` maps a parameter to the tensor to update (ZeRO-3 passes ``p.ds_tensor``,
-        the local partition; online and momentum copies are partitioned identically)."""
-        get = tensor_of or (lambda p: p.data)
-        online, target = [], []
-        for enc, mom in self._momentum_pairs():
-            for p, q in zip(enc.parameters(), mom.parameters(), strict=True):
-                online.append(get(p))
-                target.append(get(q))
-        torch._foreach_lerp_(target, online, 1.0 - self.cfg.momentum)
+    def momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(online, momentum) parameter pairs; the trainer's ``MomentumEMA`` updates the second
+        from the first after every optimizer step (``raymmr.train.momentum``)."""
+        return [pair for enc, mom in self._momentum_pairs()
+                for pair in zip(enc.parameters(), mom.parameters(), strict=True)]
 
     @torch.no_grad()
     def sync_momentum(self) -> None:

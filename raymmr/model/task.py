@@ -15,17 +15,20 @@ Pre-training (CMDPI §3.2 + Robust-MMR), per batch:
   local     RecNet(h~,  H'_I, H'_T)   -> rec_*_local
   domain    encoders on a second domain draw: image perturbed at ``perturbation.light`` or
             "medium" (per sample, 50/50) + the loader's ``text_ids_light`` -> h_F^B;
-            dom_consist = symmetric InfoNCE(h_F, h_F^B), all samples (the clean pass is view A).
+            dom_consist = symmetric InfoNCE(h_F, h_F^B) over caption samples (SPEC: VQA samples never
+            enter a contrastive term; several questions on one image are false negatives). View A is
+            the clean pass, the source domain: a decision (README, "Decisions"), it reuses h_F.
   dropped   a random ``round(p_drop * B)`` of the samples, each with its image or its text (50/50)
             replaced by learned missing tokens (H'_I or H'_T, and h_I or h_T inside the fusion):
             RecNet(h_F^drop, ...) -> mod_resil = KL(p_full || p_drop) on VQA samples, p_full being
             the global pass's answer distribution (both modalities, same masked view, detached),
             + reconstruction of the missing side at its masked positions (an unbiased subsample of
             reconstructing all of it, at the cost of one masked view).
-Contrastive terms (con_inter, con_intra) use caption samples only (CMDPI §3.2.3); VQA samples get
-reconstruction only. Negatives are the local micro batch.
+Contrastive terms (con_inter, con_intra, dom_consist) use caption samples only (CMDPI §3.2.3); VQA
+samples get reconstruction only. Negatives are the local micro batch.
 
-Fine-tuning (CMDPI §3.3) optimises  w_ans * rec_ans_global + w_diff * (diff_img + diff_txt) + w_mix * mix:
+Fine-tuning (CMDPI §3.3, Eq. 13) optimises  w_mix * mix + w_diff * (diff_img + diff_txt)
+(+ w_ans_finetune * rec_ans_global, a direct answer CE that CMDPI does not have: 0 by default):
   view      encoders on the input, unmasked: h_I, H_I, h_T, H_T, h_F. With
             ``perturbation.in_finetune`` each sample's image or question (drawn with
             ``masking.p_img_side``) is strongly perturbed and the other lightly.
@@ -95,7 +98,7 @@ PRETRAIN_TERMS = {
     "dom_consist": "w_dom_consist",
     "mod_resil": "w_mod_resil",
 }
-FINETUNE_TERMS = {"rec_ans_global": "w_ans", "diff_img": "w_diff", "diff_txt": "w_diff", "mix": "w_mix"}
+FINETUNE_TERMS = {"rec_ans_global": "w_ans_finetune", "diff_img": "w_diff", "diff_txt": "w_diff", "mix": "w_mix"}
 DOMAIN_SECOND_SEVERITY = "medium"  # the domain view's image is perturbed at perturbation.light or this
 SAME_IMAGE_COS = 0.9999  # index cosine above which two samples show the same image
 
@@ -106,7 +109,7 @@ class Plan:
 
     stage: str
     terms: tuple[str, ...]  # computed terms (weight > 0), in output order
-    rec_heads: frozenset  # of "img", "txt", "ans": heads read by each reconstruction pass
+    rec_heads: frozenset  # of "img", "txt", "ans": heads read by each pre-training reconstruction pass
     clean: bool  # online encoders on the unmasked input (fine-tuning: the possibly perturbed view)
     masked: bool  # pre-training: online encoders on the masked view
     momentum: bool
@@ -131,7 +134,7 @@ def plan_passes(stage: str, loss: LossConfig) -> Plan:
         no = dict(masked=False, momentum=False, recnet_global=False, recnet_global_grad=False, recnet_local=False,
                   domain_view=False, dropped=False)  # fmt: skip
         diff = "diff_img" in terms or "mix" in terms
-        return Plan(stage, terms, heads, clean=True, answer_pass="rec_ans_global" in terms, diff_pass=diff, **no)
+        return Plan(stage, terms, frozenset(), clean=True, answer_pass="rec_ans_global" in terms, diff_pass=diff, **no)
     dropped = "mod_resil" in terms and loss.p_drop > 0
     rec = bool(heads)
     return Plan(
@@ -313,7 +316,8 @@ def pretrain_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = i
         terms.update(reconstruction_terms(model, out, view, answers, plan, "local", mean_count))
     if plan.domain_view:
         terms["dom_consist"] = domain_consistency(
-            h_fused, domain_fused(model, images01, batch, cfg, generator), temperature=lc.temperature
+            h_fused, domain_fused(model, images01, batch, cfg, generator), temperature=lc.temperature,
+            valid=is_caption,
         )
     if "mod_resil" in plan.terms:
         terms["mod_resil"] = (
@@ -365,8 +369,8 @@ def mixup_partner(answers: Tensor, organ: Tensor, question_type: Tensor, generat
 
 def finetune_terms(model, batch: dict, cfg: Config, *, index_embeddings: Tensor | None = None,
                    mean_count: MeanCount = identity_count, generator: torch.Generator | None = None) -> dict[str, Tensor]:  # fmt: skip
-    """CMDPI fine-tuning (difference reconstruction + head mixup) + the direct answer CE; see the
-    module docstring. ``index_embeddings``: [R, D] pre-trained global image embeddings, row
+    """CMDPI fine-tuning (difference reconstruction + head mixup; with ``loss.w_ans_finetune`` > 0
+    also a direct answer CE); see the module docstring. ``index_embeddings``: [R, D] pre-trained global image embeddings, row
     ``batch["index_row"]`` per sample (-1 = not in the index), or None (no similar partners)."""
     plan = plan_passes("finetune", cfg.loss)
     lc, ft = cfg.loss, cfg.finetune

@@ -41,6 +41,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
     from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
     from raymmr.train.metrics import measured_peak_flops  # noqa: PLC0415
+    from raymmr.train.momentum import MomentumEMA  # noqa: PLC0415
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
@@ -54,6 +55,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     flops = model.flops_per_sample(stage, cfg.loss, cfg.masking)
     engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=steps + warmup, on_gpu=on_gpu)
     bf16 = use_bf16(cfg.train, on_gpu)
+    momentum = MomentumEMA(model, zero3=cfg.train.zero_stage == 3)
     index = torch.nn.functional.normalize(torch.randn(manifest["splits"]["train"]["count"], cfg.model.embed_dim,
                                                       device=device), dim=-1)
     loader = make_loader(
@@ -85,7 +87,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
                     terms = finetune_terms(engine.module, batch, cfg, index_embeddings=index)
             engine.backward(terms["loss"])
             engine.step()
-        engine.module.update_momentum()
+        momentum.update()
         return wait
 
     for _ in range(warmup):

@@ -1,9 +1,11 @@
 """DeepSpeed checkpoints through Ray Train: save on every rank, verify before resuming.
 
-Every rank calls ``engine.save_checkpoint`` (a collective) into its own fresh directory and
-writes a ``rank-<r>.done`` marker after its files are complete; Ray Train merges the rank
-directories into one persisted checkpoint. A checkpoint is *complete* when the markers of every
-rank of the world that wrote it are present, so a partially written one is never resumed from.
+Every rank calls ``engine.save_checkpoint`` (a collective) into its own fresh directory and, last,
+``seal``s it with a ``rank-<r>.done`` marker that lists every file of its part with its size; Ray
+Train merges the rank directories into one persisted checkpoint. A checkpoint is *complete* when
+the marker of every rank of the world that wrote it is there and every file a marker lists is
+there with its size: an upload stopped halfway (a node lost; files reach object storage in no
+set order, the marker perhaps first) is never resumed from.
 The tag is fixed (``TAG``) rather than DeepSpeed's ``latest`` file.
 
 Checkpoint files hold pickled optimizer state written by DeepSpeed from this run's own workers;
@@ -22,6 +24,7 @@ from raymmr import storage
 TAG = "state"
 META = "raymmr_checkpoint.json"
 PROBE = "probe.safetensors"  # the final checkpoint's live-model outputs (worker.probe_live_model)
+DONE = "rank-{rank}.done"
 
 
 class CheckpointError(RuntimeError):
@@ -37,14 +40,21 @@ class CheckpointMeta:
 
 
 def save(engine, meta: CheckpointMeta, rank: int, client_state: dict) -> str:
-    """Write this rank's part of the checkpoint into a new temp dir and return the dir."""
+    """Write this rank's part of the checkpoint into a new temp dir and return the dir; the caller
+    adds its own files, then ``seal``s it."""
     # mkdtemp (not a context manager): with async upload the dir must outlive this call.
     path = Path(tempfile.mkdtemp(prefix=f"raymmr-ckpt-{meta.step}-r{rank}-"))
     engine.save_checkpoint(str(path), tag=TAG, client_state=client_state, save_latest=False)
     if rank == 0:
         (path / META).write_text(json.dumps(meta.__dict__))
-    (path / f"rank-{rank}.done").write_text(str(meta.step))
     return str(path)
+
+
+def seal(path: str | Path, rank: int, step: int) -> None:
+    """The last write of a rank's part: its done-marker, listing every file of the part and its size."""
+    root = Path(path)
+    files = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    (root / DONE.format(rank=rank)).write_text(json.dumps({"step": step, "files": files}))
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
@@ -57,13 +67,24 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 
 
 def is_complete(path: str | Path) -> bool:
-    """True when the metadata and the done-marker of every writing rank are present."""
+    """True when the done-marker of every rank that wrote the checkpoint is there and every file
+    a marker lists is there with the size it had when written."""
     try:
         meta = read_meta(path)
     except (CheckpointError, ValueError, TypeError):
         return False
-    have = set(storage.names(str(path)))
-    return TAG in have and all(f"rank-{r}.done" in have for r in range(meta.world_size))
+    sizes = storage.sizes(str(path))
+    for rank in range(meta.world_size):
+        marker = DONE.format(rank=rank)
+        if marker not in sizes:
+            return False
+        try:
+            listed = json.loads(storage.read_text(storage.join(str(path), marker)))["files"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        if not listed or any(sizes.get(name) != size for name, size in listed.items()):
+            return False
+    return True
 
 
 def checkpoints(run_dir: str | Path) -> list[str]:
@@ -78,8 +99,8 @@ def checkpoints(run_dir: str | Path) -> list[str]:
 def latest_complete(run_dir: str | Path) -> str | None:
     """The newest complete checkpoint under a run directory or run URL, as read from the storage
     Ray persisted it to (any launch of the run: the first, or a ``--resume``)."""
-    metas = [(read_meta(c).step, c) for c in checkpoints(run_dir) if is_complete(c)]
-    return max(metas)[1] if metas else None
+    newest_first = sorted(checkpoints(run_dir), key=lambda c: c.rsplit("step_", 1)[-1], reverse=True)
+    return next((c for c in newest_first if is_complete(c)), None)
 
 
 def local_copy(path: str) -> Path:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from raymmr.config import Config, load_config
 from raymmr.train.metrics import console
+from raymmr.train.momentum import MomentumEMA
 
 
 @dataclass
@@ -36,7 +37,7 @@ class WorkerContext:
     total_steps: int
     flops_per_sample: float
     peak_flops: float
-    update_momentum: Callable[[], None]
+    momentum: MomentumEMA
     resume: ResumePoint | None = None
     data_position: Any = None  # raymmr.data.loader.LoaderPosition of ``batches``
     extra: dict = field(default_factory=dict)
@@ -226,7 +227,7 @@ def build_worker_context(job: dict) -> WorkerContext:
         total_steps=steps,
         flops_per_sample=model.flops_per_sample(stage, cfg.loss, cfg.masking),
         peak_flops=measured_peak_flops(device),
-        update_momentum=functools.partial(update_momentum, engine.module, zero3),
+        momentum=MomentumEMA(model, zero3=zero3),
         resume=resume,
         data_position=position,
         extra={"run_dir": job["run_dir"]},
@@ -249,16 +250,6 @@ def register_external_parameters(model) -> None:
 
     for module, param in model.external_parameters():
         deepspeed.zero.register_external_parameter(module, param)
-
-
-def update_momentum(model, zero3: bool) -> None:
-    """EMA of the momentum encoders after each optimizer step. Under ZeRO-3 each rank holds only
-    its partition (``ds_tensor``) of every parameter, and online and momentum copies are split
-    identically, so the EMA runs partition-wise with no gather."""
-    if zero3:
-        model.update_momentum(tensor_of=lambda p: p.ds_tensor)
-    else:
-        model.update_momentum()
 
 
 def epochs(make: Callable[[int, dict, int], Any], *, exact: bool, world_size: int, device, position) -> Iterator:

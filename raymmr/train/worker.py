@@ -62,7 +62,7 @@ def train_loop_per_worker(job: dict) -> None:
             engine.step()
             micro += 1
             terms_acc.add(terms)
-        w.update_momentum()
+        w.momentum.update()
         timer.step_done(cfg.train.batch_size * cfg.train.grad_accum * w.world_size)
         if step % cfg.train.log_every == 0 or step == w.total_steps:
             record = {"step": step, **terms_acc.reduce(w.world_size), "lr": engine.get_lr()[0]}
@@ -158,10 +158,11 @@ def restore(w: WorkerContext) -> int:
     if meta.stage != w.stage:
         raise ckpt.CheckpointError(f"checkpoint {point.source} is from {meta.stage}, not {w.stage}")
     step = int(state.get("step", meta.step))
+    momentum = w.momentum.restore(point.source, rank=w.rank, same_world=meta.world_size == w.world_size)
     if w.rank == 0:
         event = {"event": "resumed", "step": step, "checkpoint": point.source, "world_size": w.world_size,
                  "checkpoint_world_size": meta.world_size, "universal": point.universal is not None,
-                 "optimizer_steps": optimizer_steps(w.engine)}
+                 "optimizer_steps": optimizer_steps(w.engine), "momentum_ema": momentum}
         how = f" via its universal conversion ({meta.world_size} -> {w.world_size} workers)" if point.universal else ""
         console(f"[{w.stage}] resumed from {point.source} at step {step}{how} "
                 f"(optimizer state at {event['optimizer_steps']} steps)")
@@ -213,6 +214,8 @@ def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint:
         json.dump(position, f)
     if probe is not None and w.rank == 0:
         save_file(probe, os.path.join(path, ckpt.PROBE))
+    w.momentum.save(path, w.rank)
+    ckpt.seal(path, w.rank, step)
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=f"step_{step:07d}")
 
 

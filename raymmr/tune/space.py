@@ -11,6 +11,8 @@ Top-level keys (all optional except that ``params`` or ``grid_points`` must be p
 
     description: free text shown in reports
     objective: finetune        # TuneConfig.objective: the pipeline each trial runs
+    method: cmdpi              # the method the trials run (raymmr.config.METHODS; default: --method,
+                               # else the config's); a paper's grid names the method it reproduces
     params:                    # dotted config path -> spec
       <section.field>: <spec>
     grid_points:               # an explicit list of settings (a grid), each a mapping path -> value
@@ -43,7 +45,8 @@ Rules (each violation is a SpaceError):
   values fit both (a space of nothing else is a grid). Mixing ``grid`` with sampled distributions is
   refused, because Optuna cannot enumerate a grid inside a random search;
 - ``tune.*`` keys are refused (a trial cannot change the sweep that runs it); with
-  ``objective: pretrain``, fine-tuning-only keys (``finetune.*``, ``loss.w_mix``, ``loss.w_diff``)
+  ``objective: pretrain``, fine-tuning-only keys (``finetune.*``, ``loss.w_mix``, ``loss.w_diff``, ``loss.w_ans_finetune``,
+  ``perturbation.in_finetune``)
   are refused, since they would have no effect.
 
 Grid enumeration (:meth:`SearchSpace.grid_points`) is the Cartesian product, in file order, of the
@@ -70,13 +73,13 @@ from typing import Any
 
 import yaml
 
-from raymmr.config import Config, ConfigError, check_value, field_spec, set_value, validate
+from raymmr.config import METHODS, Config, ConfigError, check_value, field_spec, set_value, validate
 
 SAMPLED_KINDS = ("uniform", "loguniform", "int", "choice")
 ALL_KINDS = (*SAMPLED_KINDS, "grid", "conditional", "value")
-TOP_LEVEL_KEYS = ("description", "objective", "params", "grid_points")
+TOP_LEVEL_KEYS = ("description", "objective", "method", "params", "grid_points")
 # keys that only act during fine-tuning: a pretrain-only trial would silently ignore them
-FINETUNE_ONLY_PREFIXES = ("finetune.", "loss.w_mix", "loss.w_diff")
+FINETUNE_ONLY_PREFIXES = ("finetune.", "loss.w_mix", "loss.w_diff", "loss.w_ans_finetune", "perturbation.in_finetune")
 
 
 class SpaceError(ValueError):
@@ -191,6 +194,7 @@ class SearchSpace:
     params: tuple[Param, ...]
     points: tuple[dict, ...] = ()
     objective: str | None = None
+    method: str | None = None
     description: str = ""
     _keys: tuple[str, ...] = field(default=(), repr=False)
 
@@ -309,6 +313,10 @@ def load_space(path: str | Path) -> SearchSpace:
         except ConfigError as e:
             raise SpaceError(f"{where}: objective: {e}") from None
 
+    method = data.get("method")
+    if method is not None and method not in METHODS:
+        raise SpaceError(f"{where}: method: '{method}' is not a method; choose one of {list(METHODS)}")
+
     raw_params = data.get("params") or {}
     raw_points = data.get("grid_points") or []
     if not isinstance(raw_params, dict):
@@ -344,6 +352,7 @@ def load_space(path: str | Path) -> SearchSpace:
         params=params,
         points=points,
         objective=objective,
+        method=method,
         description=str(data.get("description") or ""),
         _keys=tuple(_key_order(params, points)),
     )
