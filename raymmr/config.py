@@ -104,8 +104,9 @@ class ModelConfig:
 
 @dataclass
 class MaskingConfig:
-    mask_ratio_img: float = _f(0.75, range=(0.0, 0.99))
-    mask_ratio_txt: float = _f(0.15, range=(0.0, 0.99))
+    mask_ratio_img: float = _f(0.75, range=(0.0, 0.99), help="symmetric masking (masking.asymmetric=false) only")
+    mask_ratio_txt: float = _f(0.15, range=(0.0, 0.99),
+                               help="symmetric pre-training masks; also the question mask of fine-tuning's diff pass")
     asymmetric: bool = _f(True, help="Robust-MMR asymmetric perturbation-aware masking")
     mask_ratio_high: float = _f(0.75, range=(0.0, 0.99), help="ratio on the strongly perturbed side")
     mask_ratio_low: float = _f(0.15, range=(0.0, 0.99), help="ratio on the lightly perturbed side")
@@ -383,19 +384,39 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None,
     else:
         values = {**_flatten(data), **method_values(method)}
         name = name or "custom"
+    given: dict[str, Any] = {}
     if isinstance(overrides, dict):
-        values.update(overrides)
+        given.update(overrides)
     else:
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"--set '{item}': expected key=value, e.g. --set loss.w_img=0.5")
             key, raw = item.split("=", 1)
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            given[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    values.update(given)
     cfg = Config(preset=name, method=method)
     for key, value in values.items():
         set_value(cfg, key, value)
     validate(cfg)
+    check_overrides_act(cfg, given)
     return cfg
+
+
+# masking.asymmetric -> the mask settings a masked view then never reads
+IDLE_MASK_KEYS = {
+    True: ("masking.mask_ratio_img",),
+    False: ("masking.mask_ratio_high", "masking.mask_ratio_low", "masking.p_img_side"),
+}
+
+
+def check_overrides_act(cfg: Config, given: dict) -> None:
+    """Refuse an override that the resolved config would silently ignore."""
+    idle = [k for k in IDLE_MASK_KEYS[cfg.masking.asymmetric] if k in given]
+    if idle:
+        how = ("the strongly perturbed side is masked at masking.mask_ratio_high and the other at mask_ratio_low"
+               if cfg.masking.asymmetric else "each modality is masked at mask_ratio_img / mask_ratio_txt")
+        raise ConfigError(f"--set {', '.join(idle)}: no effect with masking.asymmetric={str(cfg.masking.asymmetric).lower()} "
+                          f"({how}); set masking.asymmetric={str(not cfg.masking.asymmetric).lower()} to use it")
 
 
 def set_value(cfg: Config, path: str, value: Any) -> None:

@@ -137,3 +137,12 @@ def test_paper_grids_run_cmdpi_alone():
     spaces = sorted((Path(__file__).parent.parent / "search_spaces").glob("cmdpi_*.yaml"))
     assert len(spaces) == 5
     assert all(load_space(str(p)).method == "cmdpi" for p in spaces)
+
+
+def test_mask_overrides_that_would_be_ignored_are_refused():
+    with pytest.raises(ConfigError, match="masking.mask_ratio_img: no effect with masking.asymmetric=true"):
+        load_config("tiny", ["masking.mask_ratio_img=0.5"])
+    with pytest.raises(ConfigError, match="mask_ratio_high: no effect with masking.asymmetric=false"):
+        load_config("tiny", ["masking.mask_ratio_high=0.8"], method="cmdpi")
+    assert load_config("tiny", ["masking.mask_ratio_img=0.5"], method="cmdpi").masking.mask_ratio_img == 0.5
+    assert load_config("tiny", ["masking.asymmetric=false", "masking.mask_ratio_img=0.5"]).masking.mask_ratio_img == 0.5

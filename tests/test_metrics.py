@@ -196,3 +196,18 @@ def test_markdown_table_nested_flat_and_list():
     assert flat.splitlines()[2:] == ["| overall | 0.5000 |", "| note | a\\|b |"]
     rows = markdown_table([{"a": 1, "b": 0.123456}, {"a": 2}], floatfmt=".2f")
     assert rows.splitlines()[2:] == ["| 1 | 0.12 |", "| 2 |  |"]
+
+
+def test_validation_counts_vqa_as_evaluation_does():
+    """One definition: an answer outside the vocabulary (label -100) is asked and wrong, captions
+    are not asked; the same predictions give the same accuracy through vqa_accuracy's strings."""
+    from raymmr.eval.metrics import vqa_hits
+
+    vocab = ["yes", "no", "liver"]
+    logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0], [3.0, 0, 0]])
+    labels = torch.tensor([0, 0, -100, -100])  # right, wrong, out of vocabulary, caption
+    is_vqa = torch.tensor([True, True, True, False])
+    correct, asked = vqa_hits(logits, labels, is_vqa)
+    assert (int(correct), int(asked)) == (1, 3)
+    preds = [vocab[i] for i in logits.argmax(-1)[:3].tolist()]
+    assert vqa_accuracy(preds, ["yes", "yes", "kidney"])["overall"] == pytest.approx(int(correct) / int(asked))

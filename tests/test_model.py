@@ -289,3 +289,27 @@ def test_patchify_round_trip(model, cfg):
     assert patches.shape == (2, model.num_patches, 3 * p * p)
     assert torch.equal(patches[0, 1].view(p, p, 3), x[0, :, :p, p : 2 * p].permute(1, 2, 0))  # row-major, (p, p, c)
     assert torch.equal(model.unpatchify(patches), x)
+
+
+def test_fine_tuning_init_carries_answer_rows_by_answer(tmp_path, cfg):
+    """Another answer vocabulary: each answer the export knows keeps its trained row, whatever its
+    position; new answers get fresh rows; everything else loads as it is."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from raymmr.train.setup import load_initial_weights
+
+    pretrained = RaymmrModel(cfg.model, vocab_size=VOCAB, num_answers=3, pad_token_id=0, mask_token_id=4)
+    save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "answers.json").write_text(json.dumps(["yes", "no", "liver"]))
+    torch.manual_seed(1)
+    model = RaymmrModel(cfg.model, vocab_size=VOCAB, num_answers=4, pad_token_id=0, mask_token_id=4)
+    fresh = model.recnet.head_answer[-1].weight.detach().clone()
+    report = load_initial_weights(model, str(tmp_path), 0, ["liver", "kidney", "yes", "lung"])
+    old, new = pretrained.recnet.head_answer[-1], model.recnet.head_answer[-1]
+    assert torch.equal(new.weight[0], old.weight[2]) and torch.equal(new.bias[2], old.bias[0])
+    assert torch.equal(new.weight[1], fresh[1]) and torch.equal(new.weight[3], fresh[3])
+    assert report["answers_carried"] == 2 and report["answers_new"] == ["kidney", "lung"]
+    assert report["reinitialised"] == [] and report["missing"] == [] and report["unexpected"] == []
+    assert torch.equal(model.fusion.ffn[0].weight, pretrained.fusion.ffn[0].weight)

@@ -149,6 +149,14 @@ def question_only_baseline(
 # --------------------------------------------------------------------------- retrieval
 
 
+def vqa_hits(logits: torch.Tensor, labels: torch.Tensor, is_vqa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, asked) over a batch, as ``vqa_accuracy`` counts them: every VQA sample is asked;
+    a label < 0 (a gold answer outside the answer vocabulary) is never correct.
+    logits [B, A], labels [B] (answer index, -100 where none), is_vqa [B] bool"""
+    correct = (logits.argmax(-1) == labels) & (labels >= 0) & is_vqa
+    return correct.sum(), is_vqa.sum()
+
+
 def retrieval_ranks(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """1-based ranks of the true match for each image (i2t) and each text (t2i).
 

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from raymmr.config import Config
+from raymmr.eval.metrics import retrieval_ranks, vqa_hits
 from raymmr.train import checkpoint as ckpt
 from raymmr.train.metrics import MetricsWriter, TermAccumulator, console
 from raymmr.train.rundir import RunDir
@@ -221,9 +222,11 @@ def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint:
 
 @torch.no_grad()
 def validate(w: WorkerContext) -> dict:
-    """Validation loss, VQA accuracy and image->text retrieval mean rank on the held-out split
-    (each image ranked against all the captions of this rank's validation part, not one batch:
-    a pool of a few in-batch captions makes the rank too coarse to compare trials).
+    """Validation loss, VQA accuracy and retrieval mean rank on the held-out split, by the
+    definitions evaluation uses (``raymmr.eval.metrics``): accuracy over every VQA sample (a gold
+    answer outside the vocabulary counts as wrong), mean rank of both directions with pessimistic
+    ties, each caption ranked against all the captions of this rank's validation part (a pool of a
+    few in-batch captions makes the rank too coarse to compare trials).
 
     Runs on ALL ranks (each on its own part of the split, the same number of batches everywhere):
     under ZeRO-3 every forward gathers parameters collectively, so rank-0-only evaluation hangs."""
@@ -240,9 +243,9 @@ def validate(w: WorkerContext) -> dict:
         with autocast(w):
             acc.add(w.task(model, batch))
             logits = model.answer_logits(batch["image"], batch["text_ids"], batch["text_mask"])
-        has_answer = batch["answer"] >= 0
-        sums[0] += ((logits.argmax(-1) == batch["answer"]) & has_answer).sum()
-        sums[1] += has_answer.sum()
+        correct, answered = vqa_hits(logits, batch["answer"], ~batch["is_caption"])
+        sums[0] += correct
+        sums[1] += answered
         # Whole batches through the towers on every rank (ZeRO-3 gathers parameters collectively,
         # so the number of forwards must not depend on how many captions a rank drew).
         cap = batch["is_caption"]
@@ -250,10 +253,9 @@ def validate(w: WorkerContext) -> dict:
             images.append(model.encode_image(batch["image"]).float()[cap])
             texts.append(model.encode_text(batch["text_ids"], batch["text_mask"]).float()[cap])
     if sum(len(x) for x in images) > 0:
-        sim = torch.cat(images) @ torch.cat(texts).T
-        ranks = (sim > sim.diag()[:, None]).sum(1) + 1
-        sums[2] += ranks.sum()
-        sums[3] += ranks.numel()
+        i2t, t2i = retrieval_ranks(torch.cat(images) @ torch.cat(texts).T)
+        sums[2] += (i2t.sum() + t2i.sum()).item() / 2
+        sums[3] += i2t.numel()
     terms = acc.reduce(w.world_size)
     if w.world_size > 1:
         dist.all_reduce(sums)
