@@ -410,12 +410,13 @@ IDLE_MASK_KEYS = {
 
 
 def check_overrides_act(cfg: Config, given: dict) -> None:
-    """Refuse an override that the resolved config would silently ignore."""
+    """Refuse a setting (an override, a search-space parameter) that the resolved config would
+    silently ignore."""
     idle = [k for k in IDLE_MASK_KEYS[cfg.masking.asymmetric] if k in given]
     if idle:
         how = ("the strongly perturbed side is masked at masking.mask_ratio_high and the other at mask_ratio_low"
                if cfg.masking.asymmetric else "each modality is masked at mask_ratio_img / mask_ratio_txt")
-        raise ConfigError(f"--set {', '.join(idle)}: no effect with masking.asymmetric={str(cfg.masking.asymmetric).lower()} "
+        raise ConfigError(f"{', '.join(idle)}: no effect with masking.asymmetric={str(cfg.masking.asymmetric).lower()} "
                           f"({how}); set masking.asymmetric={str(not cfg.masking.asymmetric).lower()} to use it")
 
 

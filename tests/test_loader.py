@@ -220,3 +220,22 @@ def test_a_restart_continues_the_exact_sample_sequence(data, mode, workers):
         saved = LoaderPosition.from_dict(json.loads(json.dumps(position.to_dict())))  # as a checkpoint keeps it
         rest = [b["key"] for b in loader(urls, data, **kw, start=saved.roles, phase=saved.next_role)]
         assert rest == whole[k:], f"stopped after {k} of {len(whole)} batches"
+
+
+def test_partner_images_ride_with_their_samples(data):
+    """Each sample's partner image (its encoded bytes from the shards) decoded beside it;
+    samples without one get their own image and has_partner False."""
+    from raymmr.data.loader import Partners, decode_image, read_images
+
+    out, _, _ = data
+    urls = shard_urls(str(out), "train")
+    images = read_images(urls, {"train-0005-q", "train-0039-cap"})
+    assert set(images) == {"train-0005-q", "train-0039-cap"}
+    partners = Partners(of={"train-0000-cap": "train-0039-cap", "train-0001-q": "train-0005-q",
+                            "train-0002-q": "missing"}, images=images)  # fmt: skip
+    b = next(iter(loader(urls[:1], data, shuffle_buffer=0, partners=partners)))
+    assert b["key"][:4] == ["train-0000-cap", "train-0001-q", "train-0002-q", "train-0003-cap"]
+    assert b["has_partner"].tolist() == [True, True, False, False]
+    assert torch.equal(b["partner_image"][0], torch.from_numpy(decode_image(images["train-0039-cap"], S)))
+    assert torch.equal(b["partner_image"][2], b["image"][2]) and torch.equal(b["partner_image"][3], b["image"][3])
+    assert "partner_image" not in next(iter(loader(urls[:1], data, shuffle_buffer=0)))

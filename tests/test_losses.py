@@ -16,7 +16,7 @@ from raymmr.model.masking import (
     max_masked_tokens,
     random_mask,
 )
-from raymmr.model.task import mixup_partner, similar_partner
+from raymmr.model.task import mixup_partner, partner_rows
 
 torch.set_num_threads(1)
 
@@ -339,14 +339,15 @@ def test_asymmetric_draw_sides_and_ratios():
 # --------------------------------------------------------------------------- partners
 
 
-def test_similar_partner_threshold_same_image_and_fallback():
-    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.0]])
-    # rows: sample 0 -> image 0, 1 -> image 1 (cos 0.99 with 0), 2 -> image 2 (far), 3 -> image 3 == image 0 exactly
-    partner = similar_partner(emb, torch.tensor([0, 1, 2, 3]), threshold=0.9, generator=torch.Generator().manual_seed(0))
-    assert partner.tolist() == [1, partner[1].item(), 2, 1]
-    assert partner[1].item() in (0, 3)
-    assert similar_partner(None, torch.tensor([0, 1]), 0.5).tolist() == [0, 1]
-    assert similar_partner(emb, torch.tensor([0, -1]), 0.5).tolist() == [0, 1]  # not in the index: itself
+def test_partner_rows_most_similar_other_image_above_threshold():
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.0], [0.8, 0.6]])
+    # cosines with row 0: row 1 0.9939, row 3 1.0 (the same image: never a partner), row 4 0.8;
+    # row 4: 0.8614 with row 1, 0.8 with rows 0/3, 0.6 with row 2; row 2: 0.6 with row 4, ~0 else
+    for block in (1, 2, 1024):  # the blocked product gives the same answer
+        assert partner_rows(emb, threshold=0.9, block=block).tolist() == [1, 0, -1, 1, -1]
+    assert partner_rows(emb, threshold=0.85).tolist() == [1, 0, -1, 1, 1]
+    assert partner_rows(emb, threshold=0.995).tolist() == [-1, -1, -1, -1, -1]
+    assert partner_rows(emb, threshold=0.5)[2].item() == 4
 
 
 def test_mixup_partner_prefers_same_organ_and_type():

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from raymmr.config import load_config
 from raymmr.model.model import RaymmrModel
-from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS, finetune_terms, plan_passes, pretrain_terms
+from raymmr.model.task import FINETUNE_TERMS, PARTNER_RATE, PRETRAIN_TERMS, finetune_terms, plan_passes, pretrain_terms
 
 torch.set_num_threads(1)
 
@@ -68,6 +68,15 @@ def make_batch(cfg, n_caption=4, seed=0):
     return batch
 
 
+def with_partners(batch, seed=1):
+    """The loader's partner images: half the samples have one."""
+    g = torch.Generator().manual_seed(seed)
+    batch = dict(batch)
+    batch["partner_image"] = torch.randint(0, 256, batch["image"].shape, dtype=torch.uint8, generator=g)
+    batch["has_partner"] = torch.arange(len(batch["key"])) % 2 == 0
+    return batch
+
+
 @pytest.fixture(scope="module")
 def cfg():
     return tiny()
@@ -99,13 +108,12 @@ def test_pretrain_step_produces_every_term_and_gradient(model, cfg):
 def test_finetune_step_produces_every_term_and_gradient(model):
     cfg = tiny("loss.w_ans_finetune=0.5")
     model.zero_grad(set_to_none=True)
-    index = torch.nn.functional.normalize(torch.randn(BATCH, cfg.model.embed_dim), dim=-1)
-    index[1] = index[0] * 0.9 + 0.1 * index[1]  # one similar pair
-    batch = make_batch(cfg, n_caption=0)
-    terms = finetune_terms(model, batch, cfg, index_embeddings=index, generator=torch.Generator().manual_seed(0))
-    assert set(terms) == set(FINETUNE_TERMS) | {"loss"}
+    batch = with_partners(make_batch(cfg, n_caption=0))
+    terms = finetune_terms(model, batch, cfg, generator=torch.Generator().manual_seed(0))
+    assert set(terms) == set(FINETUNE_TERMS) | {"loss", PARTNER_RATE}
+    assert terms[PARTNER_RATE].item() == pytest.approx(0.5)
     assert all(torch.isfinite(v) for v in terms.values())
-    expected = sum(getattr(cfg.loss, FINETUNE_TERMS[k]) * v for k, v in terms.items() if k != "loss")
+    expected = sum(getattr(cfg.loss, FINETUNE_TERMS[k]) * v for k, v in terms.items() if k in FINETUNE_TERMS)
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     terms["loss"].backward()
     assert missing_grads(model) == FINETUNE_UNUSED
@@ -131,7 +139,7 @@ def test_zero_weight_removes_its_pretrain_term(model, weight, removed):
 
 def test_finetune_objective_is_cmdpi_eq13_by_default(model, cfg):
     """L_ft = L_mix + L_diff; pre-training's answer weight does not reach fine-tuning."""
-    terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg, index_embeddings=None)
+    terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg)
     assert set(terms) == {"mix", "diff_img", "diff_txt", "loss"}
     no_pretrain_answer = tiny("loss.w_ans=0")
     assert plan_passes("finetune", no_pretrain_answer.loss) == plan_passes("finetune", cfg.loss)
@@ -141,7 +149,7 @@ def test_finetune_objective_is_cmdpi_eq13_by_default(model, cfg):
                                             ("w_ans_finetune", {"rec_ans_global"})])
 def test_zero_weight_removes_its_finetune_term(model, weight, removed):
     cfg = tiny("loss.w_ans_finetune=1", f"loss.{weight}=0")
-    terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg, index_embeddings=None)
+    terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg)
     assert set(terms) == (set(FINETUNE_TERMS) - removed) | {"loss"}
 
 
@@ -165,7 +173,7 @@ def test_symmetric_masking_without_perturbation(model):
     cfg = tiny("masking.asymmetric=false", "perturbation.in_finetune=false")
     terms = pretrain_terms(model, make_batch(cfg), cfg)
     assert torch.isfinite(terms["loss"])
-    assert torch.isfinite(finetune_terms(model, make_batch(cfg, 0), cfg, index_embeddings=None)["loss"])
+    assert torch.isfinite(finetune_terms(model, make_batch(cfg, 0), cfg)["loss"])
 
 
 def test_mean_count_is_called_the_same_way_whatever_the_data(model, cfg):
@@ -208,7 +216,7 @@ def test_flops_per_sample_matches_flop_counter(model, cfg, stage):
         if stage == "pretrain":
             terms = pretrain_terms(model, batch, cfg)
         else:
-            terms = finetune_terms(model, batch, cfg, index_embeddings=torch.randn(BATCH, 16))
+            terms = finetune_terms(model, with_partners(batch), cfg)
         terms["loss"].backward()
     counted = counter.get_total_flops() / BATCH
     analytic = model.flops_per_sample(stage, cfg.loss, cfg.masking)
@@ -313,3 +321,21 @@ def test_fine_tuning_init_carries_answer_rows_by_answer(tmp_path, cfg):
     assert report["answers_carried"] == 2 and report["answers_new"] == ["kidney", "lung"]
     assert report["reinitialised"] == [] and report["missing"] == [] and report["unexpected"] == []
     assert torch.equal(model.fusion.ffn[0].weight, pretrained.fusion.ffn[0].weight)
+
+
+def test_difference_reconstruction_reads_the_partner_image(model, cfg):
+    """diff_img changes with a partner's pixels only where the sample has a partner; without
+    partners it reconstructs from the sample's own features."""
+    batch = make_batch(cfg, n_caption=0)
+    g = torch.Generator().manual_seed
+
+    def diff(b):
+        with torch.no_grad():
+            return finetune_terms(model.eval(), b, cfg, generator=g(0))["diff_img"].item()
+
+    own = diff(batch)
+    none = with_partners(batch)
+    none["has_partner"] = torch.zeros_like(none["has_partner"])
+    assert diff(none) == pytest.approx(own, rel=1e-6)
+    assert diff(with_partners(batch)) != pytest.approx(own, rel=1e-3)
+    model.train()

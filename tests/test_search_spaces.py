@@ -342,3 +342,15 @@ def test_space_is_a_frozen_value():
     assert isinstance(space, SearchSpace)
     assert space.keys() == ["loss.w_mix", "loss.w_diff"]
     assert space.description.startswith("CMDPI Table 4")
+
+
+def test_a_space_whose_setting_the_masking_ignores_is_refused(tmp_path):
+    from raymmr.config import load_config
+    from raymmr.tune.space import SpaceError, load_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text("objective: pretrain\nparams:\n  masking.mask_ratio_img: {uniform: [0.4, 0.9]}\n")
+    with pytest.raises(SpaceError, match="mask_ratio_img: no effect with masking.asymmetric=true"):
+        load_space(str(path)).validate_against(load_config("tiny"))
+    load_space(str(path)).validate_against(load_config("tiny", method="cmdpi"))  # symmetric: it acts
+    load_space(str(SPACES / "mask_ratios.yaml")).validate_against(load_config("tiny"))  # conditional: fine

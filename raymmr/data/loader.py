@@ -39,6 +39,7 @@ import random
 import tarfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -220,6 +221,29 @@ def _new_images(batch: int, size: int, shared: bool) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.uint8).share_memory_()
 
 
+@dataclass
+class Partners:
+    """Difference reconstruction's partner images (CMDPI §3.3): each training sample's key -> the
+    key of its most similar other image (``of``), and those images' encoded bytes (``images``).
+    A batch then carries ``partner_image`` uint8 [B,3,S,S] and ``has_partner`` bool [B] (False:
+    the sample's own image stands in)."""
+
+    of: dict[str, str]
+    images: dict[str, bytes]
+
+
+def read_images(urls: list[str], keys: set[str]) -> dict[str, bytes]:
+    """The encoded image of each of ``keys`` found in the shards (tar members only, nothing decoded)."""
+    problems = _Problems()
+    found = {}
+    for url in urls:
+        for raw in read_tar(url, problems):
+            ext = _image_member(raw)
+            if raw["__key__"] in keys and ext is not None:
+                found[raw["__key__"]] = raw[ext]
+    return found
+
+
 # --------------------------------------------------------------------------- the dataset
 
 
@@ -228,7 +252,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __init__(self, urls, *, tokenizer, answers, max_text_len, batch_size, rank, world_size, epoch_mode,
                  samples_per_epoch, shuffle_buffer, seed, epoch, perturbation, image_size, key_to_row, manifest,
-                 num_workers, start=None, phase=0):
+                 num_workers, start=None, phase=0, partners: Partners | None = None):
         from raymmr.data.answers import normalize_answer
 
         self.urls, self.counts = list(urls), shard_counts(list(urls), manifest)
@@ -239,6 +263,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.num_workers = max(1, num_workers)
         self.start = {int(k): tuple(v) for k, v in (start or {}).items()}  # role -> (drawn, batches)
         self.phase = phase
+        self.partners = partners
         self.answer_ids = {a: i for i, a in enumerate(answers)}
         self._normalize = normalize_answer
         manifest = manifest or {}
@@ -354,7 +379,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         n = len(records)
         is_caption = [r["kind"] == "caption" for r in records]
         rows = self.key_to_row or {}
+        partners = self._partner_images(keys, images) if self.partners is not None else {}
         return {
+            **partners,
             "image": images,
             "text_ids": ids[:n], "text_mask": mask[:n],
             "text_ids_strong": ids[n : 2 * n], "text_mask_strong": mask[n : 2 * n],
@@ -367,6 +394,22 @@ class ShardStream(torch.utils.data.IterableDataset):
             "skipped": torch.tensor(skipped, dtype=torch.int64),
             "key": keys,
         }
+
+    def _partner_images(self, keys: list[str], images: torch.Tensor) -> dict:
+        out = _new_images(len(keys), self.image_size, torch.utils.data.get_worker_info() is not None)
+        pixels = out.numpy()
+        has = []
+        for i, key in enumerate(keys):
+            data = self.partners.images.get(self.partners.of.get(key, ""))
+            try:
+                if data is None:
+                    raise ValueError
+                decode_image(data, self.image_size, pixels[i])
+                has.append(True)
+            except Exception:  # noqa: BLE001 - no partner, or bytes PIL cannot read: the own image stands in
+                out[i] = images[i]
+                has.append(False)
+        return {"partner_image": out, "has_partner": torch.tensor(has, dtype=torch.bool)}
 
     def _answer_id(self, answer) -> int:
         if answer is None or answer == "":
@@ -381,11 +424,12 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
                 world_size: int, epoch_mode: str, samples_per_epoch: int, shuffle_buffer: int, loader_workers: int,
                 seed: int, epoch: int, perturbation, image_size: int, key_to_row: dict[str, int] | None = None,
                 manifest: dict | None = None, pin_memory: bool = False, start: dict | None = None,
-                phase: int = 0) -> torch.utils.data.DataLoader:
+                phase: int = 0, partners: Partners | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader of batch dicts for rank ``rank`` of ``world_size`` (see the module docstring).
 
     Batch: image uint8 [B,3,S,S]; text_ids/text_mask (+ _strong, _light) int64 [B,L]; answer,
-    answer_type, question_type, organ, domain, index_row int64 [B]; is_caption bool [B];
+    answer_type, question_type, organ, domain, index_row int64 [B]; is_caption bool [B]; with
+    ``partners``: partner_image uint8 [B,3,S,S], has_partner bool [B];
     skipped int64 []; key list[str]; position int64 [3] (worker role, samples drawn, batches: where
     the role stands after this batch). ``samples_per_epoch`` = 0 in resampled mode means the
     manifest's sample count of ``urls``. ``start`` (role -> the position of the last batch consumed)
@@ -416,6 +460,7 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
         world_size=world_size, epoch_mode=epoch_mode, samples_per_epoch=samples_per_epoch,
         shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch, perturbation=perturbation, image_size=image_size,
         key_to_row=key_to_row, manifest=manifest, num_workers=loader_workers, start=start, phase=phase,
+        partners=partners,
     )
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,

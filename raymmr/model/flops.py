@@ -86,8 +86,8 @@ def training_flops_per_sample(model, stage: str, loss_cfg: LossConfig, masking_c
         grad += s.image(local=True, proj=False) + s.text(local=True, proj=False) + s.fusion()
         if plan.answer_pass:
             grad += s.recnet() + s.heads(("ans",), k)
-        if plan.diff_pass:
-            grad += s.text(local=True, proj=False) + s.recnet()
+        if plan.diff_pass:  # the masked question, the partner image, RecNet
+            grad += s.text(local=True, proj=False) + s.image(local=True, proj=False) + s.recnet()
             grad += s.heads(("img", "txt"), k) if "diff_img" in plan.terms else 0.0
             grad += s.heads(("ans",), k) if "mix" in plan.terms else 0.0
     return float(3 * grad + no_grad)

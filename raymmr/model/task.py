@@ -34,10 +34,11 @@ Fine-tuning (CMDPI §3.3, Eq. 13) optimises  w_mix * mix + w_diff * (diff_img + 
             ``masking.p_img_side``) is strongly perturbed and the other lightly.
   answer    RecNet(h_F, H_I, H_T) -> rec_ans_global: the answer CE on exactly what inference sees.
   diff      RecNet(h_F, H~_I, H'_T), H~_I = eps * H_I + (1 - eps) * Ĥ_I (Eq. 8), eps ~ U(0, 1) per
-            sample; Ĥ_I is the local features of a similar image *in the same micro batch* (no extra
-            encoder pass): cosine of the pre-trained index embeddings >= ``similarity_threshold``,
-            drawn at random among those, excluding the same image (cosine > SAME_IMAGE_COS, e.g.
-            another question on it); a sample without one is its own partner (then H~_I = H_I).
+            sample; Ĥ_I is the local features (an image-encoder pass) of the sample's partner: the
+            most similar other image of the whole training split by the pre-trained model's index
+            (cosine >= ``similarity_threshold``, below SAME_IMAGE_COS; ``partner_rows``), which the
+            loader brings as ``partner_image``. A sample without one reconstructs from its own
+            features (H~_I = H_I); ``diff_partner_rate`` is the share that had one.
             The question is masked at ``masking.mask_ratio_txt`` for this pass (H'_T) so that
             diff_txt is a real prediction: the unmasked text would be copied through.
             diff_img = MSE over all patches of the clean current image (Eq. 10), diff_txt = masked CE.
@@ -101,6 +102,7 @@ PRETRAIN_TERMS = {
 FINETUNE_TERMS = {"rec_ans_global": "w_ans_finetune", "diff_img": "w_diff", "diff_txt": "w_diff", "mix": "w_mix"}
 DOMAIN_SECOND_SEVERITY = "medium"  # the domain view's image is perturbed at perturbation.light or this
 SAME_IMAGE_COS = 0.9999  # index cosine above which two samples show the same image
+PARTNER_RATE = "diff_partner_rate"  # share of fine-tuning samples whose diff pass had a similar image
 
 
 @dataclass(frozen=True)
@@ -334,22 +336,20 @@ def pretrain_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = i
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def similar_partner(index_embeddings: Tensor | None, index_row: Tensor, threshold: float, generator=None) -> Tensor:
-    """For each sample, a random other sample of the batch whose image is similar (index cosine
-    >= threshold) but not the same image; itself when there is none or no index.  -> [B] int64"""
-    b, device = index_row.shape[0], index_row.device
-    own = torch.arange(b, device=device)
-    if index_embeddings is None:
-        return own
-    has = index_row >= 0
-    emb = index_embeddings[index_row.clamp_min(0).to(index_embeddings.device)].to(device).float()
-    emb = F.normalize(emb, dim=-1)
-    sim = emb @ emb.t()  # [B, B]
-    eye = torch.eye(b, dtype=torch.bool, device=device)
-    candidate = (sim >= threshold) & (sim < SAME_IMAGE_COS) & has[:, None] & has[None, :] & ~eye
-    score = uniform((b, b), generator, device).masked_fill(~candidate, -1.0)
-    score = score.masked_fill(eye, -0.5)  # self only when no candidate (candidates score >= 0)
-    return score.argmax(dim=1)
+@torch.no_grad()
+def partner_rows(embeddings: Tensor, threshold: float, block: int = 1024) -> Tensor:
+    """Difference reconstruction's partner of every row of the similar-image index (CMDPI §3.3):
+    the most similar other image, cosine in [threshold, SAME_IMAGE_COS) (above that it is the same
+    image, e.g. another question about it); -1 where there is none.  [N, D] -> [N] int64"""
+    emb = F.normalize(embeddings.float(), dim=-1)
+    out = torch.full((emb.shape[0],), -1, dtype=torch.long, device=emb.device)
+    for start in range(0, emb.shape[0], block):  # [block, N] at a time: the index may be large
+        sim = emb[start : start + block] @ emb.t()
+        sim = sim.masked_fill((sim < threshold) | (sim >= SAME_IMAGE_COS), float("-inf"))
+        sim[torch.arange(sim.shape[0]), torch.arange(start, start + sim.shape[0])] = float("-inf")
+        best, row = sim.max(dim=1)
+        out[start : start + sim.shape[0]] = torch.where(torch.isfinite(best), row, -1)
+    return out
 
 
 def mixup_partner(answers: Tensor, organ: Tensor, question_type: Tensor, generator=None) -> Tensor:
@@ -367,11 +367,11 @@ def mixup_partner(answers: Tensor, organ: Tensor, question_type: Tensor, generat
     return score.argmax(dim=1)
 
 
-def finetune_terms(model, batch: dict, cfg: Config, *, index_embeddings: Tensor | None = None,
-                   mean_count: MeanCount = identity_count, generator: torch.Generator | None = None) -> dict[str, Tensor]:  # fmt: skip
+def finetune_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = identity_count,
+                   generator: torch.Generator | None = None) -> dict[str, Tensor]:  # fmt: skip
     """CMDPI fine-tuning (difference reconstruction + head mixup; with ``loss.w_ans_finetune`` > 0
-    also a direct answer CE); see the module docstring. ``index_embeddings``: [R, D] pre-trained global image embeddings, row
-    ``batch["index_row"]`` per sample (-1 = not in the index), or None (no similar partners)."""
+    also a direct answer CE); see the module docstring. The batch's ``partner_image`` and
+    ``has_partner`` (the loader's ``Partners``) give each sample's similar image."""
     plan = plan_passes("finetune", cfg.loss)
     lc, ft = cfg.loss, cfg.finetune
     images01 = model.to_unit(batch["image"])
@@ -395,10 +395,13 @@ def finetune_terms(model, batch: dict, cfg: Config, *, index_embeddings: Tensor 
     if plan.diff_pass:  # Eq. 8-10
         token_mask = random_mask(maskable_tokens(ids, mask), cfg.masking.mask_ratio_txt, generator)
         _, local_txt_masked = model.text_encoder(apply_token_mask(ids, token_mask, model.mask_token_id), mask)
-        index_row = batch.get("index_row", torch.full_like(answers, -1))
-        partner = similar_partner(index_embeddings, index_row, ft.similarity_threshold, generator)
+        partner_local, has_partner = local_img, torch.zeros(b, dtype=torch.bool, device=device)
+        if "partner_image" in batch:  # training batches; validation's split is not in the index
+            has_partner = batch["has_partner"].bool()
+            _, partner_local = model.image_encoder(model.preprocess(batch["partner_image"]))
+            partner_local = torch.where(has_partner[:, None, None], partner_local, local_img)
         eps = uniform((b,), generator, device)
-        out = model.recnet(h_fused, deviate_features(local_img, local_img[partner], eps), local_txt_masked, mask)
+        out = model.recnet(h_fused, deviate_features(local_img, partner_local, eps), local_txt_masked, mask)
         if "diff_img" in plan.terms:
             every_patch = torch.ones(b, model.num_patches, dtype=torch.bool, device=device)
             terms["diff_img"] = masked_patch_mse(
@@ -419,4 +422,6 @@ def finetune_terms(model, batch: dict, cfg: Config, *, index_embeddings: Tensor 
 
     terms = {name: terms[name] for name in plan.terms}
     terms["loss"] = _total(terms, FINETUNE_TERMS, lc)
+    if plan.diff_pass and "partner_image" in batch:
+        terms[PARTNER_RATE] = has_partner.float().mean()  # a measurement, not a loss term
     return terms

@@ -56,8 +56,6 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=steps + warmup, on_gpu=on_gpu)
     bf16 = use_bf16(cfg.train, on_gpu)
     momentum = MomentumEMA(model, zero3=cfg.train.zero_stage == 3)
-    index = torch.nn.functional.normalize(torch.randn(manifest["splits"]["train"]["count"], cfg.model.embed_dim,
-                                                      device=device), dim=-1)
     loader = make_loader(
         shard_urls(data, "train"), tokenizer=tokenizer, answers=manifest["answers"],
         max_text_len=cfg.model.max_text_len, batch_size=cfg.train.batch_size, rank=0, world_size=1,
@@ -77,14 +75,15 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
             batch.pop("skipped", None)
             batch.pop("position", None)
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            if stage == "finetune":
-                batch["index_row"] = torch.randint(0, index.shape[0], (len(batch["key"]),), device=device)
+            if stage == "finetune":  # as training brings them: every sample with a partner image
+                batch["partner_image"] = batch["image"].roll(1, dims=0)
+                batch["has_partner"] = torch.ones(len(batch["key"]), dtype=torch.bool, device=device)
             ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
             with ctx:
                 if stage == "pretrain":
                     terms = pretrain_terms(engine.module, batch, cfg)
                 else:
-                    terms = finetune_terms(engine.module, batch, cfg, index_embeddings=index)
+                    terms = finetune_terms(engine.module, batch, cfg)
             engine.backward(terms["loss"])
             engine.step()
         momentum.update()

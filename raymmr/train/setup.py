@@ -165,16 +165,15 @@ def build_worker_context(job: dict) -> WorkerContext:
         manifest=manifest,
     )
     train_urls = shard_urls(data, "train")
-    key_to_row, index_embeddings = None, None
+    key_to_row, partners = None, None
     if stage == "finetune":
         # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
         # different numbers of batches here.
         key_to_row, index_embeddings = similar_image_index(
             model, make_loader, train_urls, loader_args, job, device, rank, world_size
         )
-        task = functools.partial(
-            _finetune, cfg=cfg, index_embeddings=index_embeddings, mean_count=mean_count, fn=finetune_terms
-        )
+        partners = find_partners(key_to_row, index_embeddings, train_urls, cfg.finetune.similarity_threshold, rank)
+        task = functools.partial(_finetune, cfg=cfg, mean_count=mean_count, fn=finetune_terms)
     else:
         task = functools.partial(_pretrain, cfg=cfg, mean_count=mean_count, fn=pretrain_terms)
 
@@ -198,6 +197,7 @@ def build_worker_context(job: dict) -> WorkerContext:
             key_to_row=key_to_row,
             start=start,
             phase=phase,
+            partners=partners,
             **loader_args,
         ),
         exact=cfg.data.epoch_mode == "exact",
@@ -242,8 +242,8 @@ def _pretrain(model, batch, *, cfg, mean_count, fn):
     return fn(model, batch, cfg, mean_count=mean_count)
 
 
-def _finetune(model, batch, *, cfg, index_embeddings, mean_count, fn):
-    return fn(model, batch, cfg, index_embeddings=index_embeddings, mean_count=mean_count)
+def _finetune(model, batch, *, cfg, mean_count, fn):
+    return fn(model, batch, cfg, mean_count=mean_count)
 
 
 def register_external_parameters(model) -> None:
@@ -349,6 +349,25 @@ def load_initial_weights(model, init_from: str, rank: int, answers: list[str]) -
                 + (f"; re-initialised {mismatched}" if mismatched else "")
                 + (f"; missing {missing}" if missing else "") + (f"; unexpected {unexpected}" if unexpected else ""))
     return report
+
+
+def find_partners(key_to_row: dict[str, int], embeddings: torch.Tensor, train_urls: list[str], threshold: float,
+                  rank: int):
+    """Each training sample's difference-reconstruction partner over the whole training split
+    (``task.partner_rows`` on the similar-image index) and the partners' encoded images, read from
+    the shards; the same on every rank (the index is), and again after a restart."""
+    from raymmr.data.loader import Partners, read_images  # noqa: PLC0415
+    from raymmr.model.task import partner_rows  # noqa: PLC0415
+
+    rows = partner_rows(embeddings, threshold).tolist()
+    key_of = {row: key for key, row in key_to_row.items()}
+    of = {key: key_of[rows[row]] for key, row in key_to_row.items() if rows[row] >= 0}
+    partners = Partners(of=of, images=read_images(train_urls, set(of.values())))
+    if rank == 0:
+        console(f"[finetune] difference reconstruction: {len(of)} of {len(key_to_row)} training samples have a "
+                f"similar image (cosine >= {threshold}); {len(partners.images)} partner images in memory, "
+                f"{sum(map(len, partners.images.values())) / 2**20:.1f} MiB")
+    return partners
 
 
 @torch.no_grad()

@@ -73,7 +73,16 @@ from typing import Any
 
 import yaml
 
-from raymmr.config import METHODS, Config, ConfigError, check_value, field_spec, set_value, validate
+from raymmr.config import (
+    METHODS,
+    Config,
+    ConfigError,
+    check_overrides_act,
+    check_value,
+    field_spec,
+    set_value,
+    validate,
+)
 
 SAMPLED_KINDS = ("uniform", "loguniform", "int", "choice")
 ALL_KINDS = (*SAMPLED_KINDS, "grid", "conditional", "value")
@@ -284,6 +293,7 @@ def apply_params(cfg: Config, params: dict) -> Config:
     for key, value in params.items():
         set_value(out, key, value)
     validate(out)
+    check_overrides_act(out, params)
     return out
 
 
