@@ -222,3 +222,49 @@ def test_export_of_clip_initialised_towers_loads_without_their_sources(tmp_path,
     mask = torch.ones_like(ids)
     with torch.no_grad():
         assert torch.allclose(loaded.answer_logits(pics, ids, mask), model.answer_logits(pics, ids, mask), atol=1e-6)
+
+
+def test_clip_text_tower_comes_with_its_own_tokenizer_and_a_mask_token(tmp_path):
+    """model.text_pretrained (a CLIP dir holding its BPE tokenizer, which has no mask token): the
+    run tokenises with that tokenizer, a mask token is added as the next id, the tower grows one
+    row for it and keeps every trained row under the ids they were trained for; the export
+    reloads the same tokenizer (mask included) for evaluation and the Predictor."""
+    from transformers import CLIPTokenizer
+
+    from raymmr.data.tokenizer import ADDED_MASK, encode_texts, load_tokenizer, tokenizer_source
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz.?":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    clip_dir = tmp_path / "clip_text"
+    cfg0 = tiny()
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    m = cfg0.model
+    ref = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=m.text_width, intermediate_size=4 * m.text_width,
+        num_hidden_layers=m.text_layers, num_attention_heads=m.text_heads, max_position_embeddings=m.max_text_len,
+        pad_token_id=1, bos_token_id=0, eos_token_id=1)).eval()  # fmt: skip
+    ref.save_pretrained(clip_dir)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(clip_dir)
+
+    cfg = tiny(f"model.text_pretrained={clip_dir}")
+    assert tokenizer_source(cfg, "/no/shards") == str(clip_dir)  # not the shards' WordPiece
+    assert tokenizer_source(tiny("data.tokenizer=/x"), "/no/shards") == "/x"
+    tok = load_tokenizer(tokenizer_source(cfg, "/no/shards"))
+    assert tok.mask_token == ADDED_MASK and tok.mask_token_id == len(vocab) and len(tok) == len(vocab) + 1
+    ids, mask = encode_texts(tok, ["a cat."], cfg.model.max_text_len)
+    assert ids[0, 0].item() == 0 and ids[0, int(mask[0].sum()) - 1].item() == 1  # <|startoftext|> ... <|endoftext|>
+    model = RaymmrModel(cfg.model, vocab_size=len(tok), num_answers=3, pad_token_id=tok.pad_token_id,
+                        mask_token_id=tok.mask_token_id)  # fmt: skip
+    table = model.text_encoder.model.get_input_embeddings().weight
+    assert table.shape[0] == len(vocab) + 1
+    assert torch.equal(table[: len(vocab)], ref.get_input_embeddings().weight)  # trained rows, same ids
+    out = save_export(model, cfg, tmp_path / "export", tokenizer_dir=str(clip_dir), answers=["yes", "no", "left"])
+    again = load_tokenizer(str(out))
+    assert again.mask_token_id == tok.mask_token_id and len(again) == len(tok)
+    predictor = Predictor.from_export(out, device="cpu")
+    assert predictor.tokenizer.mask_token_id == tok.mask_token_id
+    assert predictor.answer(images(1, cfg.model.image_size), ["a cat?"])[0][0] in ("yes", "no", "left")

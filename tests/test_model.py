@@ -339,3 +339,12 @@ def test_difference_reconstruction_reads_the_partner_image(model, cfg):
     assert diff(none) == pytest.approx(own, rel=1e-6)
     assert diff(with_partners(batch)) != pytest.approx(own, rel=1e-3)
     model.train()
+
+
+def test_base_preset_has_cmdpis_parameter_count():
+    """CMDPI: "approximately 194 million parameters". The base preset with CLIP's vocabulary (49,408
+    tokens + the added mask) and 500 answers, momentum copies not counted: 190.4M."""
+    cfg = load_config("base")
+    model = RaymmrModel(cfg.model, vocab_size=49409, num_answers=500, pad_token_id=0, mask_token_id=49408)
+    trained = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("momentum_"))
+    assert 185e6 < trained < 200e6, trained

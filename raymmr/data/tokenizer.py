@@ -6,8 +6,10 @@ include the *perturbed* variants (synonym / abbreviation swaps of ``raymmr.pertu
 "lt" or "CXR" seen only under perturbation are real tokens and not all ``[UNK]``.
 
 Special tokens are fixed: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, ``[SEP]`` = 3,
-``[MASK]`` = 4; every encoded text is ``[CLS] ... [SEP]``. A pretrained tokenizer (an HF name
-or path, e.g. with ``model.text_pretrained``) can be used instead through ``load_tokenizer``.
+``[MASK]`` = 4; every encoded text is ``[CLS] ... [SEP]``. A pretrained text tower
+(``model.text_pretrained``) brings its own tokenizer (``tokenizer_source``): its rows of the
+token embedding table belong to its ids. CLIP's tokenizer has no mask token; ``load_tokenizer``
+adds one (``ADDED_MASK``, the next id) and the tower grows one row for it, its trained rows kept.
 """
 
 from __future__ import annotations
@@ -23,6 +25,20 @@ import torch
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
+ADDED_MASK = "<|mask|>"  # the mask token given to a pretrained tokenizer that has none (CLIP)
+
+
+def tokenizer_source(cfg, data: str) -> str:
+    """Where a run's tokenizer comes from: ``data.tokenizer`` when set, else the pretrained text
+    tower's own (``model.text_pretrained``: its embedding rows are indexed by that tokenizer's ids),
+    else the one saved with the shards."""
+    if cfg.data.tokenizer:
+        return cfg.data.tokenizer
+    if cfg.model.text_pretrained:
+        return cfg.model.text_pretrained
+    from raymmr.data.shards import shard_tokenizer  # noqa: PLC0415
+
+    return shard_tokenizer(data)
 
 
 def perturbed_variants(texts: list[str], *, seed: int = 0, max_texts: int = 20000) -> list[str]:
@@ -93,12 +109,18 @@ def load_tokenizer(name_or_path: str | os.PathLike):
             sep_token="[SEP]", mask_token="[MASK]",
         )
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_path), use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), use_fast=True)
     except (OSError, ValueError) as e:
         raise ValueError(
             f"load_tokenizer: {name_or_path!r} is neither a directory holding {TOKENIZER_FILE}, a tokenizer.json "
-            f"file, nor a loadable Hugging Face tokenizer (no network here: use a local path). Cause: {e}"
+            f"file, nor a loadable Hugging Face tokenizer (no network here: use a local path; with "
+            f"model.text_pretrained, set data.tokenizer to where its tokenizer is). Cause: {e}"
         ) from None
+    if tokenizer.mask_token is None:  # CLIP: masked-token reconstruction needs one
+        tokenizer.add_special_tokens({"mask_token": ADDED_MASK})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,7 +69,7 @@ class Evaluator:
         self.model, self.cfg, _ = load_export(export_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
-        self.tokenizer = load_tokenizer(str(Path(export_dir) / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(str(export_dir))  # its own tokenizer.json, or a pretrained one it saved
         self.encode_texts = encode_texts
         self.answers = json.loads((Path(export_dir) / "answers.json").read_text())
         self.batch_size = batch_size

@@ -35,8 +35,8 @@ def init_single_process_group(backend: str) -> None:
 def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) -> dict:
     """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row."""
     from raymmr.data.loader import make_loader  # noqa: PLC0415
-    from raymmr.data.shards import read_manifest, shard_tokenizer, shard_urls  # noqa: PLC0415
-    from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_urls  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
     from raymmr.model.model import RaymmrModel  # noqa: PLC0415
     from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
     from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
@@ -48,7 +48,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     init_single_process_group("nccl" if on_gpu else "gloo")
     torch.manual_seed(cfg.train.seed)
     manifest = read_manifest(data)
-    tokenizer = load_tokenizer(cfg.data.tokenizer or shard_tokenizer(data))
+    tokenizer = load_tokenizer(tokenizer_source(cfg, data))
     model = RaymmrModel(cfg.model, vocab_size=len(tokenizer), num_answers=len(manifest["answers"]),
                         pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

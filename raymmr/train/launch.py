@@ -123,10 +123,9 @@ def warn_local_paths(stage: str, paths: dict) -> None:
 
 
 def vocab_size(cfg: Config, data: str) -> int:
-    from raymmr.data.shards import shard_tokenizer  # noqa: PLC0415
-    from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
 
-    return len(load_tokenizer(cfg.data.tokenizer or shard_tokenizer(data)))
+    return len(load_tokenizer(tokenizer_source(cfg, data)))
 
 
 def check_run_dir(run: RunDir, resume: bool) -> None:
@@ -245,8 +244,8 @@ def run_training(
 def export_latest(cfg: Config, run: RunDir, data: str) -> str:
     """Consolidate the newest complete checkpoint (DeepSpeed ``zero_to_fp32``) into
     ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
-    from raymmr.data.shards import read_manifest, shard_tokenizer  # noqa: PLC0415
-    from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
     from raymmr.model.export import save_export  # noqa: PLC0415
     from raymmr.model.model import RaymmrModel  # noqa: PLC0415
 
@@ -255,7 +254,7 @@ def export_latest(cfg: Config, run: RunDir, data: str) -> str:
         raise JobError(f"{run}: training finished without a complete checkpoint to export")
     local = ckpt.local_copy(latest)
     manifest = read_manifest(data)
-    tokenizer_path = cfg.data.tokenizer or shard_tokenizer(data)
+    tokenizer_path = tokenizer_source(cfg, data)
     tokenizer = load_tokenizer(tokenizer_path)
     model = RaymmrModel(
         cfg.model,

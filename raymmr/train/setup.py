@@ -112,8 +112,8 @@ def build_worker_context(job: dict) -> WorkerContext:
     import ray.train  # noqa: PLC0415
 
     from raymmr.data.loader import make_loader  # noqa: PLC0415
-    from raymmr.data.shards import read_manifest, shard_tokenizer, shard_urls  # noqa: PLC0415
-    from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_urls  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
     from raymmr.model.model import RaymmrModel  # noqa: PLC0415
     from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
     from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
@@ -132,7 +132,7 @@ def build_worker_context(job: dict) -> WorkerContext:
 
     data = job["data"]
     manifest = read_manifest(data)
-    tokenizer = load_tokenizer(cfg.data.tokenizer or shard_tokenizer(data))
+    tokenizer = load_tokenizer(tokenizer_source(cfg, data))
     answers = manifest["answers"]
     model = RaymmrModel(
         cfg.model,
