@@ -165,6 +165,7 @@ class DataConfig:
     synthrad_train: int = _f(20000, range=(1, 10**8))
     synthrad_val: int = _f(2000, range=(1, 10**8))
     synthrad_test: int = _f(2000, range=(1, 10**8))
+    synthrad_pretrain: int = _f(20000, range=(1, 10**8), help="images of the pre-training corpus (disjoint from train/val/test)")
     synthrad_domains: int = _f(4, range=(2, 16))
     synthrad_test_domain: int = _f(3, range=(0, 15), help="held out of training for cross-domain tests")
     samples_per_shard: int = _f(1000, range=(1, 10**7))

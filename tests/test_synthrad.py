@@ -134,3 +134,20 @@ def test_multimodal_signal_beyond_question_only():
     assert majority < 0.4
     assert question_only < 0.6
     assert question_only > majority
+
+
+def test_pretraining_corpus_shares_no_image_with_the_downstream_vqa_set():
+    """CMDPI pre-trains on captions + auto-generated VQA and keeps the downstream VQA data for
+    fine-tuning: SynthRad's pretrain split has images of its own, away from the held-out site."""
+    from raymmr.data.shards import training_split
+
+    pre = _samples("pretrain", 60)
+    downstream = _samples("train", 60) + _samples("val", 20) + _samples("test", 20)
+    pixels = {_png(s.image) for s in downstream}
+    assert not {_png(s.image) for s in pre} & pixels
+    assert not {s.extra["image_id"] for s in pre} & {s.extra["image_id"] for s in downstream}
+    assert {s.kind for s in pre} == {"caption", "vqa"}
+    assert synthrad.domain_name(KW["test_domain"]) not in {s.domain for s in pre}
+    manifest = {"splits": {"train": {}, "pretrain": {}}}
+    assert training_split("pretrain", manifest) == "pretrain" and training_split("finetune", manifest) == "train"
+    assert training_split("pretrain", {"splits": {"train": {}}}) == "train"  # a set without a corpus

@@ -244,7 +244,7 @@ def write_shards(
                 st[name][getattr(sample, field)] += 1
         if sample.kind == "vqa" and sample.answer:
             answers.setdefault(split, []).append(sample.answer)
-        if split == "train" and sample.text:
+        if split in (TRAIN_SPLIT, PRETRAIN_SPLIT) and sample.text:
             texts.append(sample.text)
     if not writers:
         raise ShardError(f"write_shards: no sample to write into {out} (did the source yield nothing?)")
@@ -402,6 +402,17 @@ def _split_list(data: str) -> list[str]:
         else:
             cur += ch
     return [p for p in parts + [cur] if p]
+
+
+TRAIN_SPLIT, PRETRAIN_SPLIT = "train", "pretrain"
+
+
+def training_split(stage: str, manifest: dict) -> str:
+    """The split a stage trains on: pre-training reads the shard set's pre-training corpus when it
+    has one (SynthRad's ``pretrain``: images of its own), everything else the ``train`` split."""
+    if stage == "pretrain" and PRETRAIN_SPLIT in (manifest or {}).get("splits", {}):
+        return PRETRAIN_SPLIT
+    return TRAIN_SPLIT
 
 
 def shard_urls(data: str, split: str) -> list[str]:

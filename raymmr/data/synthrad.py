@@ -19,7 +19,11 @@ right.
 
 *Domains* behave like hospitals: each has an image style (noise, blur, gamma/contrast,
 down-up resolution, vignetting) and a reporting style (templates, abbreviations, word order).
-``test_domain`` is held out of train/val and appears only in test, which holds every domain.
+``test_domain`` is held out of train/val/pretrain and appears only in test, which holds every domain.
+
+The ``pretrain`` split is the pre-training corpus, from images of its own: pre-training reads it,
+fine-tuning and evaluation the downstream train/val/test split (CMDPI pre-trains on captions and
+auto-generated VQA, never on the downstream VQA data).
 
 Everything is deterministic given ``seed``: image ``i`` of a split draws from its own RNG
 seeded by (seed, split, i), so generation order and chunking never change the data.
@@ -43,7 +47,10 @@ SIDES = ("left", "right")
 SIZES = ("small", "large")
 APPEARANCES = ("solid", "cystic")  # caption-only detail: more distinct reports for retrieval
 QUESTION_TYPES = ("presence", "organ", "modality", "side", "count", "size")
-SPLITS = ("train", "val", "test")
+# "pretrain": the pre-training corpus (captions and VQA of images of its own, like ROCO + PMC-VQA
+# for CMDPI); train/val/test: the downstream VQA set. No image is in both (each split draws from
+# its own random stream).
+SPLITS = ("train", "val", "test", "pretrain")
 GENERATOR_VERSION = 2  # bump when the output changes; it is part of the shard fingerprint
 EXTRA_QUESTIONS = 3  # besides presence, per image with a lesion (2 without: organ, modality)
 
@@ -533,12 +540,13 @@ def generate_split(
 
 
 def split_sizes(data_cfg) -> dict[str, int]:
-    """Images per split from the config (``data.synthrad_{train,val,test}`` count images)."""
-    return {"train": data_cfg.synthrad_train, "val": data_cfg.synthrad_val, "test": data_cfg.synthrad_test}
+    """Images per split from the config (``data.synthrad_{train,val,test,pretrain}`` count images)."""
+    return {"train": data_cfg.synthrad_train, "val": data_cfg.synthrad_val, "test": data_cfg.synthrad_test,
+            "pretrain": data_cfg.synthrad_pretrain}
 
 
 def generate_splits(data_cfg) -> dict[str, Iterator[Sample]]:
-    """Lazy sample streams for train/val/test as configured by ``data_cfg`` (a DataConfig)."""
+    """Lazy sample streams for every split as configured by ``data_cfg`` (a DataConfig)."""
     kw = dict(image_size=data_cfg.image_size, num_domains=data_cfg.synthrad_domains,
               test_domain=data_cfg.synthrad_test_domain, seed=data_cfg.seed)
     return {split: generate_split(split, n, **kw) for split, n in split_sizes(data_cfg).items()}

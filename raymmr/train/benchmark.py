@@ -35,7 +35,7 @@ def init_single_process_group(backend: str) -> None:
 def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) -> dict:
     """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row."""
     from raymmr.data.loader import make_loader  # noqa: PLC0415
-    from raymmr.data.shards import read_manifest, shard_urls  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_urls, training_split  # noqa: PLC0415
     from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
     from raymmr.model.model import RaymmrModel  # noqa: PLC0415
     from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
@@ -57,7 +57,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     bf16 = use_bf16(cfg.train, on_gpu)
     momentum = MomentumEMA(model, zero3=cfg.train.zero_stage == 3)
     loader = make_loader(
-        shard_urls(data, "train"), tokenizer=tokenizer, answers=manifest["answers"],
+        shard_urls(data, training_split(stage, manifest)), tokenizer=tokenizer, answers=manifest["answers"],
         max_text_len=cfg.model.max_text_len, batch_size=cfg.train.batch_size, rank=0, world_size=1,
         epoch_mode="resampled", samples_per_epoch=10**9, shuffle_buffer=cfg.data.shuffle_buffer,
         loader_workers=cfg.data.loader_workers, seed=0, epoch=0, perturbation=cfg.perturbation,

@@ -112,7 +112,7 @@ def build_worker_context(job: dict) -> WorkerContext:
     import ray.train  # noqa: PLC0415
 
     from raymmr.data.loader import make_loader  # noqa: PLC0415
-    from raymmr.data.shards import read_manifest, shard_urls  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_urls, training_split  # noqa: PLC0415
     from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
     from raymmr.model.model import RaymmrModel  # noqa: PLC0415
     from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
@@ -164,7 +164,8 @@ def build_worker_context(job: dict) -> WorkerContext:
         image_size=cfg.data.image_size,
         manifest=manifest,
     )
-    train_urls = shard_urls(data, "train")
+    split = training_split(stage, manifest)
+    train_urls = shard_urls(data, split)
     key_to_row, partners = None, None
     if stage == "finetune":
         # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
@@ -185,7 +186,7 @@ def build_worker_context(job: dict) -> WorkerContext:
     if cfg.train.zero_stage == 3:
         register_external_parameters(model)
 
-    samples_per_epoch = cfg.data.samples_per_epoch or manifest["splits"]["train"]["count"]
+    samples_per_epoch = cfg.data.samples_per_epoch or manifest["splits"][split]["count"]
     position = data_position(resume, cfg, rank, world_size)
     batches = epochs(
         lambda epoch, start, phase: make_loader(
