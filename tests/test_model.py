@@ -137,11 +137,14 @@ def test_zero_weight_removes_its_pretrain_term(model, weight, removed):
     assert set(terms) == (set(PRETRAIN_TERMS) - removed) | {"loss"}
 
 
-def test_finetune_objective_is_cmdpi_eq13_by_default(model, cfg):
-    """L_ft = L_mix + L_diff; pre-training's answer weight does not reach fine-tuning."""
+def test_finetune_objective_is_cmdpi_eq13_by_default(model):
+    """L_ft = L_mix + L_diff (the base preset; tiny adds the answer CE, see its comment);
+    pre-training's answer weight does not reach fine-tuning."""
+    assert load_config("base").loss.w_ans_finetune == 0 and tiny().loss.w_ans_finetune == 1
+    cfg = tiny("loss.w_ans_finetune=0")
     terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg)
     assert set(terms) == {"mix", "diff_img", "diff_txt", "loss"}
-    no_pretrain_answer = tiny("loss.w_ans=0")
+    no_pretrain_answer = tiny("loss.w_ans_finetune=0", "loss.w_ans=0")
     assert plan_passes("finetune", no_pretrain_answer.loss) == plan_passes("finetune", cfg.loss)
 
 
