@@ -81,10 +81,21 @@ def wait_for_nodes(address: str, n: int, timeout: float = 120, environ: dict | N
     raise TimeoutError(f"{n} Ray nodes did not come up at {address}: {p.stdout}{p.stderr}")
 
 
+# A six-step tiny pre-training with one checkpoint and no validation, as `jobs/pretrain.py` arguments.
+SHORT_RUN = ["--config", "tiny", "--steps", "6", "--set", "train.checkpoint_every=6", "--set", "train.val_every=0",
+             "--set", "data.loader_workers=0"]  # fmt: skip
+
+
 def job(name: str, *args: str, environ: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python jobs/<name>.py ARGS` with this environment's interpreter."""
     cmd = [sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args]
     return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=timeout)
+
+
+def pretrain(*args: str, environ: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return job("pretrain", *args, environ=environ, timeout=timeout)
+
+
 
 
 def node_env(root: Path, name: str, **extra: str) -> dict:
