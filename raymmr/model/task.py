@@ -15,17 +15,16 @@ Pre-training (CMDPI §3.2 + Robust-MMR), per batch:
   local     RecNet(h~,  H'_I, H'_T)   -> rec_*_local
   domain    encoders on a second domain draw: image perturbed at ``perturbation.light`` or
             "medium" (per sample, 50/50) + the loader's ``text_ids_light`` -> h_F^B;
-            dom_consist = symmetric InfoNCE(h_F, h_F^B) over caption samples (SPEC: VQA samples never
-            enter a contrastive term; several questions on one image are false negatives). View A is
-            the clean pass, the source domain: a decision (README, "Decisions"), it reuses h_F.
+            dom_consist = symmetric InfoNCE(h_F, h_F^B) over every sample, VQA included, and view A
+            is the clean pass (the source domain; it reuses h_F): two decisions against SPEC's
+            letter, with their reasons in the README ("Decisions").
   dropped   a random ``round(p_drop * B)`` of the samples, each with its image or its text (50/50)
             replaced by learned missing tokens (H'_I or H'_T, and h_I or h_T inside the fusion):
             RecNet(h_F^drop, ...) -> mod_resil = KL(p_full || p_drop) on VQA samples, p_full being
             the global pass's answer distribution (both modalities, same masked view, detached),
             + reconstruction of the missing side at its masked positions (an unbiased subsample of
             reconstructing all of it, at the cost of one masked view).
-Contrastive terms (con_inter, con_intra, dom_consist) use caption samples only (CMDPI §3.2.3); VQA
-samples get reconstruction only. Negatives are the local micro batch.
+The image-text contrastive terms (con_inter, con_intra) use caption samples only (CMDPI §3.2.3). Negatives are the local micro batch.
 
 Fine-tuning (CMDPI §3.3, Eq. 13) optimises  w_mix * mix + w_diff * (diff_img + diff_txt)
 (+ w_ans_finetune * rec_ans_global, a direct answer CE that CMDPI does not have: 0 by default):
@@ -318,8 +317,7 @@ def pretrain_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = i
         terms.update(reconstruction_terms(model, out, view, answers, plan, "local", mean_count))
     if plan.domain_view:
         terms["dom_consist"] = domain_consistency(
-            h_fused, domain_fused(model, images01, batch, cfg, generator), temperature=lc.temperature,
-            valid=is_caption,
+            h_fused, domain_fused(model, images01, batch, cfg, generator), temperature=lc.temperature
         )
     if "mod_resil" in plan.terms:
         terms["mod_resil"] = (
