@@ -60,14 +60,14 @@ def test_pretrain_zero2_loss_decreases_then_resumes_on_fewer_workers(ray_local, 
 def expected_keys(cfg, data: str, steps: int) -> dict[int, list[list[str]]]:
     """The sample keys each rank's loader hands out, batch by batch, in an uninterrupted run."""
     from raymmr.data.loader import make_loader
-    from raymmr.data.shards import read_manifest, shard_tokenizer, shard_urls
+    from raymmr.data.shards import read_manifest, shard_tokenizer, shard_urls, training_split
     from raymmr.data.tokenizer import load_tokenizer
 
     manifest = read_manifest(data)
     out = {}
     for rank in range(2):
         loader = make_loader(
-            shard_urls(data, "train"), tokenizer=load_tokenizer(shard_tokenizer(data)), answers=manifest["answers"],
+            shard_urls(data, training_split("pretrain", manifest)), tokenizer=load_tokenizer(shard_tokenizer(data)), answers=manifest["answers"],
             max_text_len=cfg.model.max_text_len, batch_size=cfg.train.batch_size, rank=rank, world_size=2,
             epoch_mode="exact", samples_per_epoch=0, shuffle_buffer=cfg.data.shuffle_buffer,
             loader_workers=cfg.data.loader_workers, seed=cfg.data.seed, epoch=0, perturbation=cfg.perturbation,
