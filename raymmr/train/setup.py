@@ -174,9 +174,9 @@ def build_worker_context(job: dict) -> WorkerContext:
             model, make_loader, train_urls, loader_args, job, device, rank, world_size
         )
         partners = find_partners(key_to_row, index_embeddings, train_urls, cfg.finetune.similarity_threshold, rank)
-        task = functools.partial(_finetune, cfg=cfg, mean_count=mean_count, fn=finetune_terms)
+        task = functools.partial(_step, cfg=cfg, mean_count=mean_count, fn=finetune_terms)
     else:
-        task = functools.partial(_pretrain, cfg=cfg, mean_count=mean_count, fn=pretrain_terms)
+        task = functools.partial(_step, cfg=cfg, mean_count=mean_count, fn=pretrain_terms)
 
     steps = cfg.train.steps if stage == "pretrain" else cfg.finetune.steps
     lr = cfg.train.lr if stage == "pretrain" else cfg.finetune.lr
@@ -239,11 +239,8 @@ def build_worker_context(job: dict) -> WorkerContext:
     )
 
 
-def _pretrain(model, batch, *, cfg, mean_count, fn):
-    return fn(model, batch, cfg, mean_count=mean_count)
-
-
-def _finetune(model, batch, *, cfg, mean_count, fn):
+def _step(model, batch, *, cfg, mean_count, fn):
+    """One stage's task (``pretrain_terms`` or ``finetune_terms``) as the worker loop calls it."""
     return fn(model, batch, cfg, mean_count=mean_count)
 
 
