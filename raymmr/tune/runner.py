@@ -235,6 +235,8 @@ def run_sweep(
     embedded = connect_ray(address)
     if embedded:
         base = fit_to_machine(base, ray.cluster_resources())
+    else:
+        pin_autoscaling_coordinator()
     t = base.tune
     shared = None
     if t.objective == "finetune" and not space.touches_pretraining:
@@ -274,6 +276,20 @@ def run_sweep(
         )
     results = tuner.fit()
     return trial_records(results, t.metric, max_rung=max_rung)
+
+
+def pin_autoscaling_coordinator() -> None:
+    """Create Ray's detached AutoscalingCoordinator actor here, on the driver's node (the head,
+    under `ray job submit`), before any trial does. Ray Train creates it, if it does not exist,
+    on the node of whoever asks first, pinned there for the cluster's life; in a sweep that is a
+    trial's Train controller, on a worker node, which then never counts as idle and is never
+    scaled down (ray-project/ray#58481; tests/test_autoscaling.py shows it)."""
+    # Private module: Ray 2.60's location of the singleton that Train's resource requests go to.
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (  # noqa: PLC0415
+        get_or_create_autoscaling_coordinator,
+    )
+
+    get_or_create_autoscaling_coordinator()
 
 
 def shared_pretraining(base: Config, out: str, data: str, local_cluster: bool = False) -> str:
