@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from raynodes import ROOT, free_port, job, node_env, ray_node, wait_for_nodes
+from raynodes import RAY, ROOT, free_port, job, node_env, ray_node, wait_for_nodes
 
 from raymmr import storage
 
@@ -52,11 +52,28 @@ def kill_after_first_checkpoint(proc: subprocess.Popen, run: str, log_path) -> i
     return ckpt.read_meta(ckpt.latest_complete(run)).step
 
 
+def submit(dashboard: str, *args: str, environ: dict) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir <repo> -- python jobs/...`, as README "On a cluster" shows it."""
+    excludes = json.dumps({"excludes": [".venv", ".git", "runs", "*.tar"]})
+    cmd = [RAY, "job", "submit", "--address", f"http://{dashboard}", "--working-dir", str(ROOT),
+           "--runtime-env-json", excludes, "--", "python", *args]  # fmt: skip
+    for _ in range(20):
+        proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)
+        # Just after `ray start` the head's dashboard agent may not be up yet; Ray asks to retry
+        # (no job was created, so submitting again is safe).
+        if "No available agent to submit job" not in proc.stderr:
+            return proc
+        time.sleep(3)
+    return proc
+
+
 def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
     """2 Ray nodes (one training worker each) and drivers on other "machines", sharing only the
     bucket: pre-train into the bucket, the driver killed after its first checkpoint and the run
-    resumed from the URL by a driver on a fresh machine; fine-tune from the bucket's export; evaluate
-    the bucket's fine-tuned export. Export, metrics, events and TensorBoard files are in the bucket."""
+    resumed from the URL by a driver on a fresh machine; fine-tune from the bucket's export as a
+    job submitted with `ray job submit --working-dir`; evaluate the bucket's fine-tuned export.
+    Export, metrics, events and TensorBoard files are in the bucket. Each node has its own Ray
+    temp directory too (session files, runtime-env working directories)."""
     token = secrets.token_hex(32)
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -67,11 +84,19 @@ def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
                "--set", "data.loader_workers=0", "--set", "train.val_every=0"]  # fmt: skip
     pretrain = ["--config", "tiny", "--steps", "12", "--set", "train.checkpoint_every=4", "--set", "train.log_every=2",
                 *cluster, "--out", pt]  # fmt: skip
+    dashboard = f"127.0.0.1:{free_port()}"
     head = ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={free_port()}"]
+            f"--dashboard-port={dashboard.split(':')[1]}"]
+    # A worker node takes the head's Ray temp directory unless told otherwise: on one machine that
+    # would be one shared directory (a job's working directory, deleted by one node under the other).
+    worker = [f"--address={address}", "--num-cpus=1", f"--temp-dir={worker_env['TMPDIR']}/ray"]
     log_path = tmp_path / "killed-driver.log"
-    with ray_node(*head, environ=head_env), ray_node(f"--address={address}", "--num-cpus=1", environ=worker_env):
+    with ray_node(*head, environ=head_env), ray_node(*worker, environ=worker_env):
         wait_for_nodes(address, 2, environ=driver_env)
+        # A client without RAY_AUTH_MODE=token is told how to authenticate, not left with Ray's trace.
+        bare = {k: v for k, v in driver_env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        refused = job("pretrain", *pretrain, environ=bare, timeout=300)
+        assert refused.returncode == 2 and "RAY_AUTH_MODE=token" in refused.stderr, refused.stderr[-3000:]
         with log_path.open("w") as log:
             killed_at = kill_after_first_checkpoint(start_job("pretrain", *pretrain, environ=driver_env, log=log),
                                                     pt, log_path)
@@ -79,8 +104,10 @@ def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
         again = job("pretrain", *pretrain, environ=second_driver_env)  # without --resume: refused, nothing lost
         assert again.returncode == 2 and "--resume" in again.stderr, again.stderr[-2000:]
         check(job("pretrain", *pretrain, "--resume", environ=second_driver_env))
-        check(job("finetune", "--config", "tiny", "--steps", "4", "--set", "train.checkpoint_every=4", *cluster,
-                  "--init", pt, "--out", ft, environ=driver_env))  # fmt: skip
+        submitted = submit(dashboard, "jobs/finetune.py", "--config", "tiny", "--steps", "4", "--set",
+                           "train.checkpoint_every=4", *cluster, "--init", pt, "--out", ft, environ=driver_env)
+        check(submitted)
+        assert "succeeded" in (submitted.stdout + submitted.stderr).lower(), submitted.stdout[-3000:]
     evaluated = job("evaluate", "--config", "tiny", "--model", ft, "--data", s3_tiny_data, "--limit", "64",
                     "--severities", "strong", "--out", ev, environ=second_driver_env)  # fmt: skip
     check(evaluated)
