@@ -11,11 +11,12 @@ from raymmr.config import Config
 
 
 def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, pretrained: str | None = None,
-                 log=print) -> dict:
+                 severities=None, log=print) -> dict:
     """Train and evaluate into ``out/{pretrain,finetune,eval}``; returns the evaluation results.
     ``pretrained``: the export of a pre-training with this same config, reused instead of
-    pre-training again (the ablation's variants that differ only in fine-tuning share one)."""
-    from raymmr.eval.evaluate import evaluate  # noqa: PLC0415
+    pre-training again (the ablation's variants that differ only in fine-tuning share one).
+    ``severities``: the perturbation severities evaluated besides clean inputs (default: all)."""
+    from raymmr.eval.evaluate import SEVERITIES, evaluate  # noqa: PLC0415
     from raymmr.train.launch import run_training  # noqa: PLC0415
 
     out = Path(out)
@@ -29,4 +30,4 @@ def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, p
     fin = run_training(cfg, stage="finetune", out=str(out / "finetune"), data=data, init_from=pretrained,
                        num_workers=num_workers)
     log(f"[pipeline] evaluating on the test split -> {out / 'eval'}")
-    return evaluate(fin.export_dir, data, str(out / "eval"))
+    return evaluate(fin.export_dir, data, str(out / "eval"), severities=SEVERITIES if severities is None else severities)
