@@ -55,3 +55,4 @@ def test_same_check_fails_without_learning(tiny_data, tmp_path):
                          answers=answers)
     results = evaluate(str(export), tiny_data, str(tmp_path / "eval"))
     assert not learned(results), f"an untrained model 'learned': {results['vqa_overall']:.3f}"
+    assert sum(v["n"] for v in results["vqa_by_question_type"].values()) == results["n_vqa"]

@@ -211,3 +211,23 @@ def test_validation_counts_vqa_as_evaluation_does():
     assert (int(correct), int(asked)) == (1, 3)
     preds = [vocab[i] for i in logits.argmax(-1)[:3].tolist()]
     assert vqa_accuracy(preds, ["yes", "yes", "kidney"])["overall"] == pytest.approx(int(correct) / int(asked))
+
+
+def test_accuracy_by_question_type_beside_the_question_only_baseline():
+    from types import SimpleNamespace
+
+    from raymmr.eval.evaluate import by_question_type
+
+    def q(question, answer, qtype, atype):
+        return SimpleNamespace(question=question, answer=answer, question_type=qtype, answer_type=atype)
+
+    train = [("Is there a lesion?", "no"), ("Is there a lesion?", "no"), ("Is there a lesion?", "yes"),
+             ("Which organ?", "head")]  # fmt: skip
+    test = [q("Is there a lesion?", "yes", "presence", "closed"), q("Is there a lesion?", "no", "presence", "closed"),
+            q("Which organ?", "chest", "organ", "open"), q("Which organ?", "head", "organ", "open"),
+            q("A caption has no question type", "", "", "")]  # fmt: skip
+    preds = ["yes", "yes", "chest", "chest", "x"]
+    got = by_question_type(test, preds, train)
+    assert set(got) == {"presence/closed", "organ/open"}  # untyped samples are left out
+    assert got["presence/closed"] == {"n": 2, "accuracy": 0.5, "question_only": 0.5}  # the blind model says "no"
+    assert got["organ/open"] == {"n": 2, "accuracy": 0.5, "question_only": 0.5}  # ... and "head"

@@ -139,6 +139,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
         results["question_only_baseline"] = M.question_only_baseline(
             pairs, [(s.question, s.answer) for s in test.vqa], types)["overall"]
         results["vqa_by_domain"] = {d: r["overall"] for d, r in M.accuracy_by_group(preds["none"], golds, domains, types).items()}
+        results["vqa_by_question_type"] = by_question_type(test.vqa, preds["none"], pairs)
         in_dom = [i for i, d in enumerate(domains) if d in train_domains]
         cross = [i for i, d in enumerate(domains) if d not in train_domains]
         for name, idx in (("vqa_in_domain", in_dom), ("vqa_cross_domain", cross)):
@@ -163,6 +164,25 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     write_results(results, str(run.local), severities)
     run.upload()
     return results
+
+
+def by_question_type(samples, preds: list[str], train_pairs) -> dict:
+    """Accuracy per "question_type/answer_type" (e.g. "presence/closed"; samples without a question
+    type are left out), with the question-only baseline of the same questions beside it: which kinds
+    of question the model answers from the image rather than from the question's wording."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.question_type:
+            groups.setdefault(f"{s.question_type}/{s.answer_type or 'open'}", []).append(i)
+    out = {}
+    for name, idx in sorted(groups.items()):
+        golds = [samples[i].answer for i in idx]
+        out[name] = {
+            "n": len(idx),
+            "accuracy": M.vqa_accuracy([preds[i] for i in idx], golds)["overall"],
+            "question_only": M.question_only_baseline(train_pairs, [(samples[i].question, g) for i, g in zip(idx, golds)])["overall"],
+        }  # fmt: skip
+    return out
 
 
 def write_results(results: dict, out: str, severities=SEVERITIES) -> None:
@@ -202,6 +222,10 @@ def results_markdown(r: dict, severities=SEVERITIES) -> str:
             if key in r:
                 lines.append(f"| retrieval mean rank, perturbed ({sev}) | {r[key]:.2f} "
                              f"(+{r[f'retrieval_mean_rank_degradation_{sev}']:.2f}) |")
+    if r.get("vqa_by_question_type"):
+        lines += ["", "| question type | n | VQA accuracy | question only |", "|---|---|---|---|"]
+        lines += [f"| {t} | {v['n']} | {100 * v['accuracy']:.1f}% | {100 * v['question_only']:.1f}% |"
+                  for t, v in r["vqa_by_question_type"].items()]
     if r.get("vqa_by_domain"):
         lines += ["", "| domain | VQA accuracy |", "|---|---|"]
         lines += [f"| {d} | {100 * v:.1f}% |" for d, v in r["vqa_by_domain"].items()]
