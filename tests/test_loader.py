@@ -69,14 +69,13 @@ def test_resampled_gives_every_rank_the_same_number_of_full_batches(data):
 
 def test_batch_fields_and_dtypes_follow_the_contract(data):
     out, manifest, tok = data
-    key_to_row = {"train-0001-q": 7}
-    batches = list(loader(shard_urls(str(out), "train")[:1], data, key_to_row=key_to_row, shuffle_buffer=0))
+    batches = list(loader(shard_urls(str(out), "train")[:1], data, shuffle_buffer=0))
     b = batches[0]
     B, L = 4, 12
     assert b["image"].dtype == torch.uint8 and b["image"].shape == (B, 3, S, S)
     for name in ("text_ids", "text_mask", "text_ids_strong", "text_mask_strong", "text_ids_light", "text_mask_light"):
         assert b[name].dtype == torch.int64 and b[name].shape == (B, L), name
-    for name in ("answer", "answer_type", "question_type", "organ", "domain", "index_row"):
+    for name in ("answer", "answer_type", "question_type", "organ", "domain"):
         assert b[name].dtype == torch.int64 and b[name].shape == (B,), name
     assert b["is_caption"].dtype == torch.bool and b["skipped"].dtype == torch.int64 and b["skipped"].dim() == 0
     assert b["key"] == ["train-0000-cap", "train-0001-q", "train-0002-q", "train-0003-cap"]
@@ -87,7 +86,6 @@ def test_batch_fields_and_dtypes_follow_the_contract(data):
     assert b["question_type"].tolist() == [-1, 0, 0, -1]
     assert [manifest["organs"][i] for i in b["organ"]] == ["chest", "head", "head", "chest"]
     assert [manifest["domains"][i] for i in b["domain"]] == ["d0", "d1", "d0", "d1"]
-    assert b["index_row"].tolist() == [-1, 7, -1, -1]
     ids, mask = encode_texts(tok, ["Caption number 0."], L)
     assert torch.equal(b["text_ids"][0], ids[0]) and torch.equal(b["text_mask"][0], mask[0])
     assert b["text_ids"][0, 0] == tok.cls_token_id and (b["text_ids"][b["text_mask"] == 0] == 0).all()

@@ -62,7 +62,6 @@ def make_batch(cfg, n_caption=4, seed=0):
     batch["question_type"] = torch.where(is_caption, -1, torch.randint(0, 2, (b,), generator=g))
     batch["organ"] = torch.where(is_caption, -1, torch.randint(0, 3, (b,), generator=g))
     batch["domain"] = torch.randint(0, 3, (b,), generator=g)
-    batch["index_row"] = torch.arange(b)
     batch["skipped"] = torch.tensor(0)
     batch["key"] = [f"s{i}" for i in range(b)]
     return batch

@@ -251,7 +251,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     """Batches of one rank; in a DataLoader each worker process streams its own shards."""
 
     def __init__(self, urls, *, tokenizer, answers, max_text_len, batch_size, rank, world_size, epoch_mode,
-                 samples_per_epoch, shuffle_buffer, seed, epoch, perturbation, image_size, key_to_row, manifest,
+                 samples_per_epoch, shuffle_buffer, seed, epoch, perturbation, image_size, manifest,
                  num_workers, start=None, phase=0, partners: Partners | None = None):
         from raymmr.data.answers import normalize_answer
 
@@ -259,7 +259,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.tokenizer, self.max_text_len, self.batch_size = tokenizer, max_text_len, batch_size
         self.rank, self.world_size, self.epoch_mode = rank, world_size, epoch_mode
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
-        self.perturbation, self.image_size, self.key_to_row = perturbation, image_size, key_to_row
+        self.perturbation, self.image_size = perturbation, image_size
         self.num_workers = max(1, num_workers)
         self.start = {int(k): tuple(v) for k, v in (start or {}).items()}  # role -> (drawn, batches)
         self.phase = phase
@@ -378,7 +378,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         ids, mask = encode_texts(self.tokenizer, texts + strong + light, self.max_text_len)  # one Rust call
         n = len(records)
         is_caption = [r["kind"] == "caption" for r in records]
-        rows = self.key_to_row or {}
         partners = self._partner_images(keys, images) if self.partners is not None else {}
         return {
             **partners,
@@ -390,7 +389,6 @@ class ShardStream(torch.utils.data.IterableDataset):
             "is_caption": torch.tensor(is_caption, dtype=torch.bool),
             "answer_type": torch.tensor([ANSWER_TYPE_IDS.get(r.get("answer_type"), -1) for r in records]),
             **{name: torch.tensor([table.get(r.get(name), -1) for r in records]) for name, table in self.index.items()},
-            "index_row": torch.tensor([rows.get(k, -1) for k in keys]),
             "skipped": torch.tensor(skipped, dtype=torch.int64),
             "key": keys,
         }
@@ -422,13 +420,12 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len: int, batch_size: int, rank: int,
                 world_size: int, epoch_mode: str, samples_per_epoch: int, shuffle_buffer: int, loader_workers: int,
-                seed: int, epoch: int, perturbation, image_size: int, key_to_row: dict[str, int] | None = None,
-                manifest: dict | None = None, pin_memory: bool = False, start: dict | None = None,
+                seed: int, epoch: int, perturbation, image_size: int, manifest: dict | None = None, pin_memory: bool = False, start: dict | None = None,
                 phase: int = 0, partners: Partners | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader of batch dicts for rank ``rank`` of ``world_size`` (see the module docstring).
 
     Batch: image uint8 [B,3,S,S]; text_ids/text_mask (+ _strong, _light) int64 [B,L]; answer,
-    answer_type, question_type, organ, domain, index_row int64 [B]; is_caption bool [B]; with
+    answer_type, question_type, organ, domain int64 [B]; is_caption bool [B]; with
     ``partners``: partner_image uint8 [B,3,S,S], has_partner bool [B];
     skipped int64 []; key list[str]; position int64 [3] (worker role, samples drawn, batches: where
     the role stands after this batch). ``samples_per_epoch`` = 0 in resampled mode means the
@@ -459,7 +456,7 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
         urls, tokenizer=tokenizer, answers=answers, max_text_len=max_text_len, batch_size=batch_size, rank=rank,
         world_size=world_size, epoch_mode=epoch_mode, samples_per_epoch=samples_per_epoch,
         shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch, perturbation=perturbation, image_size=image_size,
-        key_to_row=key_to_row, manifest=manifest, num_workers=loader_workers, start=start, phase=phase,
+        manifest=manifest, num_workers=loader_workers, start=start, phase=phase,
         partners=partners,
     )
     return torch.utils.data.DataLoader(

@@ -62,7 +62,6 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
         epoch_mode="resampled", samples_per_epoch=10**9, shuffle_buffer=cfg.data.shuffle_buffer,
         loader_workers=cfg.data.loader_workers, seed=0, epoch=0, perturbation=cfg.perturbation,
         image_size=cfg.data.image_size, manifest=manifest,
-        key_to_row=None,
     )
     batches = iter(loader)
 

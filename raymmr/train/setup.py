@@ -166,7 +166,7 @@ def build_worker_context(job: dict) -> WorkerContext:
     )
     split = training_split(stage, manifest)
     train_urls = shard_urls(data, split)
-    key_to_row, partners = None, None
+    partners = None
     if stage == "finetune":
         # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
         # different numbers of batches here.
@@ -195,7 +195,6 @@ def build_worker_context(job: dict) -> WorkerContext:
             samples_per_epoch=samples_per_epoch,
             seed=cfg.data.seed,
             epoch=epoch,
-            key_to_row=key_to_row,
             start=start,
             phase=phase,
             partners=partners,
@@ -214,7 +213,7 @@ def build_worker_context(job: dict) -> WorkerContext:
         # same number of batches on every rank.
         return make_loader(
             val_urls, epoch_mode="resampled", samples_per_epoch=n_val, seed=cfg.data.seed + 1, epoch=0,
-            key_to_row=key_to_row, **{**loader_args, "shuffle_buffer": 0, "loader_workers": 0},
+            **{**loader_args, "shuffle_buffer": 0, "loader_workers": 0},
         )
 
     zero3 = cfg.train.zero_stage == 3
@@ -394,7 +393,7 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
     was_training = model.training
     model.eval()
     keys, embs = [], []
-    loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0, key_to_row=None,
+    loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0,
                          **{**loader_args, "shuffle_buffer": 0})
     for batch in loader:
         embs.append(model.encode_image(batch["image"].to(device)).float().cpu())
