@@ -274,3 +274,21 @@ def test_num_workers_spec_and_local_fit():
         check_fits_locally(2, cpus=2, gpus=0, available={"CPU": 2.0})
     with pytest.raises(JobError, match="--gpus-per-worker"):
         check_fits_locally(1, cpus=1, gpus=1, available={"CPU": 2.0})
+
+
+def test_job_refuses_shards_without_one_sample_before_starting_ray(tmp_path):
+    """Every shard empty: the job says so at once (no Ray start, no retries, no run left behind)."""
+    import subprocess
+    import sys
+    import tarfile
+
+    for i in range(2):
+        tarfile.open(tmp_path / f"empty-{i:06d}.tar", "w").close()
+    root = Path(__file__).resolve().parent.parent
+    pattern = str(tmp_path / "empty-{000000..000001}.tar")
+    proc = subprocess.run([sys.executable, str(root / "jobs" / "pretrain.py"), "--config", "tiny", "--data", pattern,
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no usable sample in the 2 shard(s)" in proc.stderr and pattern in proc.stderr, proc.stderr[-2000:]
+    assert "Started a local Ray" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "r" / "config.yaml").exists()  # the fixed command is not refused as "holds a run"

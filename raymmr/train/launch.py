@@ -141,6 +141,24 @@ def check_run_dir(run: RunDir, resume: bool) -> None:
         raise JobError(f"--resume {run}: no checkpoint there; launch it again without --resume to start over")
 
 
+def check_has_samples(data: str, stage: str) -> None:
+    """A shard set without one usable sample in the stage's split fails every attempt the same way:
+    refuse it before Ray starts (Ray Train would retry it ``train.max_failures`` times). Reads
+    records until the first usable one: a few kilobytes of the first shard, normally."""
+    from raymmr.data.loader import iter_records  # noqa: PLC0415
+    from raymmr.data.shards import ShardError, read_manifest, shard_urls, training_split  # noqa: PLC0415
+
+    try:
+        manifest = read_manifest(data)
+    except ShardError:
+        manifest = None  # a shard pattern without a manifest beside it
+    split = training_split(stage, manifest)
+    urls = shard_urls(data, split)
+    if next(iter_records(urls), None) is None:
+        raise JobError(f"--data {data}: no usable sample in the {len(urls)} shard(s) of split '{split}' (empty, "
+                       "or every record failed to decode: see the warnings above); check the conversion that wrote them")
+
+
 def run_training(
     cfg: Config,
     *,
@@ -179,6 +197,7 @@ def run_training(
             raise JobError(f"--init {init_from}: no {storage.WEIGHTS} there or in its export/ folder")
         init_from = found
     data = resolve_data(cfg, data)
+    check_has_samples(data, stage)
     resume_from = None
     if resume:
         resume_from = ckpt.latest_complete(run.url)
