@@ -237,3 +237,22 @@ def test_partner_images_ride_with_their_samples(data):
     assert torch.equal(b["partner_image"][0], torch.from_numpy(decode_image(images["train-0039-cap"], S)))
     assert torch.equal(b["partner_image"][2], b["image"][2]) and torch.equal(b["partner_image"][3], b["image"][3])
     assert "partner_image" not in next(iter(loader(urls[:1], data, shuffle_buffer=0)))
+
+
+def test_resampled_mode_counts_each_draw_of_an_unreadable_image(data, tmp_path):
+    """A JPEG with a zeroed header, drawn twice in a resampled epoch, is counted twice: in one
+    process, and split over two loader workers (each its own pass over the shard)."""
+    good = hand_samples("z", 6, size=S)
+    bad = tmp_path / "zeroed-000000.tar"
+    with tarfile.open(bad, "w") as tar:
+        for i, s in enumerate(good):
+            jpg = encode_image(s.image, S)
+            _add(tar, f"{s.key}.jpg", b"\x00" * 16 + jpg[16:] if i == 2 else jpg)
+            _add(tar, f"{s.key}.json", json.dumps(s.record()).encode())
+    for workers in (0, 2):
+        batches = list(loader([str(bad)], data, epoch_mode="resampled", samples_per_epoch=12, batch_size=2,
+                              shuffle_buffer=0, loader_workers=workers))
+        keys = [k for b in batches for k in b["key"]]
+        assert len(keys) == 12 and good[2].key not in keys
+        # 12 good samples = two passes over the 5 readable ones (+2): the bad one was met twice.
+        assert sum(int(b["skipped"]) for b in batches) == 2, workers

@@ -108,7 +108,9 @@ def finite_on_all_ranks(loss: torch.Tensor, world_size: int) -> bool:
 
 
 class StepTimer:
-    """Wall time per log interval, time blocked on the loader, samples, skipped samples."""
+    """Per log interval (each figure of a metrics record covers the steps since the one before):
+    wall time, time blocked on the loader, samples, samples the loader skipped as unusable and
+    non-finite losses, summed over ranks. A run's totals are the sums over its records."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -144,7 +146,7 @@ class StepTimer:
         }
         if peak_flops:
             out["mfu"] = out["tflops"] * 1e12 / world_size / peak_flops
-        self.t0, self.wait, self.samples = time.perf_counter(), 0.0, 0
+        self.t0, self.wait, self.samples, self.skipped, self.nonfinite = time.perf_counter(), 0.0, 0, 0, 0
         return out
 
 
