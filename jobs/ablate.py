@@ -21,15 +21,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma list of seeds (train.seed); results are averaged")
     parser.add_argument("--data", help="shard set (default: SynthRad for --config)")
     args = parser.parse_args()
-    from pathlib import Path
-
+    from raymmr import storage
     from raymmr.ablation import run_ablation
 
     variants = [v for v in args.variants.split(",") if v]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     run_ablation(args.config, args.overrides, variants, seeds, args.out, args.data, method=args.method,
                  log=lambda line: print(line, flush=True))  # fmt: skip
-    print((Path(args.out) / "ablation.md").read_text())
+    print(storage.read_text(storage.join(storage.normalize(args.out), "ablation.md")))
 
 
 if __name__ == "__main__":

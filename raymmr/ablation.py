@@ -13,6 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
+from raymmr import storage
 from raymmr.config import load_config, without_groups
 from raymmr.train.rundir import set_aside
 from raymmr.tune.space import FINETUNE_ONLY_PREFIXES
@@ -47,7 +48,7 @@ def run_ablation(
     method: str | None = None,
 ) -> dict:
     """Train and evaluate every (variant, seed); writes ablation.json and ablation.md into ``out``
-    and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
+    (a path or URL: every run of the ablation lives under it) and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
     from raymmr.pipeline import run_pipeline  # noqa: PLC0415
     from raymmr.train.launch import JobError, resolve_data  # noqa: PLC0415
 
@@ -59,32 +60,32 @@ def run_ablation(
         for v in variants for s in seeds
     }  # validate every variant before training any
     data = resolve_data(configs[(variants[0], seeds[0])], data)
-    out = Path(out)
+    out = storage.normalize(str(out))
     results, pretrained = {}, {}  # pretrained: (seed, pre-training overrides) -> export
     for (variant, seed), cfg in configs.items():
         shared = (seed, tuple(o for o in variant_overrides(variant) if not o.startswith(FINETUNE_ONLY_PREFIXES)))
-        run = out / variant / f"seed{seed}"
-        own = run / "pretrain" / "export"
-        if (own / "model.safetensors").exists():
-            pretrained.setdefault(shared, str(own))
-        done = run / "eval" / "results.json"
-        if done.exists():
+        run = storage.join(out, variant, f"seed{seed}")
+        own = storage.join(run, "pretrain", "export")
+        if storage.exists(storage.join(own, storage.WEIGHTS)):
+            pretrained.setdefault(shared, own)
+        done = storage.join(run, "eval", "results.json")
+        if storage.exists(done):
             log(f"[ablate] {variant} seed {seed}: done before, reading {done}")
-            results[f"{variant}/seed{seed}"] = json.loads(done.read_text())
+            results[f"{variant}/seed{seed}"] = json.loads(storage.read_text(done))
             continue
-        if run.exists():  # an unfinished attempt: kept aside, this variant starts over
+        if storage.exists(run):  # an unfinished attempt: kept aside, this variant starts over
             aside = set_aside(run, "unfinished")
             log(f"[ablate] {variant} seed {seed}: moved the unfinished attempt to {aside}")
-            if pretrained.get(shared) == str(own):
+            if pretrained.get(shared) == own:
                 del pretrained[shared]
         log(f"[ablate] {variant} seed {seed}")
         results[f"{variant}/seed{seed}"] = run_pipeline(cfg, run, data, pretrained=pretrained.get(shared))
-        pretrained.setdefault(shared, str(own))
+        pretrained.setdefault(shared, own)
     mean = {v: mean_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
     std = {v: std_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
     report = {"per_run": results, "mean": mean, "std": std, "seeds": seeds}
-    (out / "ablation.json").write_text(json.dumps(report, indent=1))
-    (out / "ablation.md").write_text(markdown(mean, std))
+    storage.write_text(storage.join(out, "ablation.json"), json.dumps(report, indent=1))
+    storage.write_text(storage.join(out, "ablation.md"), markdown(mean, std))
     return report
 
 

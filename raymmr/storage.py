@@ -166,7 +166,17 @@ def move(src: str, dst: str) -> None:
         return
     fs, path = filesystem(src)
     _, target = filesystem(dst)
-    fs.mv(path, target, recursive=True)
+    if fs.isfile(path):
+        fs.mv(path, target)
+        return
+    # A "directory" is only a key prefix: s3fs's recursive mv also copies the prefix itself, as
+    # if it were an object, and fails (NoSuchKey). Copy every object under it, then delete them.
+    files = fs.find(path)
+    if not files:
+        raise FileNotFoundError(src)
+    for f in files:
+        fs.copy(f, target + f[len(path.rstrip("/")):])
+    fs.rm(path, recursive=True)
 
 
 def get(url: str, local: str | os.PathLike) -> Path:

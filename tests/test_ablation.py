@@ -6,6 +6,7 @@ import json
 import pytest
 
 import raymmr.pipeline
+from raymmr import storage
 from raymmr.ablation import markdown, run_ablation
 from raymmr.train.launch import JobError
 
@@ -15,14 +16,12 @@ def recorded(monkeypatch, tiny_data):
     calls = []
 
     def fake_pipeline(cfg, out, data, *, pretrained=None, **_):
-        calls.append((out.parent.name, cfg.train.seed, pretrained))
+        calls.append((out.split("/")[-2], cfg.train.seed, pretrained))  # out: <ablation>/<variant>/seed<n>
         if pretrained is None:
-            (out / "pretrain" / "export").mkdir(parents=True)
-            (out / "pretrain" / "export" / "model.safetensors").write_text("weights")
+            storage.write_text(storage.join(out, "pretrain", "export", "model.safetensors"), "weights")
         acc = 0.5 if cfg.loss.w_dom_consist > 0 else 0.4
         results = {"vqa_overall": acc + cfg.train.seed / 100, "retrieval_mean_rank": 10.0}
-        (out / "eval").mkdir(parents=True)
-        (out / "eval" / "results.json").write_text(json.dumps(results))
+        storage.write_text(storage.join(out, "eval", "results.json"), json.dumps(results))
         return results
 
     monkeypatch.setattr(raymmr.pipeline, "run_pipeline", fake_pipeline)
@@ -51,6 +50,19 @@ def test_rerun_keeps_finished_variants_and_sets_unfinished_ones_aside(recorded, 
     run_ablation("tiny", [], ["full", "no_cmdpi_finetune"], [0], tmp_path, tiny_data, log=lambda _: None)
     assert recorded == [("no_cmdpi_finetune", 0, str(tmp_path / "full" / "seed0" / "pretrain" / "export"))]
     assert len(list((tmp_path / "no_cmdpi_finetune").glob("seed0.unfinished-*"))) == 1
+
+
+def test_ablation_in_a_bucket_reruns_like_a_local_one(recorded, s3_server, tiny_data):
+    out = s3_server.url("ablations", "a1")
+    run_ablation("tiny", [], ["full"], [0], out, tiny_data, log=lambda _: None)
+    storage.write_text(f"{out}/no_cmdpi_finetune/seed0/finetune/events.jsonl", "{}\n")  # a crashed attempt
+    recorded.clear()
+    report = run_ablation("tiny", [], ["full", "no_cmdpi_finetune"], [0], out, tiny_data, log=lambda _: None)
+    assert recorded == [("no_cmdpi_finetune", 0, f"{out}/full/seed0/pretrain/export")]
+    keys = s3_server.keys("ablations/a1/")
+    assert any(k.startswith("ablations/a1/no_cmdpi_finetune/seed0.unfinished-") for k in keys), keys
+    assert json.loads(storage.read_text(f"{out}/ablation.json"))["mean"] == report["mean"]
+    assert "| full |" in storage.read_text(f"{out}/ablation.md")
 
 
 def test_unknown_variant_is_refused_before_training(recorded, tmp_path):
