@@ -131,3 +131,20 @@ def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
     assert json.loads(storage.read_text(s3_server.url("runs/two-node/eval/results.json")))["n_vqa"] > 0
     # Nothing was written to a local folder named after the URL.
     assert not (ROOT / "s3:").exists()
+
+
+def test_shards_generated_on_the_driver_go_to_storage_for_a_cluster_run(s3_server, tiny_data, monkeypatch):
+    """No --data on a cluster: SynthRad is made on the driver's disk, which workers on other nodes
+    cannot read; the run gets the shards from the bucket instead (uploaded once)."""
+    from raymmr.train.launch import share_generated_data
+
+    monkeypatch.delenv("RAYMMR_STORAGE", raising=False)
+    run = s3_server.url("runs", "generated")
+    shared = share_generated_data(tiny_data, run)
+    assert shared == f"{run}/synthrad" and storage.exists(f"{shared}/manifest.json")
+    assert share_generated_data(tiny_data, "/tmp/a-local-run") == tiny_data  # a local run: a shared filesystem
+    monkeypatch.setenv("RAYMMR_STORAGE", s3_server.url("raymmr"))
+    shared = share_generated_data(tiny_data, run)
+    assert shared == s3_server.url("raymmr", "shards", "synthrad", os.path.basename(tiny_data))
+    names = storage.names(shared)
+    assert "manifest.json" in names and any(n.endswith(".tar") for n in names)

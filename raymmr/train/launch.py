@@ -159,6 +159,28 @@ def check_has_samples(data: str, stage: str) -> None:
                        "or every record failed to decode: see the warnings above); check the conversion that wrote them")
 
 
+def share_generated_data(data: str, run_url: str) -> str:
+    """SynthRad shards generated on the driver, for a run on a cluster: the workers on other nodes
+    cannot read the driver's disk, so the shards go to object storage first (once): under
+    ``$RAYMMR_STORAGE/shards/synthrad/<id>`` when that is set (the cluster configs set it), else
+    beside a remote run (``<run>/synthrad``). A local run directory keeps them local (a cluster
+    with a shared filesystem; ``warn_local_paths`` says so)."""
+    from raymmr.data.shards import MANIFEST, upload_dir  # noqa: PLC0415
+
+    shared_root = os.environ.get("RAYMMR_STORAGE", "")
+    if storage.is_remote(shared_root):
+        target = storage.join(storage.normalize(shared_root), "shards", "synthrad", Path(data).name)
+    elif storage.is_remote(run_url):
+        target = storage.join(run_url, "synthrad")
+    else:
+        return data
+    if not storage.exists(storage.join(target, MANIFEST)):  # the manifest goes last: present = complete
+        print(f"[data] uploading the SynthRad shards generated here to {target} (workers on other nodes read "
+              "them there)", flush=True)
+        upload_dir(data, target)
+    return target
+
+
 def run_training(
     cfg: Config,
     *,
@@ -196,6 +218,7 @@ def run_training(
         if found is None:
             raise JobError(f"--init {init_from}: no {storage.WEIGHTS} there or in its export/ folder")
         init_from = found
+    generated = not (data or cfg.data.train_shards)  # SynthRad, made on this machine
     data = resolve_data(cfg, data)
     check_has_samples(data, stage)
     resume_from = None
@@ -206,6 +229,9 @@ def run_training(
                            "launch it again without --resume to start over")
         print(f"[{stage}] resuming from {resume_from}", flush=True)
     run.write_text("config.yaml", to_yaml(cfg))
+    embedded = connect_ray(address) or local_cluster
+    if generated and not embedded:
+        data = share_generated_data(data, run.url)
 
     job = {
         "config_yaml": to_yaml(cfg),
@@ -222,7 +248,6 @@ def run_training(
         # A fresh name per launch: Ray Train V2 silently resumes a reused name.
         "launch": f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}" + ("-resume" if resume else ""),
     }
-    embedded = connect_ray(address) or local_cluster
     gpus = cfg.train.gpus_per_worker
     if embedded:
         check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())
