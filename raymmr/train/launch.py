@@ -16,6 +16,7 @@ from pathlib import Path
 from raymmr import storage
 from raymmr.config import Config, to_yaml
 from raymmr.train import checkpoint as ckpt
+from raymmr.train.job import TrainJob
 from raymmr.train.rundir import RunDir
 
 
@@ -233,21 +234,21 @@ def run_training(
     if generated and not embedded:
         data = share_generated_data(data, run.url)
 
-    job = {
-        "config_yaml": to_yaml(cfg),
-        "stage": stage,
-        "run_dir": run.url,
-        "data": data,
-        "init_from": init_from,
-        "key_log": os.environ.get("RAYMMR_KEY_LOG"),  # a test's record of consumed sample keys
-        "vocab_size": vocab_size(cfg, data),
+    job = TrainJob(
+        cfg=cfg,
+        stage=stage,
+        run_dir=run.url,
+        # A fresh name per launch: Ray Train V2 silently resumes a reused name.
+        launch=f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}" + ("-resume" if resume else ""),
+        data=data,
+        vocab_size=vocab_size(cfg, data),
+        init_from=init_from,
         # Ray Train V2 has no resume_from_checkpoint: the worker loads this one itself when Ray
         # has no newer checkpoint of this launch (ray-project/ray#49454).
-        "resume_from": resume_from,
-        "rung_offset": rung_offset if report_to_tune else None,
-        # A fresh name per launch: Ray Train V2 silently resumes a reused name.
-        "launch": f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}" + ("-resume" if resume else ""),
-    }
+        resume_from=resume_from,
+        rung_offset=rung_offset if report_to_tune else None,
+        key_log=os.environ.get("RAYMMR_KEY_LOG"),
+    )
     gpus = cfg.train.gpus_per_worker
     if embedded:
         check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())
@@ -255,7 +256,7 @@ def run_training(
         warn_local_paths(stage, {"--data": data, "--out": run.url, "--init": init_from})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=job,
+        train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo", timeout_s=1800),
         scaling_config=ScalingConfig(
             num_workers=workers,
@@ -264,7 +265,7 @@ def run_training(
         ),
         run_config=RunConfig(
             storage_path=run.url,
-            name=job["launch"],
+            name=job.launch,
             # A worker group that can never start (too large for the cluster) fails the run
             # instead of being retried without end.
             failure_config=FailureConfig(max_failures=cfg.train.max_failures,

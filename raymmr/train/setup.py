@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from raymmr.config import Config, load_config
+from raymmr.config import Config
+from raymmr.train.job import TrainJob
 from raymmr.train.metrics import console
 from raymmr.train.momentum import MomentumEMA
 
@@ -52,7 +53,7 @@ class ResumePoint:
     universal: Path | None = None
 
 
-def find_resume_point(job: dict, *, world_size: int, local_rank: int) -> ResumePoint | None:
+def find_resume_point(job: TrainJob, *, world_size: int, local_rank: int) -> ResumePoint | None:
     """Ray's latest checkpoint of this launch (a restart after a failure, possibly at another world
     size under elastic training) or else the ``--resume`` one. A ZeRO checkpoint of another world
     size is converted to DeepSpeed's universal format once per node (local rank 0; the others wait)."""
@@ -64,9 +65,9 @@ def find_resume_point(job: dict, *, world_size: int, local_rank: int) -> ResumeP
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         # Read from the run's storage like any checkpoint: <run>/<this launch>/<checkpoint dir>.
-        source = storage.join(job["run_dir"], job["launch"], Path(checkpoint.path).name)
-    elif job.get("resume_from"):
-        source = job["resume_from"]
+        source = storage.join(job.run_dir, job.launch, Path(checkpoint.path).name)
+    elif job.resume_from:
+        source = job.resume_from
     else:
         return None
     meta = ckpt.read_meta(source)
@@ -80,18 +81,6 @@ def find_resume_point(job: dict, *, world_size: int, local_rank: int) -> ResumeP
     if world_size > 1:
         dist.barrier()  # every node's conversion is done before any rank loads
     return ResumePoint(source, universal)
-
-
-def config_from_yaml(text: str) -> Config:
-    """The driver's resolved config, validated again on the worker (same code, same result)."""
-    import tempfile  # noqa: PLC0415
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(text)
-    try:
-        return load_config(f.name)
-    finally:
-        Path(f.name).unlink()
 
 
 def mean_count_across_ranks(world_size: int):
@@ -108,7 +97,7 @@ def mean_count_across_ranks(world_size: int):
     return mean_count
 
 
-def build_worker_context(job: dict) -> WorkerContext:
+def build_worker_context(job: TrainJob) -> WorkerContext:
     import ray.train  # noqa: PLC0415
 
     from raymmr.data.loader import make_loader  # noqa: PLC0415
@@ -119,8 +108,8 @@ def build_worker_context(job: dict) -> WorkerContext:
     from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
     from raymmr.train.metrics import measured_peak_flops  # noqa: PLC0415
 
-    cfg = config_from_yaml(job["config_yaml"])
-    stage = job["stage"]
+    cfg = job.cfg
+    stage = job.stage
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     on_gpu = torch.cuda.is_available() and cfg.train.gpus_per_worker > 0
@@ -130,7 +119,7 @@ def build_worker_context(job: dict) -> WorkerContext:
         # Ray gives each CPU worker its CPU share; torch would otherwise spawn a thread per core.
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
 
-    data = job["data"]
+    data = job.data
     manifest = read_manifest(data)
     tokenizer = load_tokenizer(tokenizer_source(cfg, data))
     answers = manifest["answers"]
@@ -141,12 +130,12 @@ def build_worker_context(job: dict) -> WorkerContext:
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=tokenizer.mask_token_id,
     )
-    if job.get("init_from"):
+    if job.init_from:
         from raymmr.train.rundir import RunDir  # noqa: PLC0415
 
-        init = load_initial_weights(model, job["init_from"], rank, answers)
+        init = load_initial_weights(model, job.init_from, rank, answers)
         if rank == 0:
-            RunDir(job["run_dir"]).append_lines("events.jsonl", [json.dumps(init)])
+            RunDir(job.run_dir).append_lines("events.jsonl", [json.dumps(init)])
     model.to(device)
 
     mean_count = mean_count_across_ranks(world_size)
@@ -234,7 +223,7 @@ def build_worker_context(job: dict) -> WorkerContext:
         momentum=MomentumEMA(model, zero3=zero3),
         resume=resume,
         data_position=position,
-        extra={"run_dir": job["run_dir"]},
+        extra={"run_dir": job.run_dir},
     )
 
 
@@ -379,7 +368,7 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
     from raymmr import storage  # noqa: PLC0415
     from raymmr.train.rundir import RunDir  # noqa: PLC0415
 
-    run = RunDir(job["run_dir"])
+    run = RunDir(job.run_dir)
     # Rank 0 decides for all: ranks that disagreed on building would wait in different collectives.
     decision = [run.exists(INDEX) if rank == 0 else None]
     if world_size > 1:

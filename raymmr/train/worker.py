@@ -20,6 +20,7 @@ import torch.distributed as dist
 from raymmr.config import Config
 from raymmr.eval.metrics import retrieval_ranks, vqa_hits
 from raymmr.train import checkpoint as ckpt
+from raymmr.train.job import TrainJob
 from raymmr.train.metrics import MetricsWriter, TermAccumulator, console
 from raymmr.train.rundir import RunDir
 from raymmr.train.setup import LOADER_STATE, WorkerContext, build_worker_context
@@ -31,13 +32,14 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def train_loop_per_worker(job: dict) -> None:
+def train_loop_per_worker(config: dict) -> None:
+    job: TrainJob = config["job"]
 
     w = build_worker_context(job)
     cfg, engine = w.cfg, w.engine
     record_worker(w)
     start = restore(w)
-    writer = MetricsWriter(RunDir(job["run_dir"]), w.stage, w.total_steps, resume_step=start) if w.rank == 0 else None
+    writer = MetricsWriter(RunDir(job.run_dir), w.stage, w.total_steps, resume_step=start) if w.rank == 0 else None
     terms_acc, timer = TermAccumulator(), StepTimer(w.device)
     last_val: dict = {}
     nonfinite = 0
@@ -77,8 +79,8 @@ def train_loop_per_worker(job: dict) -> None:
                 writer.write({"step": step, **last_val})
         if step % cfg.train.checkpoint_every == 0 or step == w.total_steps or val_due:
             report = {**last_val, "step": step}
-            if job["rung_offset"] is not None:  # a Tune trial: ASHA's clock (see launch.run_training)
-                report["rung"] = job["rung_offset"] + step * cfg.tune.rungs / w.total_steps
+            if job.rung_offset is not None:  # a Tune trial: ASHA's clock (see launch.run_training)
+                report["rung"] = job.rung_offset + step * cfg.tune.rungs / w.total_steps
             if writer:
                 writer.sync()  # metrics and TensorBoard in the run URL, for whoever watches the run
             # The last checkpoint carries the live model's probe outputs: the driver checks its export
@@ -269,14 +271,14 @@ def validate(w: WorkerContext) -> dict:
 
 
 @torch.no_grad()
-def probe_live_model(w: WorkerContext, job: dict) -> dict:
+def probe_live_model(w: WorkerContext, job: TrainJob) -> dict:
     """Answer logits and embeddings of the final live model on a fixed synthetic input (fp32, CPU);
     the driver checks that the exported weights reproduce them. Every rank runs the forward (a
     collective under ZeRO-3)."""
     model = w.engine.module
     was_training = model.training
     model.eval()
-    inputs = probe_inputs(w.cfg, vocab_size=job["vocab_size"], device=w.device)
+    inputs = probe_inputs(w.cfg, vocab_size=job.vocab_size, device=w.device)
     with autocast(w):
         out = probe_outputs(model, inputs)
     model.train(was_training)
@@ -300,10 +302,10 @@ def probe_outputs(model, x: dict) -> dict:
     }
 
 
-def record_keys(job: dict, step: int, rank: int, batch: dict) -> None:
+def record_keys(job: TrainJob, step: int, rank: int, batch: dict) -> None:
     """Testing hook: ``RAYMMR_KEY_LOG=PATH`` appends each consumed batch's sample keys to
     ``PATH.rank<r>``, so a test can compare the sequence a killed-and-restarted run consumed."""
-    path = job.get("key_log")
+    path = job.key_log
     if path:
         with open(f"{path}.rank{rank}", "a") as f:  # a leading newline: a line cut by a kill stays alone
             f.write("\n" + json.dumps({"step": step, "keys": batch["key"]}))
