@@ -37,7 +37,7 @@ def main() -> None:
     data = resolve_data(cfg, args.data)
     out = RunDir(args.out)
     results = evaluate(export, data, out.url, split=args.split, severities=severities,
-                       batch_size=args.batch_size, limit=args.limit)
+                       batch_size=args.batch_size, limit=args.limit, progress=True)
     print((out.local / "results.md").read_text())
     print(f"results: {out.url_of('results.json')}  ({len(results)} keys)")
 

@@ -32,4 +32,5 @@ def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, p
     fin = run_training(cfg, stage="finetune", out=stage("finetune"), data=data, init_from=pretrained,
                        num_workers=num_workers)
     log(f"[pipeline] evaluating on the test split -> {stage('eval')}")
-    return evaluate(fin.export_dir, data, stage("eval"), severities=SEVERITIES if severities is None else severities)
+    return evaluate(fin.export_dir, data, stage("eval"), severities=SEVERITIES if severities is None else severities,
+                    progress=True)

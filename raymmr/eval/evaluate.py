@@ -62,7 +62,8 @@ def to_uint8(image, size: int) -> np.ndarray:
 class Evaluator:
     """Batched inference with an exported model, optionally under a perturbation severity."""
 
-    def __init__(self, export_dir: str, *, batch_size: int = 64, device: str | None = None, seed: int = 0):
+    def __init__(self, export_dir: str, *, batch_size: int = 64, device: str | None = None, seed: int = 0,
+                 progress: bool = False):
         from raymmr.data.tokenizer import encode_texts, load_tokenizer  # noqa: PLC0415
         from raymmr.model.export import load_export  # noqa: PLC0415
 
@@ -74,6 +75,14 @@ class Evaluator:
         self.answers = json.loads((Path(export_dir) / "answers.json").read_text())
         self.batch_size = batch_size
         self.seed = seed
+        self.progress = progress  # a progress bar per pass over the samples (stderr)
+
+    def _chunks(self, samples, what: str):
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        starts = range(0, len(samples), self.batch_size)
+        for i in tqdm(starts, desc=what, unit="batch", disable=not self.progress, leave=False):
+            yield i, samples[i : i + self.batch_size]
 
     def _inputs(self, samples, texts, severity: str, offset: int):
         from raymmr.perturb import perturb_images, perturb_text  # noqa: PLC0415
@@ -92,8 +101,7 @@ class Evaluator:
     @torch.no_grad()
     def answer(self, samples, severity: str = "none") -> list[str]:
         preds = []
-        for i in range(0, len(samples), self.batch_size):
-            chunk = samples[i : i + self.batch_size]
+        for i, chunk in self._chunks(samples, f"VQA, {severity if severity != 'none' else 'clean'}"):
             images, ids, mask = self._inputs(chunk, [s.question for s in chunk], severity, i)
             logits = self.model.answer_logits(images, ids, mask)
             preds += [self.answers[j] for j in logits.argmax(-1).tolist()]
@@ -102,8 +110,7 @@ class Evaluator:
     @torch.no_grad()
     def similarity(self, samples, severity: str = "none") -> torch.Tensor:
         img, txt = [], []
-        for i in range(0, len(samples), self.batch_size):
-            chunk = samples[i : i + self.batch_size]
+        for i, chunk in self._chunks(samples, f"retrieval, {severity if severity != 'none' else 'clean'}"):
             images, ids, mask = self._inputs(chunk, [s.caption for s in chunk], severity, i)
             img.append(self.model.encode_image(images).float())
             txt.append(self.model.encode_text(ids, mask).float())
@@ -111,14 +118,14 @@ class Evaluator:
 
 
 def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", severities=SEVERITIES,
-             retrieval_size: int = 1000, batch_size: int = 64, limit: int = 0) -> dict:
+             retrieval_size: int = 1000, batch_size: int = 64, limit: int = 0, progress: bool = False) -> dict:
     """Run every evaluation and write results.json / results.md / plots into ``out``. ``export_dir``
     and ``out`` are local paths or storage URLs."""
     from raymmr import storage  # noqa: PLC0415
     from raymmr.data.shards import read_manifest  # noqa: PLC0415
     from raymmr.train.rundir import RunDir  # noqa: PLC0415
 
-    ev = Evaluator(str(storage.cached_copy(export_dir, "exports")), batch_size=batch_size)
+    ev = Evaluator(str(storage.cached_copy(export_dir, "exports")), batch_size=batch_size, progress=progress)
     test = load_split(data, split, ev.cfg.model.image_size, limit)
     if not test.vqa and not test.captions:
         raise ValueError(f"{data}: split '{split}' has no samples")
