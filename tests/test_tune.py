@@ -93,7 +93,11 @@ def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_
     journal.write_bytes(storage.read_bytes(f"{out}/optuna.journal"))
     study = optuna.load_study(study_name="raymmr", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
-    assert len(study.trials) == 4
+    # A trial the killed driver had asked Optuna for but Tune had not yet recorded is closed as
+    # FAIL on resume: every trial of the sweep is there, none is left RUNNING.
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}, states
     assert not (ROOT / "s3:").exists()
     # best_config.yaml is accepted as is by a training job's --config (what jobs/pretrain.py does with it).
     from raymmr.config import load_config

@@ -197,3 +197,32 @@ def test_sweep_fitted_to_an_embedded_machine():
         fit_to_machine(load_config("tiny", ["train.gpus_per_worker=1"]), {"CPU": 2.0}, log=quiet)
     with pytest.raises(ConfigError, match="8 workers"):
         fit_to_machine(load_config("tiny", ["train.num_workers=8"]), {"CPU": 2.0}, log=quiet)
+
+
+def test_resumed_search_closes_a_trial_the_lost_driver_never_recorded(tmp_path):
+    """The journal can be newer than Tune's searcher snapshot: a trial asked in between was lost
+    with the driver. Restoring closes it as FAIL (it would stay RUNNING in the study forever)."""
+    import optuna
+    import yaml
+
+    from raymmr.config import load_config
+    from raymmr.tune.runner import load_study, study_search
+    from raymmr.tune.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"objective": "pretrain", "params": {"loss.w_img": {"uniform": [0.5, 2.0]}}}))
+    space, t = load_space(str(path)), load_config("tiny", ["tune.metric=val_rec_txt_global", "tune.mode=min"]).tune
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    first = study_search(space, t, str(sweep))
+    assert first.suggest("a") and first.suggest("b")
+    first.on_trial_complete("a", {"val_rec_txt_global": 1.0})
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: a done, b running
+    assert first.suggest("c")  # asked after the snapshot, then the driver is lost
+
+    second = study_search(space, t, str(sweep))
+    second.restore(str(tmp_path / "searcher.pkl"))
+    states = [trial.state for trial in load_study(str(sweep)).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
+    second.on_trial_complete("b", {"val_rec_txt_global": 2.0})  # b, known to the snapshot, still reports
+    assert load_study(str(sweep)).trials[1].state == optuna.trial.TrialState.COMPLETE

@@ -170,6 +170,15 @@ def study_search(space: SearchSpace, t, sweep_url: str):
                                            sampler=self._ot_study.sampler)
             for trial in self._ot_trials.values():
                 trial.study, trial.storage = self._ot_study, self._storage
+            # The journal may be newer than Tune's searcher state: a trial asked after the last
+            # experiment snapshot was lost with the driver and will never report. Close it as
+            # failed instead of leaving it RUNNING in the study forever.
+            known = {trial.number for trial in self._ot_trials.values()}
+            running = self._ot_study.get_trials(deepcopy=False, states=(ot.trial.TrialState.RUNNING,))
+            for orphan in (t for t in running if t.number not in known):
+                print(f"[tune] Optuna trial {orphan.number} was started by the lost driver and never recorded "
+                      "by Tune: marked FAIL; Tune asks for a new one in its place")
+                self._ot_study.tell(orphan.number, state=ot.trial.TrialState.FAIL)
 
     journal = RunDir(sweep_url).fetch(JOURNAL, keep_local=True)
     # With a define-by-run space, metric/mode must be given to OptunaSearch itself.
