@@ -1,26 +1,10 @@
-"""Fine-tune raymmr for VQA: builds (or loads) the similar-image index from the pre-trained model,
-then trains difference reconstruction + head mixup (CMDPI §3.3) with Ray Train + DeepSpeed.
-
-    python jobs/finetune.py --config tiny --init runs/pretrain --out runs/finetune
-"""
+"""`python jobs/finetune.py ARGS` runs `raymmr finetune ARGS` (raymmr/jobs/finetune.py) from a checkout, e.g. in
+`ray job submit --working-dir . -- python jobs/finetune.py ...`."""
 
 import _path  # noqa: F401
 
-from raymmr.cli import add_training_args, base_parser, config_from_args, run_main
-
-
-def main() -> None:
-    parser = base_parser(__doc__)
-    add_training_args(parser)
-    parser.add_argument("--init", help="pre-training run dir or export dir to start from (default: random init)")
-    args = parser.parse_args()
-    cfg = config_from_args(args, steps_key="finetune.steps")
-    from raymmr.train.launch import run_training
-
-    result = run_training(cfg, stage="finetune", out=args.out, data=args.data, resume=args.resume,
-                          init_from=args.init, num_workers=args.num_workers, address=args.address)
-    print(f"fine-tuning done: run {result.run_dir}, export {result.export_dir}")
-
+from raymmr.cli import run_main
+from raymmr.jobs.finetune import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -1,95 +1,11 @@
-"""Write WebDataset shards (+ manifest.json, tokenizer.json), or validate a shard set.
+"""`python jobs/make_shards.py ARGS` runs `raymmr make-shards ARGS` (raymmr/jobs/make_shards.py) from a checkout, e.g. in
+`ray job submit --working-dir . -- python jobs/make_shards.py ...`."""
 
-    python jobs/make_shards.py synthrad --out data/synthrad-tiny --config tiny
-    python jobs/make_shards.py vqa-rad --src data_RAD --out data/vqa-rad --image-size 224 --vocab train
-    python jobs/make_shards.py slake --src Slake1.0 --out data/slake --vocab all     # paper-compatible
-    python jobs/make_shards.py validate data/vqa-rad                                 # exit 1 on any error
-
---vocab train: the answer vocabulary comes from the train split (clean protocol); --vocab all:
-from every split, as M3AE-style papers do. Sources without a validation split (vqa-rad, pmc-vqa)
-get one carved from train, grouped by image (--val-fraction, default 0.1).
-"""
-
-import argparse
 import sys
 
 import _path  # noqa: F401
 
-SOURCES = ("synthrad", "roco", "pmc-vqa", "vqa-rad", "slake")
-
-
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", choices=SOURCES + ("validate",), help="dataset to convert, or 'validate'")
-    p.add_argument("directory", nargs="?", help="validate: the shard set directory")
-    p.add_argument("--src", help="dataset folder in its public layout (not for synthrad)")
-    p.add_argument("--out", help="output directory of the shard set")
-    p.add_argument("--config", default="tiny", help="preset (tiny, base) or YAML file for data.* (default: tiny)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, e.g. --set data.synthrad_train=500 (repeatable)")
-    p.add_argument("--image-size", type=int, help="stored image size (overrides data.image_size)")
-    p.add_argument("--samples-per-shard", type=int, help="overrides data.samples_per_shard")
-    p.add_argument("--vocab", choices=("train", "all"), default="train", help="splits of the answer vocabulary")
-    p.add_argument("--val-fraction", type=float, help="share of train images moved to val (converters)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args()
-
-
-def main() -> int:
-    args = parse_args()
-    from raymmr.config import ConfigError, load_config
-    from raymmr.data.shards import make_converted_shards, make_synthrad_shards, upload_dir
-    from raymmr.data.validate import format_report, validate_shards
-
-    if args.source == "validate":
-        if not args.directory:
-            print("error: usage: make_shards.py validate DIR", file=sys.stderr)
-            return 2
-        report = validate_shards(args.directory, progress=not args.quiet)
-        print(format_report(report))
-        return 0 if report["ok"] else 1
-    if not args.out:
-        print("error: --out DIR is required", file=sys.stderr)
-        return 2
-    if (args.source == "synthrad") == bool(args.src):
-        print("error: --src is " + ("not used for synthrad" if args.src else f"required for {args.source}"), file=sys.stderr)
-        return 2
-    overrides = list(args.overrides)
-    if args.image_size is not None:
-        overrides.append(f"data.image_size={args.image_size}")
-    if args.samples_per_shard is not None:
-        overrides.append(f"data.samples_per_shard={args.samples_per_shard}")
-    remote = "://" in args.out
-    out = args.out
-    if remote:  # write locally, then upload the finished set
-        import hashlib
-
-        from raymmr.storage import cache_dir
-
-        cache = cache_dir()
-        out = str(cache / "staging" / hashlib.sha1(args.out.encode()).hexdigest()[:12])
-    try:
-        cfg = load_config(args.config, overrides)
-        if args.source == "synthrad":
-            if args.vocab != "train":
-                print("note: SynthRad answers are the same in every split; --vocab is ignored", file=sys.stderr)
-            manifest = make_synthrad_shards(out, cfg.data, progress=not args.quiet)
-        else:
-            manifest = make_converted_shards(args.source, args.src, out, cfg.data, vocab=args.vocab,
-                                             val_fraction=args.val_fraction, progress=not args.quiet)
-        if remote:
-            print(f"uploading {out} -> {args.out}", flush=True)
-            upload_dir(out, args.out)
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-        # ConverterError and ShardError are ValueErrors that name the file, field and fix.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for split, info in manifest["splits"].items():
-        skipped = f", {info['skipped']} skipped" if info.get("skipped") else ""
-        print(f"{split}: {info['count']} samples in {len(info['shards'])} shards, domains {info['domains']}{skipped}")
-    print(f"{len(manifest['answers'])} answers (vocab over {manifest['vocab_splits']}); manifest: {args.out}/manifest.json")
-    return 0
-
+from raymmr.jobs.make_shards import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,16 @@
-"""The command-line convention every job shares:
+"""The `raymmr` command and the command-line convention every job shares:
 
-    python jobs/<job>.py --config <preset|file.yaml> [--method cmdpi|combined] [--set a.b=value ...] [--out DIR] ...
+    raymmr <job> --config <preset|file.yaml> [--method cmdpi|combined] [--set a.b=value ...] [--out DIR] ...
+    python jobs/<job>.py ...      (the same, from a checkout: `ray job submit --working-dir .`)
 
 Config errors are reported in one line and exit with status 2 before Ray starts."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import shlex
 import sys
 
 from raymmr.config import METHODS, Config, ConfigError, load_config
@@ -46,18 +49,60 @@ def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) 
     return load_config(args.config, overrides, method=args.method)
 
 
-def run_main(fn) -> None:
-    """Run a job's main; user errors print one line and exit 2 instead of a traceback."""
+def run_main(fn):
+    """Run a job's main and return what it returns (an exit status or None); user errors print one
+    line and exit 2 instead of a traceback."""
     from raymmr.storage import StorageError  # noqa: PLC0415
     from raymmr.train.checkpoint import CheckpointError  # noqa: PLC0415
     from raymmr.train.launch import Interrupted, JobError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        fn()
+        return fn()
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(130)
     except (ConfigError, JobError, CheckpointError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+# `raymmr <command>` -> the module in raymmr/jobs whose main(argv) runs it
+COMMANDS = {
+    "pretrain": "pretrain",
+    "finetune": "finetune",
+    "evaluate": "evaluate",
+    "tune": "tune_loss_weights",
+    "ablate": "ablate",
+    "make-shards": "make_shards",
+    "demo": "demo",
+    "benchmark": "benchmark",
+    "benchmark-loader": "benchmark_loader",
+}
+
+
+def command_line() -> str:
+    """The command as the user typed it (recorded beside benchmark results)."""
+    prefix = "python " if sys.argv[0].endswith(".py") else ""
+    return prefix + " ".join([sys.argv[0], *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def entry() -> None:
+    """The installed `raymmr` command ([project.scripts]): `raymmr <command> [flags]`."""
+    from raymmr import __version__  # noqa: PLC0415
+
+    usage = "usage: raymmr {" + ",".join(COMMANDS) + "} [flags]   (raymmr <command> --help for its flags)"
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"raymmr {__version__}")
+        return
+    if argv[0] not in COMMANDS:
+        print(f"raymmr: unknown command {argv[0]!r}\n{usage}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"raymmr {argv[0]}", *argv[1:]]  # argparse's prog: `raymmr <command>` in usage lines
+    job = importlib.import_module(f"raymmr.jobs.{COMMANDS[argv[0]]}")
+    code = run_main(job.main)
+    sys.exit(code or 0)

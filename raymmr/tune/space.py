@@ -300,12 +300,23 @@ def apply_params(cfg: Config, params: dict) -> Config:
 # --------------------------------------------------------------------------- loading
 
 
+SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"  # shipped with the package
+
+
+def space_names() -> list[str]:
+    """The search spaces that ship with raymmr (``--space NAME``)."""
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML file (schema in the module docstring)."""
+    """Read and validate a search-space YAML file (schema in the module docstring), or a shipped
+    space by name (``loss_weights`` is ``raymmr/search_spaces/loss_weights.yaml``)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and path.name == str(path) and path.name in space_names():
+        path = SPACE_DIR / f"{path.name}.yaml"
     where = str(path)
     if not path.exists():
-        raise SpaceError(f"{where}: search-space file does not exist")
+        raise SpaceError(f"{where}: search-space file does not exist (shipped spaces, by name: {', '.join(space_names())})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -1,0 +1,108 @@
+"""The `raymmr` command and the command-line convention every job shares:
+
+    raymmr <job> --config <preset|file.yaml> [--method cmdpi|combined] [--set a.b=value ...] [--out DIR] ...
+    python jobs/<job>.py ...      (the same, from a checkout: `ray job submit --working-dir .`)
+
+Config errors are reported in one line and exit with status 2 before Ray starts."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shlex
+import sys
+
+from raymmr.config import METHODS, Config, ConfigError, load_config
+
+
+def base_parser(description: str, *, out_default: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", help="preset name (tiny, base) or a YAML file (default: tiny)")
+    p.add_argument("--method", choices=list(METHODS),
+                   help="cmdpi = CMDPI alone (paper settings); combined = CMDPI + Robust-MMR "
+                        "(default: the config file's method, else combined)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set loss.w_img=0.5 (repeatable)")
+    p.add_argument("--out", default=out_default, required=out_default is None,
+                   help="run directory: local path, s3://... or gs://...")
+    return p
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="shard directory or URL pattern (default: data.train_shards, else SynthRad)")
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps / finetune.steps)")
+    p.add_argument("--num-workers", help="Ray Train workers: N, or MIN:MAX for elastic training")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (overrides train.gpus_per_worker)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (overrides train.cpus_per_worker)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+
+
+def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) -> Config:
+    overrides = list(args.overrides)
+    if steps_key and getattr(args, "steps", None) is not None:
+        overrides.append(f"{steps_key}={args.steps}")
+    for flag, key in [("gpus_per_worker", "train.gpus_per_worker"), ("cpus_per_worker", "train.cpus_per_worker")]:
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return load_config(args.config, overrides, method=args.method)
+
+
+def run_main(fn):
+    """Run a job's main and return what it returns (an exit status or None); user errors print one
+    line and exit 2 instead of a traceback."""
+    from raymmr.storage import StorageError  # noqa: PLC0415
+    from raymmr.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from raymmr.train.launch import Interrupted, JobError  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return fn()
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, JobError, CheckpointError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# `raymmr <command>` -> the module in raymmr/jobs whose main(argv) runs it
+COMMANDS = {
+    "pretrain": "pretrain",
+    "finetune": "finetune",
+    "evaluate": "evaluate",
+    "tune": "tune_loss_weights",
+    "ablate": "ablate",
+    "make-shards": "make_shards",
+    "demo": "demo",
+    "benchmark": "benchmark",
+    "benchmark-loader": "benchmark_loader",
+}
+
+
+def command_line() -> str:
+    """The command as the user typed it (recorded beside benchmark results)."""
+    prefix = "python " if sys.argv[0].endswith(".py") else ""
+    return prefix + " ".join([sys.argv[0], *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def entry() -> None:
+    """The installed `raymmr` command ([project.scripts]): `raymmr <command> [flags]`."""
+    from raymmr import __version__  # noqa: PLC0415
+
+    usage = "usage: raymmr {" + ",".join(COMMANDS) + "} [flags]   (raymmr <command> --help for its flags)"
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"raymmr {__version__}")
+        return
+    if argv[0] not in COMMANDS:
+        print(f"raymmr: unknown command {argv[0]!r}\n{usage}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"raymmr {argv[0]}", *argv[1:]]  # argparse's prog: `raymmr <command>` in usage lines
+    job = importlib.import_module(f"raymmr.jobs.{COMMANDS[argv[0]]}")
+    code = run_main(job.main)
+    sys.exit(code or 0)

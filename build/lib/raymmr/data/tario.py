@@ -1,0 +1,148 @@
+"""Sequential tar reading for shards: fast, and strict about truncation.
+
+``tarfile`` costs ~25 µs per member in Python bookkeeping, a tenth of a JPEG decode per sample,
+and it treats a file that stops exactly at a header boundary as a normal end, which would hide
+a truncated shard. Shards are plain uncompressed tars of small files, so ``iter_tar`` parses
+their 512-byte headers directly (ustar names with prefix, PAX ``path``, GNU long names) and
+insists on the end-of-archive block. Compressed tars (.tar.gz etc.) go through ``tarfile``
+with the same end check.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+
+BLOCK = 512
+_REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular, contiguous file
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+class _Reader:
+    """Exact reads over a stream that may return short reads (pipes)."""
+
+    def __init__(self, fileobj):
+        self.f = fileobj
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) == n or not data:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = self.f.read(n - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+
+def _number(field: bytes) -> int:
+    if field[:1] in (b"\x80", b"\xff"):  # GNU base-256 for sizes >= 8 GiB
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[:1] == b"\xff" else value
+    field = field.split(b"\0", 1)[0].strip()
+    return int(field, 8) if field else 0
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a PAX extended header ("%d path=...\\n" records)."""
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+        pos += length
+    return None
+
+
+def iter_tar(fileobj) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of the regular files of a tar stream, in order.
+
+    Raises ``tarfile.ReadError`` naming the problem when the data ends early (also exactly at a
+    header boundary) or a header is corrupt.
+    """
+    reader = _Reader(fileobj)
+    header = reader.read(BLOCK)
+    if any(header.startswith(magic) for magic in _COMPRESSED_MAGIC):
+        yield from _iter_tarfile(io.BufferedReader(_Prefixed(header, fileobj)))
+        return
+    long_name: str | None = None
+    while True:
+        if len(header) < BLOCK:
+            raise tarfile.ReadError("unexpected end of data: no end-of-archive block (truncated?)")
+        if header == bytes(BLOCK):
+            return  # end-of-archive block
+        try:
+            if _number(header[148:156]) not in tarfile.calc_chksums(header):  # (unsigned, signed) sums
+                raise ValueError("bad checksum")
+            size = _number(header[124:136])
+        except ValueError as e:
+            raise tarfile.ReadError(f"corrupt tar header ({e})") from None
+        kind = header[156:157]
+        padded = (size + BLOCK - 1) // BLOCK * BLOCK
+        data = reader.read(padded)
+        if len(data) < padded:
+            raise tarfile.ReadError(f"unexpected end of data inside a {size}-byte member")
+        data = data[:size]
+        if kind in (b"x", b"L"):  # PAX / GNU long name: applies to the next header
+            try:
+                long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            except ValueError:
+                raise tarfile.ReadError("corrupt PAX extended header") from None
+        elif kind in _REGULAR:
+            name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+            if prefix:
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+            yield (long_name or name), data
+            long_name = None
+        elif kind != b"g":  # directories, links, ...: skipped; a global PAX header changes nothing here
+            long_name = None
+        header = reader.read(BLOCK)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were already read (to sniff compression)."""
+
+    def __init__(self, head: bytes, rest):
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self.head:
+            n = min(len(buf), len(self.head))
+            buf[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.rest.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+class _EndCheckedTarInfo(tarfile.TarInfo):
+    """Marks the archive when its end-of-archive block is read (tarfile does not tell)."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            tar.raymmr_clean_end = True
+            raise
+
+
+def _iter_tarfile(fileobj) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_EndCheckedTarInfo) as tar:
+        for info in tar:
+            if info.isreg():
+                yield info.name, tar.extractfile(info).read()
+            tar.members = []  # stream mode keeps every TarInfo otherwise: memory grows with the shard
+        if not getattr(tar, "raymmr_clean_end", False):
+            raise tarfile.ReadError("unexpected end of data: no end-of-archive block (truncated?)")

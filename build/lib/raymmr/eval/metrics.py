@@ -1,0 +1,300 @@
+"""Evaluation metrics as pure functions: VQA accuracy, retrieval R@K / mean rank, text-only
+baselines, robustness degradation, and a Markdown table renderer for results dicts.
+
+Conventions shared by every function here:
+
+- accuracies and recalls are fractions in [0, 1] (render them as % with ``markdown_table(percent=True)``);
+- a metric over an empty set is ``nan`` (not 0), so "no closed questions" cannot pass for 0 % accuracy;
+- answers are compared by exact match after :func:`raymmr.data.answers.normalize_answer`
+  (VQA-v2 normalisation: lower-case, strip, punctuation, number words, articles);
+- answer types may be given as strings ("open", "OPEN", "closed", "CLOSED ", ...) or as the loader's
+  ints (0 open, 1 closed, -1 unknown); unknown types count towards ``overall`` only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from raymmr.data.answers import normalize_answer
+
+NAN = float("nan")
+RECALL_KS = (1, 5, 10)
+
+
+# --------------------------------------------------------------------------- VQA accuracy
+
+
+def answer_type_name(t: Any) -> str:
+    """'open', 'closed' or 'unknown' for a string or loader-int answer type."""
+    if t is None:
+        return "unknown"
+    if isinstance(t, bool):
+        raise TypeError(f"answer type must be a string or 0/1/-1, got {t!r}")
+    if isinstance(t, int) or (hasattr(t, "item") and not isinstance(t, str)):
+        return {0: "open", 1: "closed"}.get(int(t), "unknown")
+    name = str(t).strip().lower()
+    return name if name in ("open", "closed") else "unknown"
+
+
+def _rate(correct: int, n: int) -> float:
+    return correct / n if n else NAN
+
+
+def vqa_accuracy(
+    preds: Sequence[str | int], golds: Sequence[str | int], answer_types: Sequence[Any] | None = None
+) -> dict:
+    """Exact-match VQA accuracy after answer normalisation.
+
+    Returns ``{"overall", "open", "closed", "n", "n_open", "n_closed", "correct", "correct_open",
+    "correct_closed"}``; ``open``/``closed`` are ``nan`` when that type has no questions (or no
+    ``answer_types`` are given)."""
+    if len(preds) != len(golds):
+        raise ValueError(f"vqa_accuracy: {len(preds)} predictions for {len(golds)} gold answers")
+    if answer_types is not None and len(answer_types) != len(golds):
+        raise ValueError(f"vqa_accuracy: {len(answer_types)} answer types for {len(golds)} gold answers")
+    types = [answer_type_name(t) for t in answer_types] if answer_types is not None else ["unknown"] * len(golds)
+    n = Counter()
+    correct = Counter()
+    for p, g, t in zip(preds, golds, types):
+        hit = normalize_answer(p) == normalize_answer(g)
+        for key in ("overall", t):
+            n[key] += 1
+            correct[key] += hit
+    return {
+        "overall": _rate(correct["overall"], n["overall"]),
+        "open": _rate(correct["open"], n["open"]),
+        "closed": _rate(correct["closed"], n["closed"]),
+        "n": n["overall"],
+        "n_open": n["open"],
+        "n_closed": n["closed"],
+        "correct": correct["overall"],
+        "correct_open": correct["open"],
+        "correct_closed": correct["closed"],
+    }
+
+
+def accuracy_by_group(
+    preds: Sequence[str | int],
+    golds: Sequence[str | int],
+    groups: Sequence[Hashable],
+    answer_types: Sequence[Any] | None = None,
+) -> dict[Hashable, dict]:
+    """:func:`vqa_accuracy` per group (domain, organ, question type, ...), groups in sorted order."""
+    if not len(preds) == len(golds) == len(groups):
+        raise ValueError(
+            f"accuracy_by_group: lengths differ: {len(preds)} preds, {len(golds)} golds, {len(groups)} groups"
+        )
+    rows: dict[Hashable, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        rows[g].append(i)
+    out = {}
+    for g in sorted(rows, key=lambda x: (str(type(x)), str(x))):
+        idx = rows[g]
+        types = [answer_types[i] for i in idx] if answer_types is not None else None
+        out[g] = vqa_accuracy([preds[i] for i in idx], [golds[i] for i in idx], types)
+    return out
+
+
+# --------------------------------------------------------------------------- text-only baselines
+
+
+def majority_answer(answers: Iterable[str | int]) -> str:
+    """The most frequent normalised answer; ties go to the alphabetically first (deterministic)."""
+    counts = Counter(normalize_answer(a) for a in answers)
+    if not counts:
+        raise ValueError("majority_answer: no answers")
+    return min(counts, key=lambda a: (-counts[a], a))
+
+
+def majority_baseline(
+    train_answers: Sequence[str | int],
+    test_answers: Sequence[str | int],
+    test_answer_types: Sequence[Any] | None = None,
+) -> dict:
+    """Accuracy of always answering the most frequent train answer; adds ``"prediction"``."""
+    guess = majority_answer(train_answers)
+    out = vqa_accuracy([guess] * len(test_answers), test_answers, test_answer_types)
+    out["prediction"] = guess
+    return out
+
+
+def question_only_baseline(
+    train_pairs: Sequence[tuple[str, str | int]],
+    test_pairs: Sequence[tuple[str, str | int]],
+    test_answer_types: Sequence[Any] | None = None,
+) -> dict:
+    """A text-only "blind" model: answer each test question with the majority train answer of the
+    same normalised question, falling back to the global train majority for unseen questions.
+
+    Pairs are ``(question, answer)``. Adds ``"coverage"``: the share of test questions seen in train."""
+    if not train_pairs:
+        raise ValueError("question_only_baseline: no train pairs")
+    by_question: dict[str, list] = defaultdict(list)
+    for q, a in train_pairs:
+        by_question[normalize_answer(q)].append(a)
+    table = {q: majority_answer(answers) for q, answers in by_question.items()}
+    fallback = majority_answer(a for _, a in train_pairs)
+    keys = [normalize_answer(q) for q, _ in test_pairs]
+    preds = [table.get(k, fallback) for k in keys]
+    out = vqa_accuracy(preds, [a for _, a in test_pairs], test_answer_types)
+    out["coverage"] = _rate(sum(k in table for k in keys), len(keys))
+    return out
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def vqa_hits(logits: torch.Tensor, labels: torch.Tensor, is_vqa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, asked) over a batch, as ``vqa_accuracy`` counts them: every VQA sample is asked;
+    a label < 0 (a gold answer outside the answer vocabulary) is never correct.
+    logits [B, A], labels [B] (answer index, -100 where none), is_vqa [B] bool"""
+    correct = (logits.argmax(-1) == labels) & (labels >= 0) & is_vqa
+    return correct.sum(), is_vqa.sum()
+
+
+def retrieval_ranks(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based ranks of the true match for each image (i2t) and each text (t2i).
+
+    ``sim`` is ``[N_img, N_txt]`` with N_img == N_txt and image i paired with text i.
+    Ties are counted pessimistically: the true item ranks *below* every candidate scoring the same,
+    i.e. rank = #candidates with similarity >= the true pair's. A constant similarity matrix thus
+    gives rank N everywhere instead of a flattering 1."""
+    sim = torch.as_tensor(sim)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(
+            f"retrieval: expected a square [N, N] similarity matrix (pair i <-> i), got {tuple(sim.shape)}"
+        )
+    if sim.shape[0] == 0:
+        raise ValueError("retrieval: empty similarity matrix")
+    if not torch.isfinite(sim).all():
+        raise ValueError("retrieval: similarity matrix holds NaN or inf; ranks would be meaningless")
+    sim = sim.detach().to("cpu", torch.float64)
+    true = sim.diagonal()  # [N]
+    i2t = (sim >= true[:, None]).sum(dim=1)  # [N] row i: texts at least as similar as text i
+    t2i = (sim >= true[None, :]).sum(dim=0)  # [N] column j: images at least as similar as image j
+    return i2t, t2i
+
+
+def retrieval_metrics(sim: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict:
+    """Image->text and text->image recall@K and mean/median rank (ranks 1-based, ties pessimistic).
+
+    Returns ``i2t_r{k}``, ``t2i_r{k}`` for each k, ``i2t_mean_rank``, ``t2i_mean_rank``,
+    ``i2t_median_rank``, ``t2i_median_rank``, ``mean_rank`` (mean of the two directions) and ``n``."""
+    i2t, t2i = retrieval_ranks(sim)
+    out: dict[str, float] = {}
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in ks:
+            out[f"{name}_r{k}"] = (ranks <= k).double().mean().item()
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        out[f"{name}_mean_rank"] = ranks.double().mean().item()
+        # lower median for even N, so the value is always an attained rank
+        out[f"{name}_median_rank"] = ranks.double().median().item()
+    out["mean_rank"] = (out["i2t_mean_rank"] + out["t2i_mean_rank"]) / 2
+    out["n"] = int(i2t.numel())
+    return out
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def lower_is_better(metric: str) -> bool:
+    """Ranks (``*rank*``) and losses are better low; accuracies and recalls are better high."""
+    return "rank" in metric or "loss" in metric
+
+
+def degradation(clean: Mapping[str, Any], perturbed: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict:
+    """How much worse ``perturbed`` is than ``clean``, per metric, signed so that positive = worse.
+
+    For each numeric key present in both (or in ``keys``): ``{key}_drop`` = clean - perturbed for
+    higher-is-better metrics and perturbed - clean for lower-is-better ones (ranks), and
+    ``{key}_rel_drop`` = drop / |clean| (``nan`` when clean is 0). Counts (``n*``, ``correct*``) are skipped."""
+    if keys is None:
+        keys = [
+            k
+            for k in clean
+            if k in perturbed and not _is_count(k) and _is_number(clean[k]) and _is_number(perturbed[k])
+        ]
+    out = {}
+    for k in keys:
+        c, p = float(clean[k]), float(perturbed[k])
+        drop = p - c if lower_is_better(k) else c - p
+        out[f"{k}_drop"] = drop
+        out[f"{k}_rel_drop"] = drop / abs(c) if c else NAN
+    return out
+
+
+def degradation_table(results: Mapping[str, Mapping[str, Any]], clean_key: str = "none") -> dict[str, dict]:
+    """:func:`degradation` of every entry of ``results`` (e.g. keyed by severity) against ``results[clean_key]``."""
+    if clean_key not in results:
+        raise KeyError(f"degradation_table: no clean entry '{clean_key}' among {list(results)}")
+    clean = results[clean_key]
+    return {name: degradation(clean, res) for name, res in results.items() if name != clean_key}
+
+
+def _is_count(key: str) -> bool:
+    return key == "n" or key.startswith(("n_", "correct")) or key == "coverage"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def format_value(v: Any, *, floatfmt: str = ".4f", percent: bool = False) -> str:
+    """A cell: ints as is, floats with ``floatfmt`` (or as % with one decimal), nan/None as 'n/a'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    if isinstance(v, int):
+        return str(v)
+    return f"{100 * v:.1f}%" if percent else format(v, floatfmt)
+
+
+def markdown_table(
+    results: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    *,
+    index_name: str = "",
+    floatfmt: str = ".4f",
+    percent: bool | Iterable[str] = False,
+) -> str:
+    """Render results as a GitHub Markdown table.
+
+    - ``{"clean": {...}, "strong": {...}}`` (a mapping of row name -> metrics dict): one row per entry,
+      first column ``index_name``;
+    - ``[{...}, {...}]``: one row per dict;
+    - a flat metrics dict ``{"overall": 0.7, ...}``: a two-column ``metric | value`` table.
+
+    ``columns`` picks and orders the columns (default: the union in first-seen order).
+    ``percent=True`` formats every float as %, or pass the names of the columns to format so."""
+    if isinstance(results, Mapping) and results and not any(isinstance(v, Mapping) for v in results.values()):
+        rows = [{"metric": k, "value": v} for k, v in results.items()]
+        return markdown_table(rows, ["metric", "value"], floatfmt=floatfmt, percent=percent)
+    if isinstance(results, Mapping):
+        rows = [{index_name or " ": name, **dict(metrics)} for name, metrics in results.items()]
+        lead = [index_name or " "]
+    else:
+        rows, lead = [dict(r) for r in results], []
+    if columns is None:
+        columns = list(lead)
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+    else:
+        columns = lead + [c for c in columns if c not in lead]
+    pct = set(columns) if percent is True else set() if percent is False else set(percent)
+    lines = [
+        "| " + " | ".join(format_value(c) for c in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for r in rows:
+        cells = [format_value(r.get(c, ""), floatfmt=floatfmt, percent=c in pct) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,41 @@
+"""Evaluate an exported raymmr model: VQA accuracy (open/closed/overall, per domain, cross-domain,
+under perturbation), retrieval R@1/5/10 and mean rank (clean and perturbed), with the majority and
+question-only baselines. Writes results.json, results.md and plots into --out.
+
+    python jobs/evaluate.py --model runs/finetune --data ~/.cache/raymmr/synthrad/<id> --out runs/eval
+"""
+
+from raymmr.cli import base_parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--model", required=True, help="run directory (uses its export/) or export directory")
+    parser.add_argument("--data", help="shard set (default: the SynthRad shards of --config)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--severities", default="light,medium,strong", help="comma list of perturbation severities")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many samples (0 = all)")
+    args = parser.parse_args(argv)
+    from raymmr import storage
+    from raymmr.config import load_config
+    from raymmr.eval.evaluate import evaluate
+    from raymmr.perturb import SEVERITIES
+    from raymmr.train.launch import JobError, resolve_data
+    from raymmr.train.rundir import RunDir
+
+    cfg = load_config(args.config, args.overrides, method=args.method)
+    severities = [s for s in args.severities.split(",") if s]
+    bad = [s for s in severities if s not in SEVERITIES or s == "none"]
+    if bad:
+        raise JobError(f"--severities: unknown {bad}; choose from {[s for s in SEVERITIES if s != 'none']}")
+    export = storage.find_export(args.model)
+    if export is None:
+        raise JobError(f"--model {args.model}: no {storage.WEIGHTS} there or in its export/ folder")
+    data = resolve_data(cfg, args.data)
+    out = RunDir(args.out)
+    results = evaluate(export, data, out.url, split=args.split, severities=severities,
+                       batch_size=args.batch_size, limit=args.limit, progress=True)
+    print((out.local / "results.md").read_text())
+    print(f"results: {out.url_of('results.json')}  ({len(results)} keys)")
+

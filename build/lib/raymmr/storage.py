@@ -1,0 +1,249 @@
+"""One storage layer for every path a user gives: a local path or any fsspec URL (``s3://``,
+``gs://``, ``memory://`` ...).
+
+Clusters have no shared disk: a file one process wrote is visible to another only through the
+storage the run URL names. So every job reads and writes run directories, exports and checkpoints
+through these functions, and a process that needs a remote file as a local path gets a copy in
+its own cache (``cache_dir()``), never a path on another node's disk.
+
+S3-compatible endpoints other than AWS (MinIO, moto, Ceph) are reached with the standard
+``AWS_ENDPOINT_URL`` variable, which s3fs (fsspec) and pyarrow (Ray Train) both read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+LOCAL_SCHEMES = ("", "file")
+
+
+def cache_dir() -> Path:
+    """This process's cache: ``RAYMMR_CACHE``, default ``~/.cache/raymmr``. Each node has its own."""
+    return Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr"))
+
+
+def scheme(url: str) -> str:
+    return str(url).split("://", 1)[0] if "://" in str(url) else ""
+
+
+def is_remote(url: str) -> bool:
+    """True for a URL that is not a local path (``s3://``, ``gs://``, ``memory://`` ...)."""
+    return scheme(url) not in LOCAL_SCHEMES
+
+
+def normalize(url: str) -> str:
+    """A URL without a trailing slash, or an absolute local path (Ray workers run elsewhere)."""
+    url = str(url)
+    if is_remote(url):
+        return url.rstrip("/")
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    return str(Path(url).expanduser().resolve())
+
+
+def join(base: str, *names: str) -> str:
+    base = str(base)
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *(n.strip("/") for n in names)])
+    return str(Path(base, *names))
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path within it). A missing protocol package is named with its fix."""
+    import fsspec  # noqa: PLC0415
+
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url))
+    except ImportError as e:
+        raise StorageError(f"{url}: this URL scheme needs an extra package ({e}); "
+                           "s3:// needs s3fs, gs:// needs gcsfs") from None
+    # Other processes write the same bucket: never answer from a listing cached earlier.
+    fs.invalidate_cache()
+    return fs, path
+
+
+class StorageError(RuntimeError):
+    """A location that cannot be read or written; the message names it and the fix."""
+
+
+def exists(url: str) -> bool:
+    if not is_remote(url):
+        return Path(url).exists()
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def is_file(url: str) -> bool:
+    if not is_remote(url):
+        return Path(url).is_file()
+    fs, path = filesystem(url)
+    return fs.isfile(path)
+
+
+def read_bytes(url: str) -> bytes:
+    if not is_remote(url):
+        return Path(url).read_bytes()
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode()
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole file; a local one appears atomically (a reader never sees half of it)."""
+    if not is_remote(url):
+        path = Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    fs, path = filesystem(url)
+    with fs.open(path, "wb") as f:  # object stores publish an object only when it is complete
+        f.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode())
+
+
+def names(url: str) -> list[str]:
+    """The entry names directly under a directory URL (empty when there is none)."""
+    if not is_remote(url):
+        return sorted(p.name for p in Path(url).iterdir()) if Path(url).is_dir() else []
+    fs, path = filesystem(url)
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True))
+    except FileNotFoundError:
+        return []
+
+
+def sizes(url: str) -> dict[str, int]:
+    """Every file under a directory URL (recursively), by its path relative to it, with its size."""
+    if not is_remote(url):
+        root = Path(url)
+        return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    fs, path = filesystem(url)
+    path = path.rstrip("/")
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {name[len(path) + 1:]: info["size"] for name, info in found.items() if info.get("type") != "directory"}
+
+
+def put(local: str | os.PathLike, url: str) -> None:
+    """Copy a local file or directory to ``url`` (a no-op when ``url`` is that same local path)."""
+    local = Path(local)
+    if not is_remote(url):
+        if Path(url).resolve() == local.resolve():
+            return
+        if local.is_dir():
+            shutil.copytree(local, url, dirs_exist_ok=True)
+        else:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, url)
+        return
+    fs, path = filesystem(url)
+    if local.is_dir():
+        for f in sorted(p for p in local.rglob("*") if p.is_file()):
+            fs.put_file(str(f), f"{path}/{f.relative_to(local).as_posix()}")
+    else:
+        fs.put_file(str(local), path)
+
+
+def move(src: str, dst: str) -> None:
+    """Rename a file or directory (on object stores: copy, then delete)."""
+    if not is_remote(src):
+        Path(src).rename(dst)
+        return
+    fs, path = filesystem(src)
+    _, target = filesystem(dst)
+    if fs.isfile(path):
+        fs.mv(path, target)
+        return
+    # A "directory" is only a key prefix: s3fs's recursive mv also copies the prefix itself, as
+    # if it were an object, and fails (NoSuchKey). Copy every object under it, then delete them.
+    files = fs.find(path)
+    if not files:
+        raise FileNotFoundError(src)
+    for f in files:
+        fs.copy(f, target + f[len(path.rstrip("/")):])
+    fs.rm(path, recursive=True)
+
+
+def get(url: str, local: str | os.PathLike) -> Path:
+    """Copy a remote file or directory to ``local``; returns ``local``."""
+    local = Path(local)
+    fs, path = filesystem(url)
+    if fs.isdir(path):
+        files = [p for p in fs.find(path) if not p.endswith("/")]
+        for f in files:
+            dst = local / f[len(path.rstrip("/")) + 1:]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f, str(dst))
+    else:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(path, str(local))
+    return local
+
+
+def fingerprint(url: str) -> str:
+    """A digest of what is at ``url`` now: every file's path, size and version (ETag, else its
+    modification time). A rewritten file gives a new fingerprint."""
+    fs, path = filesystem(url)
+    entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    if not entries:
+        raise FileNotFoundError(url)
+    parts = []
+    for name, info in sorted(entries.items()):
+        version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
+        parts.append(f"{name[len(path):]}|{info.get('size')}|{version}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cached_copy(url: str, kind: str) -> Path:
+    """A local copy of ``url`` (file or directory) in this process's cache under ``kind/``; a local
+    path is returned as it is. Copies are keyed by the URL and its ``fingerprint``, so a changed
+    remote is copied anew and an existing copy never changes under a reader; a copy appears
+    atomically, so processes on one node never read half of it."""
+    if not is_remote(url):
+        path = Path(normalize(url))
+        if not path.exists():
+            raise FileNotFoundError(url)
+        return path
+    url = normalize(url)
+    digest = hashlib.sha1(f"{url}|{fingerprint(url)}".encode()).hexdigest()[:16]
+    name = url.rsplit("/", 1)[-1]
+    dst = cache_dir() / kind / digest / name
+    if dst.exists():
+        return dst
+    tmp = dst.parent / f".{name}.tmp{os.getpid()}-{time.monotonic_ns()}"
+    get(url, tmp)
+    try:
+        os.replace(tmp, dst)
+    except OSError:  # another process on this node made the same copy first: use that one
+        if not dst.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+WEIGHTS = "model.safetensors"
+
+
+def find_export(url: str) -> str | None:
+    """The export a user points at: ``url`` itself when it holds model.safetensors, else its
+    ``export/`` folder (a run directory). None when neither does."""
+    url = normalize(url)
+    for candidate in (url, join(url, "export")):
+        if exists(join(candidate, WEIGHTS)):
+            return candidate
+    return None

@@ -1,0 +1,150 @@
+"""One-device step benchmark: samples/s, model TFLOP/s, MFU, peak memory and data-wait fraction
+of the pre-training or fine-tuning step, with the real WebDataset loader, through the same
+DeepSpeed engine and task the trainer uses. FLOPs per sample come from the model's own count;
+peak = the bf16 matmul rate measured on the device (``measured_peak_flops``).
+
+Runs without Ray: a one-process gloo/nccl group is set up here so DeepSpeed can start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from raymmr.config import Config
+
+
+def init_single_process_group(backend: str) -> None:
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    dist.init_process_group(backend=backend, rank=0, world_size=1)
+
+
+def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) -> dict:
+    """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row."""
+    from raymmr.data.loader import make_loader  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_urls, training_split  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
+    from raymmr.model.model import RaymmrModel  # noqa: PLC0415
+    from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
+    from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
+    from raymmr.train.metrics import measured_peak_flops  # noqa: PLC0415
+    from raymmr.train.momentum import MomentumEMA  # noqa: PLC0415
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+    init_single_process_group("nccl" if on_gpu else "gloo")
+    torch.manual_seed(cfg.train.seed)
+    manifest = read_manifest(data)
+    tokenizer = load_tokenizer(tokenizer_source(cfg, data))
+    model = RaymmrModel(cfg.model, vocab_size=len(tokenizer), num_answers=len(manifest["answers"]),
+                        pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id).to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops = model.flops_per_sample(stage, cfg.loss, cfg.masking)
+    engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=steps + warmup, on_gpu=on_gpu)
+    bf16 = use_bf16(cfg.train, on_gpu)
+    momentum = MomentumEMA(model, zero3=cfg.train.zero_stage == 3)
+    loader = make_loader(
+        shard_urls(data, training_split(stage, manifest)), tokenizer=tokenizer, answers=manifest["answers"],
+        max_text_len=cfg.model.max_text_len, batch_size=cfg.train.batch_size, rank=0, world_size=1,
+        epoch_mode="resampled", samples_per_epoch=10**9, shuffle_buffer=cfg.data.shuffle_buffer,
+        loader_workers=cfg.data.loader_workers, seed=0, epoch=0, perturbation=cfg.perturbation,
+        image_size=cfg.data.image_size, manifest=manifest,
+    )
+    batches = iter(loader)
+
+    def step() -> float:
+        wait = 0.0
+        for _ in range(cfg.train.grad_accum):
+            t = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t
+            batch.pop("skipped", None)
+            batch.pop("position", None)
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if stage == "finetune":  # as training brings them: every sample with a partner image
+                batch["partner_image"] = batch["image"].roll(1, dims=0)
+                batch["has_partner"] = torch.ones(len(batch["key"]), dtype=torch.bool, device=device)
+            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+            with ctx:
+                if stage == "pretrain":
+                    terms = pretrain_terms(engine.module, batch, cfg)
+                else:
+                    terms = finetune_terms(engine.module, batch, cfg)
+            engine.backward(terms["loss"])
+            engine.step()
+        momentum.update()
+        return wait
+
+    for _ in range(warmup):
+        step()
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    wait = sum(step() for _ in range(steps))
+    if on_gpu:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    samples = steps * cfg.train.batch_size * cfg.train.grad_accum
+    peak = measured_peak_flops(device)
+    tflops = samples * flops / elapsed / 1e12
+    return {
+        "stage": stage, "preset": cfg.preset, "zero_stage": cfg.train.zero_stage, "batch_size": cfg.train.batch_size,
+        "grad_accum": cfg.train.grad_accum, "precision": "bf16" if bf16 else "fp32", "compile": cfg.train.compile,
+        "device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "params_trainable": n_params,
+        "gflops_per_sample": flops / 1e9, "samples_per_s": samples / elapsed, "tflops": tflops,
+        "peak_tflops_measured": peak / 1e12, "mfu": tflops * 1e12 / peak if peak else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
+        "data_wait": wait / elapsed, "steps": steps,
+    }
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_markdown(rows: list[dict], path: str, command: str) -> None:
+    """Append one table row per result to BENCHMARKS.md under the step-benchmark section."""
+    p = Path(path)
+    text = p.read_text() if p.exists() else "# Benchmarks\n"
+    header = "## Training step (one device)"
+    if header not in text:
+        text += (f"\n{header}\n\n| date | device | commit | stage | ZeRO | batch | precision | samples/s | "
+                 "TFLOP/s | MFU | peak mem GB | data wait | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    date = time.strftime("%Y-%m-%d")
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (CPU)"
+        mem = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "n/a"
+        row = (f"| {date} | {r['device']} | {commit()} | {r['stage']} | {r['zero_stage']} | {r['batch_size']} | "
+               f"{r['precision']} | {r['samples_per_s']:.1f} | {r['tflops']:.2f} | {mfu} | {mem} | "
+               f"{100 * r['data_wait']:.1f}% | `{command}` |\n")
+        # insert right after this section's table header (keep other sections intact)
+        start = text.index(header)
+        nxt = text.find("\n## ", start + len(header))
+        text = text + row if nxt == -1 else text[:nxt] + row + text[nxt:]
+    p.write_text(text)
+
+
+def write_json(rows: list[dict], out: str) -> Path:
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    f = path / f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    f.write_text(json.dumps(rows, indent=1))
+    return f

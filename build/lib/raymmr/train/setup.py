@@ -1,0 +1,409 @@
+"""Everything a worker builds before its loop: config, device, data, model, engine, task.
+
+Kept apart from ``worker.py`` so the loop reads as a loop. Nothing here starts collectives
+except the similar-image index (fine-tuning), which every rank builds together.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from raymmr.config import Config
+from raymmr.train.job import TrainJob
+from raymmr.train.metrics import console
+from raymmr.train.momentum import MomentumEMA
+
+
+@dataclass
+class WorkerContext:
+    cfg: Config
+    stage: str
+    rank: int
+    world_size: int
+    device: torch.device
+    bf16: bool
+    engine: Any
+    task: Callable
+    batches: Iterator
+    val_batches: Callable[[], Any]
+    total_steps: int
+    flops_per_sample: float
+    peak_flops: float
+    momentum: MomentumEMA
+    resume: ResumePoint | None = None
+    data_position: Any = None  # raymmr.data.loader.LoaderPosition of ``batches``
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a worker starts from: ``source`` (its URL or path) and, when it was written
+    by another number of workers under ZeRO, its universal conversion on this node."""
+
+    source: str
+    universal: Path | None = None
+
+
+def find_resume_point(job: TrainJob, *, world_size: int, local_rank: int) -> ResumePoint | None:
+    """Ray's latest checkpoint of this launch (a restart after a failure, possibly at another world
+    size under elastic training) or else the ``--resume`` one. A ZeRO checkpoint of another world
+    size is converted to DeepSpeed's universal format once per node (local rank 0; the others wait)."""
+    import ray.train  # noqa: PLC0415
+
+    from raymmr import storage  # noqa: PLC0415
+    from raymmr.train import checkpoint as ckpt  # noqa: PLC0415
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        # Read from the run's storage like any checkpoint: <run>/<this launch>/<checkpoint dir>.
+        source = storage.join(job.run_dir, job.launch, Path(checkpoint.path).name)
+    elif job.resume_from:
+        source = job.resume_from
+    else:
+        return None
+    meta = ckpt.read_meta(source)
+    if not ckpt.needs_universal(meta, world_size):
+        return ResumePoint(source)
+    if local_rank == 0:
+        console(f"[resume] {source}: written by {meta.world_size} workers with ZeRO-{meta.zero_stage}, resuming "
+                f"with {world_size}: converting it with deepspeed.checkpoint.ds_to_universal")
+    universal = ckpt.universal_copy(source, ckpt.local_copy(source) if local_rank == 0 else Path(),
+                                    convert=local_rank == 0)
+    if world_size > 1:
+        dist.barrier()  # every node's conversion is done before any rank loads
+    return ResumePoint(source, universal)
+
+
+def mean_count_across_ranks(world_size: int):
+    """``mean_count`` for the task: the mean over ranks of a local count (all_reduce / world),
+    so a masked loss local_sum / mean_count averaged by data parallelism is sum / global_count."""
+    if world_size == 1:
+        return lambda count: count
+
+    def mean_count(count: torch.Tensor) -> torch.Tensor:
+        total = count.detach().float().clone()
+        dist.all_reduce(total)
+        return total / world_size
+
+    return mean_count
+
+
+def build_worker_context(job: TrainJob) -> WorkerContext:
+    import ray.train  # noqa: PLC0415
+
+    from raymmr.data.loader import make_loader  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest, shard_urls, training_split  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
+    from raymmr.model.model import RaymmrModel  # noqa: PLC0415
+    from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
+    from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
+    from raymmr.train.metrics import measured_peak_flops  # noqa: PLC0415
+
+    cfg = job.cfg
+    stage = job.stage
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    on_gpu = torch.cuda.is_available() and cfg.train.gpus_per_worker > 0
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.train.seed * 1000 + rank)
+    if not on_gpu:
+        # Ray gives each CPU worker its CPU share; torch would otherwise spawn a thread per core.
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+
+    data = job.data
+    manifest = read_manifest(data)
+    tokenizer = load_tokenizer(tokenizer_source(cfg, data))
+    answers = manifest["answers"]
+    model = RaymmrModel(
+        cfg.model,
+        vocab_size=len(tokenizer),
+        num_answers=len(answers),
+        pad_token_id=tokenizer.pad_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+    if job.init_from:
+        from raymmr.train.rundir import RunDir  # noqa: PLC0415
+
+        init = load_initial_weights(model, job.init_from, rank, answers)
+        if rank == 0:
+            RunDir(job.run_dir).append_lines("events.jsonl", [json.dumps(init)])
+    model.to(device)
+
+    mean_count = mean_count_across_ranks(world_size)
+
+    loader_args = dict(
+        tokenizer=tokenizer,
+        answers=answers,
+        max_text_len=cfg.model.max_text_len,
+        batch_size=cfg.train.batch_size,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        loader_workers=cfg.data.loader_workers,
+        perturbation=cfg.perturbation,
+        image_size=cfg.data.image_size,
+        manifest=manifest,
+    )
+    split = training_split(stage, manifest)
+    train_urls = shard_urls(data, split)
+    partners = None
+    if stage == "finetune":
+        # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
+        # different numbers of batches here.
+        key_to_row, index_embeddings = similar_image_index(
+            model, make_loader, train_urls, loader_args, job, device, rank, world_size
+        )
+        partners = find_partners(key_to_row, index_embeddings, train_urls, cfg.finetune.similarity_threshold, rank)
+        task = functools.partial(_step, cfg=cfg, mean_count=mean_count, fn=finetune_terms)
+    else:
+        task = functools.partial(_step, cfg=cfg, mean_count=mean_count, fn=pretrain_terms)
+
+    steps = cfg.train.steps if stage == "pretrain" else cfg.finetune.steps
+    lr = cfg.train.lr if stage == "pretrain" else cfg.finetune.lr
+    resume = find_resume_point(job, world_size=world_size, local_rank=ctx.get_local_rank())
+    engine = build_engine(model, cfg.train, lr=lr, total_steps=steps, on_gpu=on_gpu,
+                          load_universal=resume is not None and resume.universal is not None)
+    if cfg.train.zero_stage == 3:
+        register_external_parameters(model)
+
+    samples_per_epoch = cfg.data.samples_per_epoch or manifest["splits"][split]["count"]
+    position = data_position(resume, cfg, rank, world_size)
+    batches = epochs(
+        lambda epoch, start, phase: make_loader(
+            train_urls,
+            epoch_mode=cfg.data.epoch_mode,
+            samples_per_epoch=samples_per_epoch,
+            seed=cfg.data.seed,
+            epoch=epoch,
+            start=start,
+            phase=phase,
+            partners=partners,
+            **loader_args,
+        ),
+        exact=cfg.data.epoch_mode == "exact",
+        world_size=world_size,
+        device=device,
+        position=position,
+    )
+    val_urls = shard_urls(cfg.data.val_shards or data, "val")
+    n_val = cfg.train.val_batches * cfg.train.batch_size * world_size
+
+    def val_batches():
+        # Resampled with a fixed seed and epoch: the same samples at every validation, and the
+        # same number of batches on every rank.
+        return make_loader(
+            val_urls, epoch_mode="resampled", samples_per_epoch=n_val, seed=cfg.data.seed + 1, epoch=0,
+            **{**loader_args, "shuffle_buffer": 0, "loader_workers": 0},
+        )
+
+    zero3 = cfg.train.zero_stage == 3
+    return WorkerContext(
+        cfg=cfg,
+        stage=stage,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        bf16=use_bf16(cfg.train, on_gpu),
+        engine=engine,
+        task=task,
+        batches=batches,
+        val_batches=val_batches,
+        total_steps=steps,
+        flops_per_sample=model.flops_per_sample(stage, cfg.loss, cfg.masking),
+        peak_flops=measured_peak_flops(device),
+        momentum=MomentumEMA(model, zero3=zero3),
+        resume=resume,
+        data_position=position,
+        extra={"run_dir": job.run_dir},
+    )
+
+
+def _step(model, batch, *, cfg, mean_count, fn):
+    """One stage's task (``pretrain_terms`` or ``finetune_terms``) as the worker loop calls it."""
+    return fn(model, batch, cfg, mean_count=mean_count)
+
+
+def register_external_parameters(model) -> None:
+    """ZeRO-3 gathers a module's own parameters when its forward runs; parameters the model reads
+    from a child outside the child's forward (the ViT's class token and position table) are
+    registered with the reading module, as the model lists them."""
+    import deepspeed  # noqa: PLC0415 - deepspeed.zero is an attribute, not an importable module
+
+    for module, param in model.external_parameters():
+        deepspeed.zero.register_external_parameter(module, param)
+
+
+def epochs(make: Callable[[int, dict, int], Any], *, exact: bool, world_size: int, device, position) -> Iterator:
+    """Batches across epochs, from ``position`` on (a ``LoaderPosition``, kept up to date with every
+    batch handed out, so a checkpoint saves exactly where the stream stands). Resampled epochs have
+    the same length on every rank. Exact epochs may not (shard splits differ), so each rank tells the
+    others whether it still has a batch and all move to the next epoch together — no rank waits
+    forever in a collective."""
+    for epoch in itertools.count(position.epoch):
+        if epoch != position.epoch:
+            position.new_epoch(epoch)
+        it = iter(make(epoch, position.roles, position.next_role))
+        while True:
+            batch = next(it, None)
+            if exact and world_size > 1:
+                has = torch.tensor([0.0 if batch is None else 1.0], device=device)
+                dist.all_reduce(has, op=dist.ReduceOp.MIN)
+                if has.item() == 0.0:
+                    break
+            if batch is None:
+                break
+            position.consumed(batch.pop("position"))
+            yield batch
+
+
+LOADER_STATE = "loader-rank-{rank}.json"  # in each checkpoint, one per rank
+
+
+def data_position(resume: ResumePoint | None, cfg: Config, rank: int, world_size: int):
+    """Where this rank's data stream starts: the position saved with the resume point when the world
+    size and loader workers are the ones that wrote it (the exact sample sequence continues); else
+    the start of the epoch after the saved one (a different partition cannot continue it)."""
+    from raymmr import storage  # noqa: PLC0415
+    from raymmr.data.loader import LoaderPosition  # noqa: PLC0415
+
+    workers = max(1, cfg.data.loader_workers)
+    if resume is None:
+        return LoaderPosition(workers=workers)
+    where = storage.join(resume.source, LOADER_STATE.format(rank=rank))
+    if not storage.exists(where):
+        if rank == 0:
+            console(f"[resume] {resume.source} holds no data position (an older checkpoint): data starts at epoch 0")
+        return LoaderPosition(workers=workers)
+    saved = json.loads(storage.read_text(where))
+    if saved["world_size"] == world_size and saved["workers"] == workers:
+        return LoaderPosition.from_dict(saved)
+    if rank == 0:
+        console(f"[resume] the data position was saved by {saved['world_size']} ranks x {saved['workers']} loader "
+                f"workers; with {world_size} x {workers} the data starts over at epoch {saved['epoch'] + 1}")
+    return LoaderPosition(epoch=saved["epoch"] + 1, workers=workers)
+
+
+def load_initial_weights(model, init_from: str, rank: int, answers: list[str]) -> dict:
+    """Initialise fine-tuning from a pre-training export (a path or URL the driver resolved with
+    ``storage.find_export``; each node copies a remote one into its own cache). The answer head's
+    rows follow the answers, not their positions: a row is carried over for every answer of this
+    run's vocabulary that the export's ``answers.json`` has, and the other rows keep their fresh
+    initialisation. Returns what was carried (logged by rank 0 and recorded in events.jsonl)."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from raymmr import storage  # noqa: PLC0415
+
+    export = storage.cached_copy(init_from, "exports")
+    weights = export / storage.WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"--init {init_from}: no {storage.WEIGHTS} there")
+    state = load_file(str(weights))
+    own = model.state_dict()
+    head = f"recnet.head_answer.{len(model.recnet.head_answer) - 1}"
+    vocab = export / "answers.json"
+    old_answers = json.loads(vocab.read_text()) if vocab.exists() else None
+    report = {"event": "init", "export": init_from, "answers": len(answers)}
+    if old_answers is not None and f"{head}.weight" in state:
+        rows = {a: i for i, a in enumerate(old_answers)}
+        carried = [(i, rows[a]) for i, a in enumerate(answers) if a in rows]
+        for name in (f"{head}.weight", f"{head}.bias"):
+            new = own[name].clone()
+            if carried:
+                new[torch.tensor([i for i, _ in carried])] = state[name][torch.tensor([j for _, j in carried])]
+            state[name] = new
+        report.update(answers_carried=len(carried), answers_new=[a for a in answers if a not in rows][:20],
+                      answers_dropped=len(old_answers) - len(carried))
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    for k in mismatched:
+        state.pop(k)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    report.update(reinitialised=mismatched, missing=missing, unexpected=unexpected)
+    if rank == 0:
+        head_note = (f"answer head: {report['answers_carried']} of {len(answers)} answers carried over"
+                     + (f", new: {report['answers_new']}" if report["answers_new"] else "")
+                     if "answers_carried" in report else "answer head: the export has no answers.json")
+        console(f"[init] from {init_from}: {head_note}"
+                + (f"; re-initialised {mismatched}" if mismatched else "")
+                + (f"; missing {missing}" if missing else "") + (f"; unexpected {unexpected}" if unexpected else ""))
+    return report
+
+
+def find_partners(key_to_row: dict[str, int], embeddings: torch.Tensor, train_urls: list[str], threshold: float,
+                  rank: int):
+    """Each training sample's difference-reconstruction partner over the whole training split
+    (``task.partner_rows`` on the similar-image index) and the partners' encoded images, read from
+    the shards; the same on every rank (the index is), and again after a restart."""
+    from raymmr.data.loader import Partners, read_images  # noqa: PLC0415
+    from raymmr.model.task import partner_rows  # noqa: PLC0415
+
+    rows = partner_rows(embeddings, threshold).tolist()
+    key_of = {row: key for key, row in key_to_row.items()}
+    of = {key: key_of[rows[row]] for key, row in key_to_row.items() if rows[row] >= 0}
+    partners = Partners(of=of, images=read_images(train_urls, set(of.values())))
+    if rank == 0:
+        console(f"[finetune] difference reconstruction: {len(of)} of {len(key_to_row)} training samples have a "
+                f"similar image (cosine >= {threshold}); {len(partners.images)} partner images in memory, "
+                f"{sum(map(len, partners.images.values())) / 2**20:.1f} MiB")
+    return partners
+
+
+@torch.no_grad()
+def similar_image_index(model, make_loader, urls, loader_args, job, device, rank, world_size):
+    """Global image embeddings of the train split from the pre-trained model (SPEC §4), built by
+    all ranks together (each embeds its exact-epoch share, then all-gather: every rank gets the
+    whole table through the process group) and saved with the run as ``similar_index.safetensors``;
+    a restarted run reads it back from the run URL. Returns (key -> row, embeddings [N, D] on device)."""
+    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    from raymmr import storage  # noqa: PLC0415
+    from raymmr.train.rundir import RunDir  # noqa: PLC0415
+
+    run = RunDir(job.run_dir)
+    # Rank 0 decides for all: ranks that disagreed on building would wait in different collectives.
+    decision = [run.exists(INDEX) if rank == 0 else None]
+    if world_size > 1:
+        dist.broadcast_object_list(decision, src=0)
+    if decision[0]:
+        path = storage.cached_copy(run.url_of(INDEX), "indexes")
+        with safe_open(str(path), "pt") as f:
+            all_keys = json.loads(f.metadata()["keys"])
+        table = load_file(str(path))["embeddings"]
+        return {k: i for i, k in enumerate(all_keys)}, table.to(device)
+    was_training = model.training
+    model.eval()
+    keys, embs = [], []
+    loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0,
+                         **{**loader_args, "shuffle_buffer": 0})
+    for batch in loader:
+        embs.append(model.encode_image(batch["image"].to(device)).float().cpu())
+        keys += list(batch["key"])
+    model.train(was_training)
+    local = torch.cat(embs) if embs else torch.zeros(0, model.embed_dim)
+    gathered_keys, gathered = [None] * world_size, [None] * world_size
+    if world_size > 1:
+        # Our own workers' key strings and embeddings (not data from outside the run).
+        dist.all_gather_object(gathered_keys, keys)
+        dist.all_gather_object(gathered, local)
+    else:
+        gathered_keys, gathered = [keys], [local]
+    all_keys = [k for ks in gathered_keys for k in ks]
+    table = torch.cat(gathered)
+    if rank == 0:
+        tmp = run.local / f".{INDEX}.tmp"
+        save_file({"embeddings": table.contiguous()}, str(tmp), metadata={"keys": json.dumps(all_keys)})
+        tmp.rename(run.local / INDEX)  # atomic: a half-written index is never loaded
+        run.upload(INDEX)
+    return {k: i for i, k in enumerate(all_keys)}, table.to(device)
+
+
+INDEX = "similar_index.safetensors"

@@ -1,0 +1,339 @@
+"""Hyper-parameter sweeps: Ray Tune + Optuna (define-by-run) + ASHA over Ray Train trials.
+
+Each trial is a *driver function* (RAY_NOTES): it applies its parameters to the base config and
+runs the pipeline its objective needs — pre-training, then (objective ``finetune``) fine-tuning
+from that trial's own export — as Ray Train runs whose reports reach Tune through
+``TuneReportCallback``. Every report carries the fixed validation metric (``tune.metric``,
+held-out VQA accuracy by default), so ASHA compares trials at each rung on the same footing;
+the weighted training loss is never the objective (its weights differ between trials).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from raymmr import storage
+from raymmr.config import Config, to_yaml
+from raymmr.tune.space import SearchSpace, apply_params
+
+STUDY_NAME = "raymmr"
+
+
+def trial_config(base: Config, params: dict) -> Config:
+    """The trial's config: its parameters, and validation + checkpoints at every rung."""
+    cfg = apply_params(base, params)
+    t = cfg.tune
+    for stage_steps in (cfg.train.steps, cfg.finetune.steps):
+        if stage_steps and stage_steps < t.rungs:
+            raise ValueError(f"{stage_steps} steps cannot hold tune.rungs={t.rungs} validation reports")
+    steps = cfg.train.steps if t.objective == "pretrain" else min(cfg.train.steps, cfg.finetune.steps)
+    every = max(1, steps // t.rungs)
+    # One report per rung, each with a checkpoint and the validation metric.
+    return apply_params(cfg, {"train.val_every": every, "train.checkpoint_every": every})
+
+
+def check_metric(base: Config, space: SearchSpace) -> None:
+    """``tune.metric`` must be a validation metric every report of every trial carries, and
+    ``tune.mode`` its better direction; checked before Ray starts."""
+    from raymmr.config import ConfigError  # noqa: PLC0415
+    from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS  # noqa: PLC0415
+
+    t = base.tune
+    if t.metric == "val_loss":
+        raise ConfigError("tune.metric=val_loss is the weighted loss: it moves with the weights being searched, "
+                          "so trials would not be comparable. Use val_vqa_accuracy or val_retrieval_mean_rank")
+    stages = [PRETRAIN_TERMS] if t.objective == "pretrain" else [FINETUNE_TERMS]
+    if t.objective == "finetune" and space.touches_pretraining:
+        stages.append(PRETRAIN_TERMS)  # such trials also report while they pre-train
+    searched = set(space.keys())
+    # A loss term is reported only when its weight is not 0, so only fixed, non-zero weights qualify.
+    terms = set.intersection(*({term for term, w in s.items()
+                                if f"loss.{w}" not in searched and getattr(base.loss, w) > 0} for s in stages))
+    better = {"val_vqa_accuracy": "max", "val_retrieval_mean_rank": "min", **{f"val_{x}": "min" for x in terms}}
+    if t.metric not in better:
+        raise ConfigError(f"tune.metric={t.metric!r} is not reported at every rung of these trials; "
+                          f"choose from {sorted(better)}")
+    if t.mode != better[t.metric]:
+        raise ConfigError(f"tune.mode={t.mode} with tune.metric={t.metric}: it is better when "
+                          f"{'higher' if better[t.metric] == 'max' else 'lower'}; set tune.mode={better[t.metric]}")
+
+
+def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | None = None, local_cluster: bool = False):
+    """The Tune trainable: a driver function that runs Ray Train for one trial, its stages under
+    ``<out>/trials/<trial id>`` (``out`` a path or URL: the trial may run on any node). With
+    ``shared_pretrain`` (a space that only touches fine-tuning), trials fine-tune from that one
+    pre-trained export instead of each pre-training the same model again. A retried trial (Tune's
+    ``max_failures``, e.g. after a lost node) keeps its finished stages and continues the running
+    one from its newest complete checkpoint."""
+
+    def run_trial(params: dict) -> None:
+        import ray.tune  # noqa: PLC0415
+
+        if set(params) == {"params"}:  # a grid point arrives wrapped by tune.grid_search
+            params = params["params"]
+        cfg = trial_config(base, params)
+        trial_dir = storage.join(out, "trials", ray.tune.get_context().get_trial_id())
+        storage.write_text(storage.join(trial_dir, "params.json"), json.dumps(params, indent=1))
+        stage = functools.partial(run_stage, cfg, data=data, report_to_tune=True, local_cluster=local_cluster)
+        init_from = shared_pretrain
+        if init_from is None:
+            init_from = stage("pretrain", storage.join(trial_dir, "pretrain"), rung_offset=0)
+        if cfg.tune.objective == "finetune":
+            offset = 0 if shared_pretrain else cfg.tune.rungs
+            stage("finetune", storage.join(trial_dir, "finetune"), rung_offset=offset, init_from=init_from)
+
+    return run_trial
+
+
+def run_stage(cfg: Config, stage: str, run: str, data: str, **train_kwargs) -> str:
+    """One training stage of the sweep (a trial's, or the shared pre-training) into ``run`` (a path
+    or URL); returns its export. A stage that already exported is not trained again, and one that
+    was running continues from its newest complete checkpoint."""
+    from raymmr.train.launch import run_training  # noqa: PLC0415
+
+    export = storage.join(run, "export")
+    if storage.exists(storage.join(export, storage.WEIGHTS)):
+        if train_kwargs.get("report_to_tune"):
+            report_finished_stage(cfg, run, train_kwargs.get("rung_offset", 0))
+        return export
+    return run_training(cfg, stage=stage, out=run, data=data, resume=can_resume(run),
+                        num_workers=cfg.train.num_workers, **train_kwargs).export_dir
+
+
+def report_finished_stage(cfg: Config, run: str, rung_offset: int) -> None:
+    """A stage that exported before the sweep was interrupted is not trained again, but Tune (whose
+    state may predate the export) hears its final validation again, from the run's metrics."""
+    import ray.tune  # noqa: PLC0415
+
+    rows = [json.loads(x) for x in storage.read_text(storage.join(run, "metrics.jsonl")).splitlines() if x.strip()]
+    validated = [r for r in rows if cfg.tune.metric in r]
+    if validated:
+        ray.tune.report({**validated[-1], "rung": rung_offset + cfg.tune.rungs})
+
+
+def can_resume(run: str) -> bool:
+    """Whether a sweep's own run directory holds a complete checkpoint to continue from. One that
+    holds only partial checkpoints is moved aside (logs kept) so the stage starts over."""
+    from raymmr.train.checkpoint import checkpoints, latest_complete  # noqa: PLC0415
+    from raymmr.train.rundir import set_aside  # noqa: PLC0415
+
+    if latest_complete(run) is not None:
+        return True
+    if checkpoints(run):
+        set_aside(run, "interrupted")
+    return False
+
+
+JOURNAL = "optuna.journal"
+
+
+def optuna_storage(journal: str | Path):
+    """A journal file: optuna.load_study(study_name="raymmr", storage=optuna_storage(path)) reads it."""
+    import optuna  # noqa: PLC0415
+
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+
+
+def load_study(out: str):
+    """The sweep's Optuna study (from the sweep's URL or directory), or None for grid sweeps
+    (which run without Optuna)."""
+    import optuna  # noqa: PLC0415
+
+    from raymmr.train.rundir import RunDir  # noqa: PLC0415
+
+    journal = RunDir(out).fetch(JOURNAL, keep_local=True)
+    if not journal.exists():
+        return None
+    return optuna.load_study(study_name=STUDY_NAME, storage=optuna_storage(journal))
+
+
+def study_search(space: SearchSpace, t, sweep_url: str):
+    """Tune's OptunaSearch with its study in the sweep's journal, which reaches the sweep URL after
+    every finished trial; a sweep resumed on another machine reads the study from there."""
+    import optuna as ot  # noqa: PLC0415
+    from ray.tune.search.optuna import OptunaSearch  # noqa: PLC0415
+
+    from raymmr.train.rundir import RunDir  # noqa: PLC0415
+
+    class StudySearch(OptunaSearch):
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            super().on_trial_complete(trial_id, result=result, error=error)
+            RunDir(sweep_url).upload(JOURNAL)
+
+        def restore(self, checkpoint_path):
+            # The pickled study points at the journal path of the machine that wrote it.
+            super().restore(checkpoint_path)
+            self._storage = optuna_storage(RunDir(sweep_url).fetch(JOURNAL, keep_local=True))
+            self._ot_study = ot.load_study(study_name=STUDY_NAME, storage=self._storage,
+                                           sampler=self._ot_study.sampler)
+            for trial in self._ot_trials.values():
+                trial.study, trial.storage = self._ot_study, self._storage
+            # The journal may be newer than Tune's searcher state: a trial asked after the last
+            # experiment snapshot was lost with the driver and will never report. Close it as
+            # failed instead of leaving it RUNNING in the study forever.
+            known = {trial.number for trial in self._ot_trials.values()}
+            running = self._ot_study.get_trials(deepcopy=False, states=(ot.trial.TrialState.RUNNING,))
+            for orphan in (t for t in running if t.number not in known):
+                print(f"[tune] Optuna trial {orphan.number} was started by the lost driver and never recorded "
+                      "by Tune: marked FAIL; Tune asks for a new one in its place")
+                self._ot_study.tell(orphan.number, state=ot.trial.TrialState.FAIL)
+
+    journal = RunDir(sweep_url).fetch(JOURNAL, keep_local=True)
+    # With a define-by-run space, metric/mode must be given to OptunaSearch itself.
+    return StudySearch(space=space.define_by_run, metric=t.metric, mode=t.mode, seed=t.seed,
+                       study_name=STUDY_NAME, storage=optuna_storage(journal))
+
+
+def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
+    """An embedded Ray has no autoscaler: trials (each its own CPU + its workers) that do not fit
+    the machine would wait forever. Share the machine's CPUs among ``tune.max_concurrent`` trials
+    (workers get at least half a CPU each; fewer trials at once where that does not fit); refuse
+    what cannot fit at all, with the numbers."""
+    from raymmr.config import ConfigError  # noqa: PLC0415
+    from raymmr.train.launch import parse_num_workers  # noqa: PLC0415
+
+    tr, t = cfg.train, cfg.tune
+    workers = parse_num_workers(tr.num_workers)
+    workers = workers[0] if isinstance(workers, tuple) else workers
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if tr.gpus_per_worker * workers > gpus + 1e-9:
+        raise ConfigError(f"a trial's {workers} workers x {tr.gpus_per_worker:g} GPU do not fit this machine "
+                          f"({gpus:g} GPU); lower train.gpus_per_worker or pass --address of a cluster")
+    min_cpw = min(0.5, tr.cpus_per_worker)
+    if t.trial_cpus + workers * min_cpw > cpus + 1e-9:
+        raise ConfigError(f"a trial needs {t.trial_cpus:g} CPU + {workers} workers x at least {min_cpw:g} CPU; "
+                          f"this machine has {cpus:g} CPU: lower train.num_workers or pass --address of a cluster")
+    concurrent = t.max_concurrent
+    while concurrent > 1 and t.trial_cpus + workers * min_cpw > cpus / concurrent + 1e-9:
+        concurrent -= 1
+    # Two decimals, rounded down: the shares must not add up to more than the machine.
+    cpw = min(tr.cpus_per_worker, int(100 * (cpus / concurrent - t.trial_cpus) / workers) / 100)
+    changes = {}
+    if cpw != tr.cpus_per_worker:
+        changes["train.cpus_per_worker"] = cpw
+    if concurrent != t.max_concurrent:
+        changes["tune.max_concurrent"] = concurrent
+    if changes:
+        log(f"[tune] fitted to this machine ({cpus:g} CPU, embedded Ray): "
+            + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    return apply_params(cfg, changes) if changes else cfg
+
+
+def run_sweep(
+    base: Config,
+    space: SearchSpace,
+    *,
+    out: str,
+    data: str,
+    num_samples: int,
+    resume: bool = False,
+    address: str | None = None,
+) -> list[dict]:
+    """Run (or resume) a sweep into ``out`` (a path or URL: Tune's experiment, the trials' runs and
+    the Optuna journal all live there); returns one record per trial for the report."""
+    import ray  # noqa: PLC0415
+    from ray import tune  # noqa: PLC0415
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: PLC0415
+
+    from raymmr.train.launch import JobError, connect_ray  # noqa: PLC0415
+
+    out = storage.normalize(out)
+    check_metric(base, space)
+    embedded = connect_ray(address)
+    if embedded:
+        base = fit_to_machine(base, ray.cluster_resources())
+    else:
+        pin_autoscaling_coordinator()
+    t = base.tune
+    shared = None
+    if t.objective == "finetune" and not space.touches_pretraining:
+        shared = shared_pretraining(base, out, data, local_cluster=embedded)
+    trainable = tune.with_resources(make_trainable(base, out, data, shared, local_cluster=embedded),
+                                    {"cpu": t.trial_cpus})
+    max_rung = t.rungs * (2 if t.objective == "finetune" and shared is None else 1)
+    experiment = storage.join(out, "tune")
+    if resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise JobError(f"--resume: no sweep to restore under {experiment}")
+        # Experiment state is pickled by Ray; restore only sweeps this user wrote (trusted paths).
+        # Errored trials run again: they continue from their checkpoints (see make_trainable).
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        if t.scheduler == "asha":
+            # Time is the trial's own "rung" (progress in validation reports, see run_training), not
+            # Tune's iteration count, which restarts when a trial resumes. stop_last_trials=False: a trial
+            # at its last rung runs to its end, so its export (and a fine-tune after pre-training) is written.
+            scheduler = ASHAScheduler(time_attr="rung", max_t=max_rung, stop_last_trials=False,
+                                      grace_period=min(t.grace_period, max_rung), reduction_factor=t.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        if space.is_grid:
+            param_space = {"params": tune.grid_search(space.grid_points())}
+            search_alg, samples = None, 1
+        else:
+            param_space = None
+            search_alg, samples = study_search(space, t, out), num_samples
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=scheduler, search_alg=search_alg,
+                                        num_samples=samples, max_concurrent_trials=t.max_concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=out,
+                                      failure_config=tune.FailureConfig(max_failures=t.max_failures)),
+        )
+    results = tuner.fit()
+    return trial_records(results, t.metric, max_rung=max_rung)
+
+
+def pin_autoscaling_coordinator() -> None:
+    """Create Ray's detached AutoscalingCoordinator actor here, on the driver's node (the head,
+    under `ray job submit`), before any trial does. Ray Train creates it, if it does not exist,
+    on the node of whoever asks first, pinned there for the cluster's life; in a sweep that is a
+    trial's Train controller, on a worker node, which then never counts as idle and is never
+    scaled down (ray-project/ray#58481; tests/test_autoscaling.py shows it)."""
+    # Private module: Ray 2.60's location of the singleton that Train's resource requests go to.
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (  # noqa: PLC0415
+        get_or_create_autoscaling_coordinator,
+    )
+
+    get_or_create_autoscaling_coordinator()
+
+
+def shared_pretraining(base: Config, out: str, data: str, local_cluster: bool = False) -> str:
+    """Pre-train the base config once for a fine-tuning-only sweep (reused on --resume)."""
+    run = storage.join(out, "shared_pretrain")
+    print(f"[tune] the space only touches fine-tuning: every trial fine-tunes from {run}", flush=True)
+    return run_stage(base, "pretrain", run, data, local_cluster=local_cluster)
+
+
+def trial_records(results, metric: str, max_rung: int) -> list[dict]:
+    """One record per trial: parameters, objective (last reported metric), rungs reached
+    (``iterations``), status."""
+    records = []
+    for r in results:
+        params = r.config or {}
+        if set(params) == {"params"}:
+            params = params["params"]
+        metrics = r.metrics or {}
+        rung = round(float(metrics.get("rung", 0)), 2)
+        iterations = int(rung) if rung.is_integer() else rung  # rungs reached: 3, or 2.5 mid-rung
+        if r.error:
+            status = "ERROR"
+        elif rung < max_rung - 1e-6:
+            status = "STOPPED_EARLY"  # by ASHA
+        else:
+            status = "COMPLETED"
+        records.append({
+            "trial_id": metrics.get("trial_id") or Path(r.path).name,
+            "params": params,
+            "objective": metrics.get(metric),
+            "iterations": iterations,
+            "status": status,
+        })
+    return records
+
+
+def save_base(base: Config, out: str) -> None:
+    storage.write_text(storage.join(out, "base_config.yaml"), to_yaml(base))
