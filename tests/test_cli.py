@@ -1,6 +1,7 @@
 """The installed `raymmr` command: a wheel of this checkout, installed in a fresh venv, works from
 any directory, with the search spaces inside the package."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,8 +17,13 @@ def installed(tmp_path_factory):
     """A fresh venv holding only the raymmr wheel; its dependencies come from the test
     environment's site-packages (PYTHONPATH), so nothing is downloaded."""
     tmp = tmp_path_factory.mktemp("cli")
+    # Build from a copy: setuptools writes build/ beside the sources, which must not land in the checkout.
+    src = tmp / "src"
+    shutil.copytree(ROOT / "raymmr", src / "raymmr", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((tmp / "dist").glob("raymmr-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True, timeout=300)
