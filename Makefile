@@ -10,13 +10,14 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # torch first (the CUDA build on local disk runs on CPU too), then DeepSpeed against it
-# (it ships as source only, so no build isolation), then raymmr in editable mode.
-$(STAMP): pyproject.toml
+# (it ships as source only, so no build isolation), then raymmr in editable mode; every step
+# within the tested versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -c "import deepspeed" 2>/dev/null || $(BIN)/pip install -q --no-build-isolation deepspeed
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q -c constraints.txt torch torchvision
+	$(BIN)/python -c "import deepspeed" 2>/dev/null || $(BIN)/pip install -q -c constraints.txt --no-build-isolation deepspeed
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

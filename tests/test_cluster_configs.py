@@ -189,6 +189,36 @@ def test_setup_installs_torch_then_deepspeed_then_raymmr(launcher):
         assert pin.group(1) == installed(dist), f"{dist}=={pin.group(1)} on the cluster, {installed(dist)} tested"
     ray_pin = re.search(r"ray\[[\w,]+\]==([\w.]+)", text)
     assert ray_pin and ray_pin.group(1) == ray_version()
+    assert "-c /home/ray/raymmr/constraints.txt" in cmds[i_pkg], "raymmr must install within constraints.txt"
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not a name==version pin"
+            pins[name] = version
+    return pins
+
+
+def test_constraints_pin_the_tested_stack_and_the_installed_environment_matches():
+    """constraints.txt names the tested version of every heavy dependency; `make` installs within
+    it, so the environment the tests run in has exactly those; the cluster configs and the image
+    instructions pin the same."""
+    pins = constraints()
+    assert set(pins) >= {"torch", "torchvision", "deepspeed", "ray", "transformers", "timm", "webdataset", "optuna"}
+    for dist, version in pins.items():
+        assert installed(dist) == version, f"{dist} {installed(dist)} is installed, constraints.txt pins {version}"
+    texts = {path.name: path.read_text() for path in [*LAUNCHER.values(), CLUSTER / "README.md"]}
+    for name, text in texts.items():
+        for dist in ("torch", "torchvision", "deepspeed"):
+            for version in re.findall(rf"(?<![\w-]){dist}==([\w.]+)", text):
+                assert version == pins[dist], f"{name}: {dist}=={version}, constraints.txt pins {pins[dist]}"
+        for version in re.findall(r"ray\[[\w,]+\]==([\w.]+)", text):
+            assert version == pins["ray"], f"{name}: ray=={version}, constraints.txt pins {pins['ray']}"
+    assert "-c /home/ray/raymmr/constraints.txt" in texts["README.md"], "the image must install within constraints.txt"
 
 
 def test_dashboard_and_job_server_stay_on_localhost(launcher):
