@@ -256,3 +256,26 @@ def test_resampled_mode_counts_each_draw_of_an_unreadable_image(data, tmp_path):
         assert len(keys) == 12 and good[2].key not in keys
         # 12 good samples = two passes over the 5 readable ones (+2): the bad one was met twice.
         assert sum(int(b["skipped"]) for b in batches) == 2, workers
+
+
+def test_kinds_keeps_only_those_samples_and_a_split_without_them_is_an_error(data, tmp_path):
+    """Fine-tuning reads VQA samples only: every caption of the split is left out (exact mode:
+    every VQA sample once; resampled: full batches of VQA), and a split of captions alone is a
+    clear error rather than an endless search."""
+    urls = shard_urls(str(data[0]), "train")
+    everything = hand_samples("train", 48, size=S)
+    vqa = {s.key for s in everything if s.kind == "vqa"}
+    assert 0 < len(vqa) < len(everything)
+    keys = [k for b in loader(urls, data, kinds=("vqa",)) for k in b["key"]]
+    assert Counter(keys) == Counter(vqa)
+    batches = list(loader(urls, data, kinds=("vqa",), epoch_mode="resampled", samples_per_epoch=24, batch_size=4))
+    assert len(batches) == 6 and all(b["is_caption"].sum() == 0 and len(b["key"]) == 4 for b in batches)
+    captions = tmp_path / "captions-000000.tar"
+    with tarfile.open(captions, "w") as tar:
+        for s in everything:
+            if s.kind == "caption":
+                _add(tar, f"{s.key}.jpg", encode_image(s.image, S))
+                _add(tar, f"{s.key}.json", json.dumps(s.record()).encode())
+    with pytest.raises(RuntimeError, match="yielded no vqa sample"):
+        list(loader([str(captions)], data, kinds=("vqa",), epoch_mode="resampled", samples_per_epoch=8,
+                    manifest=None))

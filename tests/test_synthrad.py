@@ -147,6 +147,10 @@ def test_pretraining_corpus_shares_no_image_with_the_downstream_vqa_set():
     assert not {_png(s.image) for s in pre} & pixels
     assert not {s.extra["image_id"] for s in pre} & {s.extra["image_id"] for s in downstream}
     assert {s.kind for s in pre} == {"caption", "vqa"}
+    # Captions and questions in equal numbers (one of each per image), every question type drawn.
+    kinds = Counter((s.extra["image_id"], s.kind) for s in pre)
+    assert set(kinds.values()) == {synthrad.PRETRAIN_QUESTIONS} and len(kinds) == 2 * 60
+    assert {s.question_type for s in pre if s.kind == "vqa"} == set(synthrad.QUESTION_TYPES)
     assert synthrad.domain_name(KW["test_domain"]) not in {s.domain for s in pre}
     manifest = {"splits": {"train": {}, "pretrain": {}}}
     assert training_split("pretrain", manifest) == "pretrain" and training_split("finetune", manifest) == "train"

@@ -23,6 +23,11 @@ without decoding an image (reading the tars, not decoding them, is the cost) and
 same samples in the same order, none replayed, none skipped. ``phase`` rotates the DataLoader
 workers' roles so the round-robin interleaving of the workers' batches also continues where it was.
 
+Kinds: ``kinds`` keeps only samples of those kinds (fine-tuning reads ``("vqa",)``: CMDPI
+fine-tunes on VQA data, a caption in a fine-tuning batch would only take an image's place).
+Filtering happens on the tar member's JSON, before the shuffle buffer and any image decode; a
+sample whose JSON cannot be read is kept, so that decoding reports it.
+
 Robustness: only jpg/jpeg/png/json/txt members are decoded (never pickle). A truncated or
 corrupt tar, an undecodable image, malformed JSON or a missing text skips the sample, counts it
 in the next batch's ``skipped`` and logs one warning per shard naming shard and member.
@@ -119,6 +124,17 @@ def read_tar(url: str, problems: _Problems, expected: int | None = None) -> Iter
     finally:
         with contextlib.suppress(OSError):  # a failed pipe: (aws/curl) reports its exit status here
             stream.close()
+
+
+def sample_kind(raw: dict) -> str | None:
+    """The ``kind`` a raw sample declares ("caption" for a bare .txt); None when unreadable."""
+    if "json" not in raw:
+        return "caption" if "txt" in raw else None
+    try:
+        record = json.loads(raw["json"])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record.get("kind") if isinstance(record, dict) else None
 
 
 def _shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
@@ -252,7 +268,8 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __init__(self, urls, *, tokenizer, answers, max_text_len, batch_size, rank, world_size, epoch_mode,
                  samples_per_epoch, shuffle_buffer, seed, epoch, perturbation, image_size, manifest,
-                 num_workers, start=None, phase=0, partners: Partners | None = None):
+                 num_workers, start=None, phase=0, partners: Partners | None = None,
+                 kinds: tuple[str, ...] | None = None):
         from raymmr.data.answers import normalize_answer
 
         self.urls, self.counts = list(urls), shard_counts(list(urls), manifest)
@@ -264,6 +281,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.start = {int(k): tuple(v) for k, v in (start or {}).items()}  # role -> (drawn, batches)
         self.phase = phase
         self.partners = partners
+        self.kinds = frozenset(kinds) if kinds else None
         self.answer_ids = {a: i for i, a in enumerate(answers)}
         self._normalize = normalize_answer
         manifest = manifest or {}
@@ -289,11 +307,14 @@ class ShardStream(torch.utils.data.IterableDataset):
         for i in shard_ids:
             n = 0
             for raw in read_tar(self.urls[i], problems, self.counts[i]):
+                if self.kinds is not None and sample_kind(raw) not in self.kinds | {None}:
+                    continue
                 n += 1
                 yield raw
             barren = 0 if n else barren + 1
             if barren >= max(20, 2 * len(self.urls)):
-                raise RuntimeError(f"{barren} shards in a row yielded no sample (e.g. {self.urls[i]}); "
+                what = f"{'/'.join(sorted(self.kinds))} sample" if self.kinds else "sample"
+                raise RuntimeError(f"{barren} shards in a row yielded no {what} (e.g. {self.urls[i]}); "
                                    "run `python jobs/make_shards.py validate DIR`")
 
     # -- iteration
@@ -421,7 +442,8 @@ class ShardStream(torch.utils.data.IterableDataset):
 def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len: int, batch_size: int, rank: int,
                 world_size: int, epoch_mode: str, samples_per_epoch: int, shuffle_buffer: int, loader_workers: int,
                 seed: int, epoch: int, perturbation, image_size: int, manifest: dict | None = None, pin_memory: bool = False, start: dict | None = None,
-                phase: int = 0, partners: Partners | None = None) -> torch.utils.data.DataLoader:
+                phase: int = 0, partners: Partners | None = None,
+                kinds: tuple[str, ...] | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader of batch dicts for rank ``rank`` of ``world_size`` (see the module docstring).
 
     Batch: image uint8 [B,3,S,S]; text_ids/text_mask (+ _strong, _light) int64 [B,L]; answer,
@@ -431,7 +453,7 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
     the role stands after this batch). ``samples_per_epoch`` = 0 in resampled mode means the
     manifest's sample count of ``urls``. ``start`` (role -> the position of the last batch consumed)
     and ``phase`` (the role whose batch came next) continue an epoch where a checkpoint left it
-    (see ``LoaderPosition``).
+    (see ``LoaderPosition``). ``kinds``: only samples of these kinds (None: all).
     """
     if not urls:
         raise ValueError("make_loader: no shard URL given (is the split empty?)")
@@ -457,7 +479,7 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
         world_size=world_size, epoch_mode=epoch_mode, samples_per_epoch=samples_per_epoch,
         shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch, perturbation=perturbation, image_size=image_size,
         manifest=manifest, num_workers=loader_workers, start=start, phase=phase,
-        partners=partners,
+        partners=partners, kinds=kinds,
     )
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,

@@ -21,7 +21,8 @@ right.
 down-up resolution, vignetting) and a reporting style (templates, abbreviations, word order).
 ``test_domain`` is held out of train/val/pretrain and appears only in test, which holds every domain.
 
-The ``pretrain`` split is the pre-training corpus, from images of its own: pre-training reads it,
+The ``pretrain`` split is the pre-training corpus, from images of its own (a caption and one of
+the image's questions each, ``PRETRAIN_QUESTIONS``): pre-training reads it,
 fine-tuning and evaluation the downstream train/val/test split (CMDPI pre-trains on captions and
 auto-generated VQA, never on the downstream VQA data).
 
@@ -51,12 +52,19 @@ QUESTION_TYPES = ("presence", "organ", "modality", "side", "count", "size")
 # for CMDPI); train/val/test: the downstream VQA set. No image is in both (each split draws from
 # its own random stream).
 SPLITS = ("train", "val", "test", "pretrain")
-GENERATOR_VERSION = 2  # bump when the output changes; it is part of the shard fingerprint
+GENERATOR_VERSION = 4  # bump when the output changes; it is part of the shard fingerprint
 EXTRA_QUESTIONS = 3  # besides presence, per image with a lesion (2 without: organ, modality)
+# Questions kept per image of the pre-training corpus, drawn from the image's 3-4: CMDPI's corpus is
+# a caption set beside auto-generated VQA of about as many samples (ROCO + PMC-VQA), and the
+# contrastive terms learn from the captions of a batch only (all 3-4 questions made captions 22%
+# of a batch: ~7 per batch of 32, too few negatives for con_inter to leave chance at the tiny size).
+PRETRAIN_QUESTIONS = 1
 
 # Lesion radius in normalised coordinates (the image spans [-1, 1]): at 64 px a small lesion is
-# ~5 px across, a large one ~9 px, so both survive the blurriest domain at the tiny size.
-_RADIUS = {"small": 0.075, "large": 0.14}
+# ~6 px across, a large one ~10 px. Version 2 drew 5 and 9 px: after the blurriest sites' blur
+# and down-sampling a small lesion was a faint smudge inside one 8-px patch, and a tiny image tower
+# trained on the labels directly found it in 63% of images.
+_RADIUS = {"small": 0.1, "large": 0.16}
 
 
 # --------------------------------------------------------------------------- findings
@@ -500,7 +508,8 @@ def generate_image_samples(
     split: str, index: int, *, image_size: int, num_domains: int, test_domain: int, seed: int,
     styles: list[DomainStyle] | None = None,
 ) -> list[Sample]:
-    """The caption sample and the 3-4 VQA samples of image ``index`` of ``split``.
+    """The caption sample and the 3-4 VQA samples (``PRETRAIN_QUESTIONS`` in ``pretrain``) of
+    image ``index`` of ``split``.
 
     They share one PIL image (mode "L", image_size²). Answers are normalised with
     ``raymmr.data.answers.normalize_answer`` so they match what converters produce.
@@ -520,7 +529,10 @@ def generate_image_samples(
     extra = {"image_id": base, "lesion": f.lesion, "side": f.side, "size": f.size, "count": f.count,
              "appearance": f.appearance}
     out = [Sample(key=f"{base}-cap", kind="caption", caption=caption_for(f, style.text), extra=extra, **common)]
-    for j, (q, a, form, qtype) in enumerate(questions_for(f, style.text, text_rng)):
+    questions = questions_for(f, style.text, text_rng)
+    if split == "pretrain":
+        questions = text_rng.sample(questions, PRETRAIN_QUESTIONS)
+    for j, (q, a, form, qtype) in enumerate(questions):
         out.append(Sample(key=f"{base}-q{j}", kind="vqa", question=q, answer=normalize_answer(a), answer_type=form,
                           question_type=qtype, extra=extra, **common))
     return out

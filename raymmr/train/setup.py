@@ -152,6 +152,7 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         perturbation=cfg.perturbation,
         image_size=cfg.data.image_size,
         manifest=manifest,
+        kinds=STAGE_KINDS[stage],
     )
     split = training_split(stage, manifest)
     train_urls = shard_urls(data, split)
@@ -407,3 +408,6 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
 
 
 INDEX = "similar_index.safetensors"
+# Sample kinds each stage reads: pre-training all (captions feed the contrastive terms), fine-tuning
+# VQA only (CMDPI §3.3; a caption has no answer to train, its slot would be wasted).
+STAGE_KINDS = {"pretrain": None, "finetune": ("vqa",)}
