@@ -33,4 +33,4 @@ def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, p
                        num_workers=num_workers)
     log(f"[pipeline] evaluating on the test split -> {stage('eval')}")
     return evaluate(fin.export_dir, data, stage("eval"), severities=SEVERITIES if severities is None else severities,
-                    progress=True)
+                    progress=True, card=True)

@@ -118,9 +118,11 @@ class Evaluator:
 
 
 def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", severities=SEVERITIES,
-             retrieval_size: int = 1000, batch_size: int = 64, limit: int = 0, progress: bool = False) -> dict:
+             retrieval_size: int = 1000, batch_size: int = 64, limit: int = 0, progress: bool = False,
+             card: bool = False) -> dict:
     """Run every evaluation and write results.json / results.md / plots into ``out``. ``export_dir``
-    and ``out`` are local paths or storage URLs."""
+    and ``out`` are local paths or storage URLs. ``card``: also write the results into the
+    export's model card (its README.md)."""
     from raymmr import storage  # noqa: PLC0415
     from raymmr.data.shards import read_manifest  # noqa: PLC0415
     from raymmr.train.rundir import RunDir  # noqa: PLC0415
@@ -170,6 +172,10 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     run = RunDir(out)
     write_results(results, str(run.local), severities)
     run.upload()
+    if card:
+        from raymmr.model.export import write_model_card  # noqa: PLC0415
+
+        write_model_card(export_dir, results)
     return results
 
 

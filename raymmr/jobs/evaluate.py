@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--severities", default="light,medium,strong", help="comma list of perturbation severities")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many samples (0 = all)")
+    parser.add_argument("--card", action="store_true", help="also write the results into the model card (README.md) "
+                        "of the evaluated export")
     args = parser.parse_args(argv)
     from raymmr import storage
     from raymmr.config import load_config
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     data = resolve_data(cfg, args.data)
     out = RunDir(args.out)
     results = evaluate(export, data, out.url, split=args.split, severities=severities,
-                       batch_size=args.batch_size, limit=args.limit, progress=True)
+                       batch_size=args.batch_size, limit=args.limit, progress=True, card=args.card)
     print((out.local / "results.md").read_text())
+    if args.card:
+        print(f"model card: {storage.join(export, 'README.md')}")
     print(f"results: {out.url_of('results.json')}  ({len(results)} keys)")
 

@@ -5,16 +5,25 @@
                         token ids and the towers' architectures (``RaymmrModel.tower_spec``), so
                         loading needs neither the network nor the CLIP checkpoints it started from
     config.yaml         the resolved config (``raymmr.config.save_config``)
+    config.json         what the model is, for tools that read Hugging Face-style folders: model
+                        type, architecture, vocabulary sizes, special ids, towers, the model config
     tokenizer.json      the tokenizer (+ tokenizer_config.json etc. for a Hugging Face tokenizer)
     answers.json        the answer vocabulary, index -> answer string
+    README.md           the model card: what was trained on what, how big, intended use and limits,
+                        and the evaluation table once ``write_model_card`` is given results
+
+``RaymmrModel.from_pretrained`` / ``save_pretrained`` and ``Predictor.from_pretrained`` read and
+write this folder (a local path or a storage URL for reading); exports written before config.json
+and the card existed load the same way.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -22,10 +31,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from raymmr.config import Config, load_config, save_config
-from raymmr.model.model import RaymmrModel
+from raymmr.model.model import MOMENTUM_PREFIX, RaymmrModel
 
 EXPORT_FORMAT = "raymmr-export-1"
 WEIGHTS = "model.safetensors"
+CARD = "README.md"
 
 
 def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answers: list[str]) -> Path:
@@ -50,8 +60,91 @@ def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answ
     os.replace(tmp, out / WEIGHTS)  # a reader never sees half a file
     save_config(cfg, out / "config.yaml")
     (out / "answers.json").write_text(json.dumps(list(answers), ensure_ascii=False))
+    (out / "config.json").write_text(json.dumps(hf_config(meta, cfg), indent=1, sort_keys=True))
     _save_tokenizer(tokenizer_dir, out)
+    (out / CARD).write_text(model_card(cfg, parameter_counts({k: v.numel() for k, v in state.items()}), answers))
     return out
+
+
+def hf_config(meta: dict, cfg: Config) -> dict:
+    """config.json: the export's metadata in the shape Hugging Face-style tools look for."""
+    from raymmr import __version__  # noqa: PLC0415
+
+    return {
+        "model_type": "raymmr",
+        "architectures": ["RaymmrModel"],
+        "format": EXPORT_FORMAT,
+        "raymmr_version": __version__,
+        **{k: int(meta[k]) for k in ("vocab_size", "num_answers", "pad_token_id", "mask_token_id")},
+        "towers": json.loads(meta["towers"]),
+        "image_size": cfg.data.image_size,
+        "model": asdict(cfg.model),
+    }
+
+
+def parameter_counts(numels: dict[str, int]) -> dict[str, int]:
+    """Parameters (name -> element count) of the model that answers and of its momentum copies."""
+    momentum = sum(n for k, n in numels.items() if k.startswith(MOMENTUM_PREFIX))
+    return {"model": sum(numels.values()) - momentum, "momentum": momentum}
+
+
+def model_card(cfg: Config, params: dict[str, int], answers: list[str], results: dict | None = None) -> str:
+    """The export's README.md. ``results``: ``raymmr.eval.evaluate`` results to include."""
+    m = cfg.model
+    data = cfg.data.train_shards or f"SynthRad (generated: {cfg.data.synthrad_train} train images, seed {cfg.data.seed})"
+    lines = [
+        "---", "library_name: raymmr", "tags: [medical-vqa, vision-language, image-text-retrieval]", "---", "",
+        "# raymmr model", "",
+        "A vision-language model for medical visual question answering and image-text retrieval, "
+        "pre-trained and fine-tuned with raymmr (CMDPI masked reconstruction + contrastive pre-training, "
+        "difference reconstruction and head mixup; Robust-MMR perturbation-aware masking, domain "
+        "consistency and modality resilience).", "",
+        "## Model", "",
+        f"- Method: `{cfg.method}`",
+        f"- Image tower: {m.image_layers} layers x {m.image_width} (`{m.image_model}`, patch {m.patch_size}, "
+        f"{m.image_size} px); text tower: {m.text_layers} layers x {m.text_width} (`{m.text_model}`); "
+        f"RecNet: {m.recnet_layers} layers x {m.recnet_width}",
+        f"- Parameters: {params['model'] / 1e6:.2f} M (+ {params['momentum'] / 1e6:.2f} M in the momentum encoders, "
+        "used by pre-training only)",
+        f"- Answers: {len(answers)} classes (`answers.json`); tokenizer: `tokenizer.json`; full config: `config.yaml`",
+        "", "## Training data", "",
+        f"- Shards: {data}",
+        f"- Pre-training {cfg.train.steps} steps, fine-tuning {cfg.finetune.steps} steps, batch {cfg.train.batch_size} per worker",
+        "", "## Use", "", "```python",
+        "from raymmr.model.inference import Predictor",
+        'predictor = Predictor.from_pretrained("THIS_FOLDER_OR_URL")',
+        'predictor.answer([pil_image], ["Is there a lesion?"])  # [(answer, probability)]',
+        "```", "",
+        "## Evaluation", "",
+    ]
+    if results:
+        from raymmr.eval.evaluate import results_markdown  # noqa: PLC0415
+
+        lines += [f"On `{results.get('data', '?')}`:", "", results_markdown(results).rstrip(), ""]
+    else:
+        lines += ["Not evaluated yet: `raymmr evaluate --model THIS_FOLDER --data SHARDS --out DIR --card` "
+                  "writes the results here.", ""]
+    lines += [
+        "## Intended use and limits", "",
+        "A research model for studying robust medical vision-language learning. It is **not a medical "
+        "device** and must not be used for diagnosis or treatment decisions. Its answers come from a "
+        "fixed answer vocabulary; accuracy measured on one dataset (above) says little about another "
+        "scanner, protocol, population or reporting style. Models trained on SynthRad (procedural "
+        "images) have never seen a real patient.", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(export: str, results: dict) -> None:
+    """Rewrite the card of ``export`` (a local path or storage URL) with evaluation ``results``."""
+    from raymmr import storage  # noqa: PLC0415
+
+    local = storage.cached_copy(export, "exports")
+    cfg = load_config(str(local / "config.yaml"))
+    answers = json.loads((local / "answers.json").read_text())
+    with safe_open(str(local / WEIGHTS), framework="pt") as f:
+        params = parameter_counts({k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()})
+    storage.write_text(storage.join(storage.normalize(export), CARD), model_card(cfg, params, answers, results))
 
 
 def _save_tokenizer(source, out: Path) -> None:

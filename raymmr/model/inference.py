@@ -49,6 +49,17 @@ class Predictor:
         tokenizer, encode = _load_tokenizer(meta["tokenizer"])
         return cls(model, cfg, tokenizer, encode, meta["answers"], batch_size=batch_size)
 
+    @classmethod
+    def from_pretrained(cls, path_or_url: str, *, device: str | torch.device | None = None,
+                        batch_size: int = 64) -> Predictor:
+        """``from_export`` for a local folder or storage URL, an export or a run folder with one."""
+        from raymmr import storage  # noqa: PLC0415
+
+        found = storage.find_export(str(path_or_url))
+        if found is None:
+            raise FileNotFoundError(f"{path_or_url}: no raymmr export there (model.safetensors, or export/model.safetensors)")
+        return cls.from_export(storage.cached_copy(found, "exports"), device=device, batch_size=batch_size)
+
     # --- inputs ------------------------------------------------------------------------------
 
     def image_tensor(self, images: list) -> Tensor:

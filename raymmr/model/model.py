@@ -189,6 +189,29 @@ class RaymmrModel(nn.Module):
     def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
         return self.answer_logits(images, text_ids, text_mask)
 
+    # --- exports -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_url: str, *, device: str | torch.device = "cpu") -> RaymmrModel:
+        """The model of a raymmr export (``raymmr.model.export``), in eval mode: a local folder or
+        storage URL holding model.safetensors, or a run folder with an ``export/`` inside."""
+        from raymmr import storage  # noqa: PLC0415
+        from raymmr.model.export import load_export  # noqa: PLC0415
+
+        found = storage.find_export(str(path_or_url))
+        if found is None:
+            raise FileNotFoundError(f"{path_or_url}: no raymmr export there (model.safetensors, or export/model.safetensors)")
+        model, _, _ = load_export(storage.cached_copy(found, "exports"), device=device)
+        return model
+
+    def save_pretrained(self, out_dir, *, config, tokenizer: str, answers: list[str]):
+        """Write an export of this model into the local folder ``out_dir``: ``config`` is the run's
+        ``raymmr.config.Config``, ``tokenizer`` a tokenizer.json (or its folder, or a Hugging Face
+        tokenizer name), ``answers`` the answer vocabulary. Returns the folder's path."""
+        from raymmr.model.export import save_export  # noqa: PLC0415
+
+        return save_export(self, config, out_dir, tokenizer_dir=tokenizer, answers=answers)
+
     # --- trainer API -------------------------------------------------------------------------
 
     def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
