@@ -63,7 +63,8 @@ PRETRAIN_QUESTIONS = 1
 # Lesion radius in normalised coordinates (the image spans [-1, 1]): at 64 px a small lesion is
 # ~6 px across, a large one ~10 px. Version 2 drew 5 and 9 px: after the blurriest sites' blur
 # and down-sampling a small lesion was a faint smudge inside one 8-px patch, and a tiny image tower
-# trained on the labels directly found it in 63% of images.
+# trained on the labels directly (400 steps of 32) found it in 65% of images and its side in 57%;
+# at these sizes 76% and 82% (2026-12-03).
 _RADIUS = {"small": 0.1, "large": 0.16}
 
 
