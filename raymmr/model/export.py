@@ -60,14 +60,14 @@ def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answ
     os.replace(tmp, out / WEIGHTS)  # a reader never sees half a file
     save_config(cfg, out / "config.yaml")
     (out / "answers.json").write_text(json.dumps(list(answers), ensure_ascii=False))
-    (out / "config.json").write_text(json.dumps(hf_config(meta, cfg), indent=1, sort_keys=True))
+    (out / "config.json").write_text(json.dumps(hf_config(model, cfg), indent=1, sort_keys=True))
     _save_tokenizer(tokenizer_dir, out)
     (out / CARD).write_text(model_card(cfg, parameter_counts({k: v.numel() for k, v in state.items()}), answers))
     return out
 
 
-def hf_config(meta: dict, cfg: Config) -> dict:
-    """config.json: the export's metadata in the shape Hugging Face-style tools look for."""
+def hf_config(model: RaymmrModel, cfg: Config) -> dict:
+    """config.json: what the weights' metadata says, in the shape Hugging Face-style tools look for."""
     from raymmr import __version__  # noqa: PLC0415
 
     return {
@@ -75,8 +75,8 @@ def hf_config(meta: dict, cfg: Config) -> dict:
         "architectures": ["RaymmrModel"],
         "format": EXPORT_FORMAT,
         "raymmr_version": __version__,
-        **{k: int(meta[k]) for k in ("vocab_size", "num_answers", "pad_token_id", "mask_token_id")},
-        "towers": json.loads(meta["towers"]),
+        **{k: getattr(model, k) for k in ("vocab_size", "num_answers", "pad_token_id", "mask_token_id")},
+        "towers": model.tower_spec(),
         "image_size": cfg.data.image_size,
         "model": asdict(cfg.model),
     }
@@ -165,6 +165,17 @@ def read_meta(export_dir) -> dict:
     if meta.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{export_dir}/{WEIGHTS} is not a raymmr export (format {meta.get('format')!r})")
     return meta
+
+
+def local_export(path_or_url: str) -> Path:
+    """A local copy of the export at ``path_or_url`` (an export folder, or a run folder with an
+    ``export/`` inside; a local path or a storage URL)."""
+    from raymmr import storage  # noqa: PLC0415
+
+    found = storage.find_export(str(path_or_url))
+    if found is None:
+        raise FileNotFoundError(f"{path_or_url}: no raymmr export there (model.safetensors, or export/model.safetensors)")
+    return storage.cached_copy(found, "exports")
 
 
 def load_export(export_dir, device: str | torch.device = "cpu") -> tuple[RaymmrModel, Config, dict]:

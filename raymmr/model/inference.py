@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymmr.model.export import load_export
+from raymmr.model.export import load_export, local_export
 
 
 def _load_tokenizer(path: str):
@@ -53,12 +53,7 @@ class Predictor:
     def from_pretrained(cls, path_or_url: str, *, device: str | torch.device | None = None,
                         batch_size: int = 64) -> Predictor:
         """``from_export`` for a local folder or storage URL, an export or a run folder with one."""
-        from raymmr import storage  # noqa: PLC0415
-
-        found = storage.find_export(str(path_or_url))
-        if found is None:
-            raise FileNotFoundError(f"{path_or_url}: no raymmr export there (model.safetensors, or export/model.safetensors)")
-        return cls.from_export(storage.cached_copy(found, "exports"), device=device, batch_size=batch_size)
+        return cls.from_export(local_export(path_or_url), device=device, batch_size=batch_size)
 
     # --- inputs ------------------------------------------------------------------------------
 

@@ -195,13 +195,9 @@ class RaymmrModel(nn.Module):
     def from_pretrained(cls, path_or_url: str, *, device: str | torch.device = "cpu") -> RaymmrModel:
         """The model of a raymmr export (``raymmr.model.export``), in eval mode: a local folder or
         storage URL holding model.safetensors, or a run folder with an ``export/`` inside."""
-        from raymmr import storage  # noqa: PLC0415
-        from raymmr.model.export import load_export  # noqa: PLC0415
+        from raymmr.model.export import load_export, local_export  # noqa: PLC0415
 
-        found = storage.find_export(str(path_or_url))
-        if found is None:
-            raise FileNotFoundError(f"{path_or_url}: no raymmr export there (model.safetensors, or export/model.safetensors)")
-        model, _, _ = load_export(storage.cached_copy(found, "exports"), device=device)
+        model, _, _ = load_export(local_export(path_or_url), device=device)
         return model
 
     def save_pretrained(self, out_dir, *, config, tokenizer: str, answers: list[str]):
