@@ -369,3 +369,24 @@ def severity_parameters(severity: str) -> dict[str, object]:
         **{f"image.{op}": r[severity] for op, r in _IMAGE_RANGES.items()},
         **{f"text.{op}": r[severity] for op, r in _TEXT_RATES.items()},
     }
+
+
+class SeededPerturbation:
+    """One severity of the image and text perturbations with fixed seeds, for evaluation: the
+    batch that starts at index ``offset`` of a set is perturbed the same way on every run (at
+    the same batch size); images and texts draw from separate streams."""
+
+    def __init__(self, severity: str, image_ops: list[str], text_ops: list[str], seed: int = 0):
+        _check(severity, image_ops, IMAGE_OPS, "image")
+        _check(severity, text_ops, TEXT_OPS, "text")
+        self.severity, self.image_ops, self.text_ops, self.seed = severity, list(image_ops), list(text_ops), seed
+
+    def images(self, images: torch.Tensor, offset: int) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> uint8 [B, C, H, W]."""
+        g = torch.Generator(device=images.device).manual_seed(self.seed * 7919 + offset)
+        out = perturb_images(images.float() / 255.0, self.severity, self.image_ops, g)
+        return (out * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+    def texts(self, texts: list[str], offset: int) -> list[str]:
+        rng = random.Random(self.seed * 104729 + offset)
+        return [perturb_text(t, self.severity, self.text_ops, rng) for t in texts]

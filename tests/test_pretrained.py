@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from test_shards import hand_samples
@@ -86,3 +87,38 @@ def test_evaluation_writes_its_numbers_into_the_card(trained, tmp_path):
     assert f"| baseline: question only | {100 * results['question_only_baseline']:.1f}% |" in card
     predictor = Predictor.from_pretrained(str(export))
     assert len(predictor.answer([s.image for s in hand_samples("x", 2, size=S)], ["Question 1?", "Question 2?"])) == 2
+
+
+def test_evaluation_runs_through_the_predictor(trained, tmp_path):
+    """One inference path: evaluate's answers are Predictor.answer's on the split's images as a user
+    passes them (PIL, resized by the one image helper), its logits the live model's, and its
+    perturbed pass is reproducible and really perturbs."""
+    from raymmr.data.loader import iter_samples
+    from raymmr.data.shards import shard_urls
+    from raymmr.eval import metrics as M
+    from raymmr.eval.evaluate import answers, evaluate, load_split
+    from raymmr.model.inference import Predictor
+    from raymmr.perturb import SeededPerturbation
+
+    model, tok, data, export = trained
+    predictor = Predictor.from_pretrained(str(export), batch_size=5)  # batches that do not divide the split
+    users = [s for s in iter_samples(shard_urls(str(data), "test")) if s.kind == "vqa"]
+    predicted = [a for a, _ in predictor.answer([s.image for s in users], [s.question for s in users])]
+    test = load_split(str(data), "test", S)
+    assert answers(predictor, test.vqa) == predicted
+    results = evaluate(str(export), str(data), str(tmp_path / "eval"), severities=("strong",), batch_size=5)
+    golds, types = [s.answer for s in users], [s.answer_type for s in users]
+    assert results["vqa_overall"] == M.vqa_accuracy(predicted, golds, types)["overall"]
+
+    images = torch.from_numpy(np.stack([s.image for s in test.vqa]))
+    ids, mask = encode_texts(tok, [s.question for s in test.vqa], model.cfg.max_text_len)
+    with torch.no_grad():
+        live = model.answer_logits(images, ids, mask)
+    logits = predictor.answer_logits([s.image for s in test.vqa], [s.question for s in test.vqa])
+    torch.testing.assert_close(logits, live, rtol=0, atol=1e-5)
+
+    shift = SeededPerturbation("strong", ["noise", "cutout"], ["shuffle"], seed=0)
+    once = predictor.answer_logits([s.image for s in test.vqa], [s.question for s in test.vqa], perturbation=shift)
+    again = predictor.answer_logits([s.image for s in test.vqa], [s.question for s in test.vqa], perturbation=shift)
+    torch.testing.assert_close(once, again, rtol=0, atol=0)
+    assert (once - logits).abs().max() > 1e-4

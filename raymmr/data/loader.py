@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from raymmr.data.images import image_array
 from raymmr.data.schema import IMAGE_EXTS, Sample
 from raymmr.data.shards import open_url, shard_counts
 from raymmr.data.tario import iter_tar
@@ -199,25 +200,14 @@ def _image_member(raw: dict) -> str | None:
 def decode_image(data: bytes, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Encoded image -> uint8 [3, size, size] (written into ``out`` when given).
 
-    Shards store images at their final size, so this is a plain decode; other sizes use the
-    JPEG decoder's DCT scaling (``draft``) before a resize, which is far cheaper than a full
-    decode followed by a resize.
+    Shards store images at their final size, so this is a plain decode; a JPEG of another size
+    is first decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (``draft``, far cheaper than a
+    full decode), then ``images.fit_image`` brings it to size as everywhere else.
     """
     im = Image.open(io.BytesIO(data))
-    if im.size != (size, size):
-        if im.format == "JPEG":
-            im.draft("L" if im.mode == "L" else "RGB", (size, size))
-        im = im.resize((size, size), Image.BILINEAR)
-    if im.mode not in ("L", "RGB"):
-        im = im.convert("L" if im.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
-    arr = np.asarray(im)
-    if out is None:
-        out = np.empty((3, size, size), np.uint8)
-    if arr.ndim == 2:
-        out[:] = arr  # grey: broadcast to the 3 channels
-    else:
-        out[:] = arr.transpose(2, 0, 1)
-    return out
+    if im.size != (size, size) and im.format == "JPEG":
+        im.draft("L" if im.mode == "L" else "RGB", (size, size))
+    return image_array(im, size, out)
 
 
 def _new_images(batch: int, size: int, shared: bool) -> torch.Tensor:

@@ -47,6 +47,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from raymmr.data.images import fit_image
 from raymmr.data.schema import SCHEMA_VERSION, Sample
 
 logger = logging.getLogger("raymmr.data.shards")
@@ -88,9 +89,7 @@ def encode_image(image, image_size: int, image_format: str = "jpg", quality: int
         im = image
     else:
         raise ShardError(f"image of type {type(image).__name__}: expected a PIL image, encoded bytes, a path or an array")
-    im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-    if im.size != (image_size, image_size):
-        im = im.resize((image_size, image_size), Image.BICUBIC, reducing_gap=3.0)
+    im = fit_image(im, image_size)
     buf = io.BytesIO()
     if target == "JPEG":
         im.save(buf, "JPEG", quality=quality)

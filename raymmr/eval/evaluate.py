@@ -10,11 +10,9 @@ the *clean* protocol when the vocabulary came from train only (SPEC §5).
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from raymmr.eval import metrics as M
@@ -31,12 +29,13 @@ class EvalSet:
 
 
 def load_split(data: str, split: str, image_size: int, limit: int = 0) -> EvalSet:
+    from raymmr.data.images import image_array  # noqa: PLC0415
     from raymmr.data.loader import iter_samples  # noqa: PLC0415
     from raymmr.data.shards import shard_urls  # noqa: PLC0415
 
     vqa, captions = [], []
     for sample in iter_samples(shard_urls(data, split)):
-        sample.image = to_uint8(sample.image, image_size)
+        sample.image = image_array(sample.image, image_size)
         (captions if sample.kind == "caption" else vqa).append(sample)
         if limit and len(vqa) + len(captions) >= limit:
             break
@@ -51,70 +50,30 @@ def train_text_pairs(data: str) -> list[tuple[str, str]]:
     return [(r["question"], r["answer"]) for r in iter_records(shard_urls(data, "train")) if r["kind"] == "vqa"]
 
 
-def to_uint8(image, size: int) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
+def perturbation(predictor, severity: str, seed: int = 0):
+    """The model config's perturbation ops at ``severity``; None for clean inputs."""
+    from raymmr.perturb import SeededPerturbation  # noqa: PLC0415
 
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()  # [3,S,S]
+    if severity == "none":
+        return None
+    p = predictor.cfg.perturbation
+    return SeededPerturbation(severity, p.image_ops, p.text_ops, seed)
 
 
-class Evaluator:
-    """Batched inference with an exported model, optionally under a perturbation severity."""
+def answers(predictor, samples, severity: str = "none", progress: bool = False) -> list[str]:
+    """The predicted answer of every VQA sample, its inputs perturbed at ``severity``."""
+    desc = f"VQA, {'clean' if severity == 'none' else severity}" if progress else None
+    return [a for a, _ in predictor.answer([s.image for s in samples], [s.question for s in samples],
+                                           perturbation=perturbation(predictor, severity), desc=desc)]
 
-    def __init__(self, export_dir: str, *, batch_size: int = 64, device: str | None = None, seed: int = 0,
-                 progress: bool = False):
-        from raymmr.data.tokenizer import encode_texts, load_tokenizer  # noqa: PLC0415
-        from raymmr.model.export import load_export  # noqa: PLC0415
 
-        self.model, self.cfg, _ = load_export(export_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device).eval()
-        self.tokenizer = load_tokenizer(str(export_dir))  # its own tokenizer.json, or a pretrained one it saved
-        self.encode_texts = encode_texts
-        self.answers = json.loads((Path(export_dir) / "answers.json").read_text())
-        self.batch_size = batch_size
-        self.seed = seed
-        self.progress = progress  # a progress bar per pass over the samples (stderr)
-
-    def _chunks(self, samples, what: str):
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        starts = range(0, len(samples), self.batch_size)
-        for i in tqdm(starts, desc=what, unit="batch", disable=not self.progress, leave=False):
-            yield i, samples[i : i + self.batch_size]
-
-    def _inputs(self, samples, texts, severity: str, offset: int):
-        from raymmr.perturb import perturb_images, perturb_text  # noqa: PLC0415
-
-        images = torch.from_numpy(np.stack([s.image for s in samples])).to(self.device)
-        if severity != "none":
-            p = self.cfg.perturbation
-            g = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + offset)
-            images = perturb_images(images.float() / 255.0, severity, p.image_ops, g)
-            images = (images * 255.0).round().clamp(0, 255).to(torch.uint8)
-            rng = random.Random(self.seed * 104729 + offset)
-            texts = [perturb_text(t, severity, p.text_ops, rng) for t in texts]
-        ids, mask = self.encode_texts(self.tokenizer, texts, self.cfg.model.max_text_len)
-        return images, ids.to(self.device), mask.to(self.device)
-
-    @torch.no_grad()
-    def answer(self, samples, severity: str = "none") -> list[str]:
-        preds = []
-        for i, chunk in self._chunks(samples, f"VQA, {severity if severity != 'none' else 'clean'}"):
-            images, ids, mask = self._inputs(chunk, [s.question for s in chunk], severity, i)
-            logits = self.model.answer_logits(images, ids, mask)
-            preds += [self.answers[j] for j in logits.argmax(-1).tolist()]
-        return preds
-
-    @torch.no_grad()
-    def similarity(self, samples, severity: str = "none") -> torch.Tensor:
-        img, txt = [], []
-        for i, chunk in self._chunks(samples, f"retrieval, {severity if severity != 'none' else 'clean'}"):
-            images, ids, mask = self._inputs(chunk, [s.caption for s in chunk], severity, i)
-            img.append(self.model.encode_image(images).float())
-            txt.append(self.model.encode_text(ids, mask).float())
-        return torch.cat(img) @ torch.cat(txt).T  # [N, N], pair i <-> i
+def similarity(predictor, samples, severity: str = "none", progress: bool = False) -> torch.Tensor:
+    """Image-caption cosine similarities [N, N] (pair i <-> i), inputs perturbed at ``severity``."""
+    desc = f"retrieval, {'clean' if severity == 'none' else severity}" if progress else None
+    shift = perturbation(predictor, severity)
+    img = predictor.embed_images([s.image for s in samples], perturbation=shift, desc=desc and f"{desc}, images")
+    txt = predictor.embed_texts([s.caption for s in samples], perturbation=shift, desc=desc and f"{desc}, texts")
+    return img @ txt.T
 
 
 def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", severities=SEVERITIES,
@@ -125,10 +84,11 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     export's model card (its README.md)."""
     from raymmr import storage  # noqa: PLC0415
     from raymmr.data.shards import read_manifest  # noqa: PLC0415
+    from raymmr.model.inference import Predictor  # noqa: PLC0415
     from raymmr.train.rundir import RunDir  # noqa: PLC0415
 
-    ev = Evaluator(str(storage.cached_copy(export_dir, "exports")), batch_size=batch_size, progress=progress)
-    test = load_split(data, split, ev.cfg.model.image_size, limit)
+    predictor = Predictor.from_export(storage.cached_copy(export_dir, "exports"), batch_size=batch_size)
+    test = load_split(data, split, predictor.cfg.data.image_size, limit)
     if not test.vqa and not test.captions:
         raise ValueError(f"{data}: split '{split}' has no samples")
     manifest = read_manifest(data)
@@ -140,7 +100,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
         golds = [s.answer for s in test.vqa]
         types = [s.answer_type for s in test.vqa]
         domains = [s.domain for s in test.vqa]
-        preds = {sev: ev.answer(test.vqa, sev) for sev in ("none", *severities)}
+        preds = {sev: answers(predictor, test.vqa, sev, progress) for sev in ("none", *severities)}
         clean = M.vqa_accuracy(preds["none"], golds, types)
         results.update(vqa_overall=clean["overall"], vqa_open=clean["open"], vqa_closed=clean["closed"])
         pairs = train_text_pairs(data)
@@ -161,11 +121,11 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
 
     if len(test.captions) >= 2:
         caps = test.captions[:retrieval_size]
-        clean_r = M.retrieval_metrics(ev.similarity(caps))
+        clean_r = M.retrieval_metrics(similarity(predictor, caps, progress=progress))
         results.update({f"retrieval_{k}": v for k, v in clean_r.items() if k != "n"})
         results["retrieval_n"] = clean_r["n"]
         for sev in severities:
-            r = M.retrieval_metrics(ev.similarity(caps, sev))
+            r = M.retrieval_metrics(similarity(predictor, caps, sev, progress))
             results[f"retrieval_mean_rank_perturbed_{sev}"] = r["mean_rank"]
             results[f"retrieval_mean_rank_degradation_{sev}"] = r["mean_rank"] - clean_r["mean_rank"]
 

@@ -1,7 +1,8 @@
 """Predictor: answers and embeddings from an export directory, for PIL images and strings.
 
-Images are brought to the shards' size the way the shard writer does (RGB, bicubic, aspect not
-kept), then the model resizes to ``model.image_size`` if that differs, as in training.
+The one inference path: ``evaluate`` runs through it too. Images are brought to the shards' size
+the way the shard writer and the loader do (``raymmr.data.images``), then the model resizes to
+``model.image_size`` if that differs, as in training.
 """
 
 from __future__ import annotations
@@ -57,48 +58,70 @@ class Predictor:
 
     # --- inputs ------------------------------------------------------------------------------
 
-    def image_tensor(self, images: list) -> Tensor:
-        """PIL images -> uint8 [B, 3, S, S] on the model's device, S = data.image_size."""
-        from PIL import Image  # noqa: PLC0415
+    def image_tensor(self, images) -> Tensor:
+        """PIL images (brought to data.image_size as the shard writer does) or uint8 [3, S, S]
+        arrays already at that size -> uint8 [B, 3, S, S] on the model's device."""
+        from raymmr.data.images import image_array  # noqa: PLC0415
 
         size = self.cfg.data.image_size
         arrays = []
         for im in images:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
-            arrays.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+            if isinstance(im, np.ndarray):
+                if im.shape != (3, size, size) or im.dtype != np.uint8:
+                    raise ValueError(f"image array of shape {im.shape} {im.dtype}: expected uint8 (3, {size}, {size}) "
+                                     "(or pass a PIL image, which is resized)")
+                arrays.append(im)
+            else:
+                arrays.append(image_array(im, size))
         return torch.from_numpy(np.stack(arrays)).to(self.device)
 
     def text_tensors(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         ids, mask = self._encode_texts(self.tokenizer, list(texts), self.cfg.model.max_text_len)
         return ids.to(self.device), mask.to(self.device)
 
+    def _batches(self, n: int, desc: str | None):
+        """Batch start offsets; a progress bar on stderr when ``desc`` names the pass."""
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        return tqdm(range(0, n, self.batch_size), desc=desc, unit="batch", disable=desc is None, leave=False)
+
+    def _images(self, images, start: int, perturbation) -> Tensor:
+        x = self.image_tensor(images[start : start + self.batch_size])
+        return x if perturbation is None else perturbation.images(x, start)
+
+    def _texts(self, texts, start: int, perturbation) -> tuple[Tensor, Tensor]:
+        chunk = list(texts[start : start + self.batch_size])
+        return self.text_tensors(chunk if perturbation is None else perturbation.texts(chunk, start))
+
     # --- outputs -----------------------------------------------------------------------------
+    # ``perturbation``: a ``raymmr.perturb.SeededPerturbation`` applied to each batch's inputs
+    # (evaluation under shift); ``desc``: show a progress bar with this label.
 
     @torch.no_grad()
-    def answer(self, images: list, questions: list[str]) -> list[tuple[str, float]]:
-        """The most probable answer and its softmax probability, per (image, question) pair."""
+    def answer_logits(self, images, questions: list[str], *, perturbation=None, desc: str | None = None) -> Tensor:
+        """[N, num_answers] float32 on CPU, one row per (image, question) pair."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            ids, mask = self.text_tensors(questions[i : i + self.batch_size])
-            logits = self.model.answer_logits(self.image_tensor(images[i : i + self.batch_size]), ids, mask)
-            prob, idx = logits.float().softmax(-1).max(-1)
-            out += [(self.answers[j], p) for j, p in zip(idx.tolist(), prob.tolist())]
-        return out
+        chunks = [self.model.answer_logits(self._images(images, i, perturbation),
+                                           *self._texts(questions, i, perturbation)).float().cpu()
+                  for i in self._batches(len(images), desc)]  # fmt: skip
+        return torch.cat(chunks) if chunks else torch.zeros(0, len(self.answers))
+
+    def answer(self, images, questions: list[str], **kwargs) -> list[tuple[str, float]]:
+        """The most probable answer and its softmax probability, per (image, question) pair."""
+        prob, idx = self.answer_logits(images, questions, **kwargs).softmax(-1).max(-1)
+        return [(self.answers[j], p) for j, p in zip(idx.tolist(), prob.tolist())]
 
     @torch.no_grad()
-    def embed_images(self, images: list) -> Tensor:
-        """[B, embed_dim] L2-normalised image embeddings (float32, CPU)."""
-        chunks = [self.model.encode_image(self.image_tensor(images[i : i + self.batch_size])).float().cpu()
-                  for i in range(0, len(images), self.batch_size)]  # fmt: skip
+    def embed_images(self, images, *, perturbation=None, desc: str | None = None) -> Tensor:
+        """[N, embed_dim] L2-normalised image embeddings (float32, CPU)."""
+        chunks = [self.model.encode_image(self._images(images, i, perturbation)).float().cpu()
+                  for i in self._batches(len(images), desc)]  # fmt: skip
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.embed_dim)
 
     @torch.no_grad()
-    def embed_texts(self, texts: list[str]) -> Tensor:
-        """[B, embed_dim] L2-normalised text embeddings (float32, CPU)."""
-        chunks = [self.model.encode_text(*self.text_tensors(texts[i : i + self.batch_size])).float().cpu()
-                  for i in range(0, len(texts), self.batch_size)]  # fmt: skip
+    def embed_texts(self, texts: list[str], *, perturbation=None, desc: str | None = None) -> Tensor:
+        """[N, embed_dim] L2-normalised text embeddings (float32, CPU)."""
+        chunks = [self.model.encode_text(*self._texts(texts, i, perturbation)).float().cpu()
+                  for i in self._batches(len(texts), desc)]  # fmt: skip
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.embed_dim)
