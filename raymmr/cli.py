@@ -14,6 +14,7 @@ import shlex
 import sys
 
 from raymmr.config import METHODS, Config, ConfigError, load_config
+from raymmr.train.tracking import TRACKERS
 
 
 def base_parser(description: str, *, out_default: str | None = None) -> argparse.ArgumentParser:
@@ -37,13 +38,21 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (overrides train.cpus_per_worker)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add_tracker_arg(p)
+
+
+def add_tracker_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracker", choices=list(TRACKERS),
+                   help="experiment tracker beside metrics.jsonl and TensorBoard (overrides train.tracker; "
+                        "mlflow: the store is train.tracking_uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 
 
 def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) -> Config:
     overrides = list(args.overrides)
     if steps_key and getattr(args, "steps", None) is not None:
         overrides.append(f"{steps_key}={args.steps}")
-    for flag, key in [("gpus_per_worker", "train.gpus_per_worker"), ("cpus_per_worker", "train.cpus_per_worker")]:
+    for flag, key in [("gpus_per_worker", "train.gpus_per_worker"), ("cpus_per_worker", "train.cpus_per_worker"),
+                      ("tracker", "train.tracker")]:
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     return load_config(args.config, overrides, method=args.method)
@@ -55,6 +64,7 @@ def run_main(fn):
     from raymmr.storage import StorageError  # noqa: PLC0415
     from raymmr.train.checkpoint import CheckpointError  # noqa: PLC0415
     from raymmr.train.launch import Interrupted, JobError  # noqa: PLC0415
+    from raymmr.train.tracking import TrackingError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -62,7 +72,7 @@ def run_main(fn):
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, JobError, CheckpointError, StorageError) as e:
+    except (ConfigError, JobError, CheckpointError, StorageError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -197,6 +197,10 @@ class TrainConfig:
     num_workers: int = _f(1, range=(1, 100000))
     cpus_per_worker: float = _f(1.0, range=(0.0, 1024.0))
     gpus_per_worker: float = _f(0.0, range=(0.0, 16.0))
+    tracker: str = _f("tensorboard", choices=["tensorboard", "mlflow"],
+                      help="metrics.jsonl and TensorBoard always; mlflow: also an MLflow run per stage (raymmr.train.tracking)")
+    tracking_uri: str = _f("", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    experiment: str = _f("", help="MLflow experiment (default: raymmr-<stage>; sweeps: raymmr-sweep)")
 
 
 @dataclass
@@ -329,12 +333,12 @@ def _coerce(typ, value):
 # --------------------------------------------------------------------------- loading
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -380,10 +384,10 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None,
         base_data = _read_yaml(PRESET_DIR / f"{base}.yaml")
         base_data.pop("preset", None)
         # The method changes the preset; the file's own values (a saved run's) come after it.
-        values = {**_flatten(base_data), **method_values(method), **_flatten(data)}
+        values = {**flatten(base_data), **method_values(method), **flatten(data)}
         name = base
     else:
-        values = {**_flatten(data), **method_values(method)}
+        values = {**flatten(data), **method_values(method)}
         name = name or "custom"
     given: dict[str, Any] = {}
     if isinstance(overrides, dict):

@@ -2,7 +2,8 @@
 `ray.cluster_utils.AutoscalingCluster` uses; nodes are processes on this machine) with the worker
 pools of cluster/aws.yaml, scaled down to this machine. A sweep that needs more than the head has
 (the head advertises CPU 0, as on AWS) makes the autoscaler add nodes; once the sweep is done the
-idle nodes are removed after `idle_timeout_minutes`.
+idle nodes are removed after `idle_timeout_minutes`. The sweep runs with `--tracker mlflow`, so
+the same test checks that Ray Tune's MLflowLoggerCallback logged each trial as an MLflow run.
 
 `AutoscalingCluster` itself is not used: it runs `ray stop --force` (which would stop every Ray on
 the machine, the test session's too) and reads a defaults file the Ray wheel does not ship. The
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from raynodes import RAY, ROOT, free_port, node_env, ray_node
+from test_tracking import runs
 
 pytestmark = pytest.mark.slow
 
@@ -94,9 +96,10 @@ def test_sweep_scales_the_cluster_up_then_idle_nodes_are_removed(tiny_data, tmp_
     head = ["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=0", "--include-dashboard=false",
             f"--autoscaling-config={config}"]  # fmt: skip
     out = tmp_path / "sweep"
+    mlflow_store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the sweep's MLflow runs, one per trial (tracking)
     sweep = [sys.executable, str(ROOT / "jobs" / "tune_loss_weights.py"), "--config", "tiny", "--address", address,
              "--space", str(ROOT / "search_spaces" / "mask_ratios.yaml"), "--num-samples", "2", "--data", tiny_data,
-             "--out", str(out)]  # fmt: skip
+             "--out", str(out), "--tracker", "mlflow", "--set", f"train.tracking_uri={mlflow_store}"]  # fmt: skip
     # Each trial: 0.01 CPU + one 0.9-CPU worker, two at once: more than any one 1-CPU node holds.
     for s in ("train.steps=4", "train.val_batches=1", "train.log_every=2", "tune.rungs=1",
               "tune.scheduler=fifo", "tune.max_concurrent=2", "train.num_workers=1", "train.cpus_per_worker=0.9",
@@ -119,6 +122,11 @@ def test_sweep_scales_the_cluster_up_then_idle_nodes_are_removed(tiny_data, tmp_
                             for p in Path(head_env["TMPDIR"]).glob("ray/session_*/logs/monitor.log"))
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows), rows
+    # --tracker mlflow: Ray Tune's MLflowLoggerCallback logged each trial as an MLflow run.
+    tracked = runs(mlflow_store, "raymmr-sweep")
+    assert len(tracked) == 2 and all(r.info.status == "FINISHED" for r in tracked), tracked
+    assert all("rung" in r.data.metrics and any(k.startswith("val_") for k in r.data.metrics) for r in tracked), \
+        [r.data.metrics for r in tracked]
     launched = [(int(n), t) for n, t in re.findall(r"Adding (\d+) node\(s\) of type (\S+)\.", monitor)]
     removed = [(int(n), t) for n, t in re.findall(r"Removing (\d+) nodes of type (\S+) \(idle\)", monitor)]
     print(f"launched {launched}, removed when idle {removed}, largest cluster seen {max(seen, key=sum_nodes)}")

@@ -14,7 +14,7 @@ Outputs in --out: trials.csv, trials.md (ranked), best_config.yaml (accepted by
 jobs/pretrain.py --config as is), plots, and the Optuna study (optuna.journal, study "raymmr").
 """
 
-from raymmr.cli import base_parser
+from raymmr.cli import add_tracker_arg, base_parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trial-cpus", type=float, help="CPUs the trial's driver function reserves")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
     parser.add_argument("--resume", action="store_true", help="resume the interrupted sweep in --out")
+    add_tracker_arg(parser)
     args = parser.parse_args(argv)
 
     from raymmr.config import load_config
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = list(args.overrides)
     for flag, key in [("num_samples", "tune.num_samples"), ("max_concurrent", "tune.max_concurrent"),
                       ("num_workers", "train.num_workers"), ("cpus_per_worker", "train.cpus_per_worker"),
-                      ("gpus_per_worker", "train.gpus_per_worker"), ("trial_cpus", "tune.trial_cpus")]:
+                      ("gpus_per_worker", "train.gpus_per_worker"), ("trial_cpus", "tune.trial_cpus"),
+                      ("tracker", "train.tracker")]:
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     try:

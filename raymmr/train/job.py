@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raymmr.config import Config
+from raymmr.train.tracking import TrackerRun
 
 
 @dataclass(frozen=True)
@@ -20,3 +21,4 @@ class TrainJob:
     resume_from: str | None = None  # --resume: the checkpoint the workers load when Ray has none newer
     rung_offset: float | None = None  # a Tune trial: ASHA's clock offset (launch.run_training)
     key_log: str | None = None  # a test's record of consumed sample keys (RAYMMR_KEY_LOG)
+    tracker: TrackerRun | None = None  # the MLflow run rank 0 appends metrics to (train.tracker)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from raymmr import storage
 from raymmr.config import Config, to_yaml
 from raymmr.train import checkpoint as ckpt
+from raymmr.train import tracking
 from raymmr.train.job import TrainJob
 from raymmr.train.rundir import RunDir
 
@@ -234,6 +236,14 @@ def run_training(
     if generated and not embedded:
         data = share_generated_data(data, run.url)
 
+    # A Tune trial is tracked by the sweep's MLflowLoggerCallback, one MLflow run per trial.
+    tracker = None if report_to_tune else tracking.start_run(cfg, stage, run)
+    if tracker is not None:
+        print(f"[{stage}] MLflow run {tracker.run_id} in {tracker.uri}", flush=True)
+        if not embedded and tracking.is_local(tracker.uri):
+            print(f"warning: the MLflow store {tracker.uri} is on this machine's disk: workers on other nodes "
+                  "cannot log to it; give a server with --set train.tracking_uri=http://... or MLFLOW_TRACKING_URI",
+                  file=sys.stderr, flush=True)
     job = TrainJob(
         cfg=cfg,
         stage=stage,
@@ -248,6 +258,7 @@ def run_training(
         resume_from=resume_from,
         rung_offset=rung_offset if report_to_tune else None,
         key_log=os.environ.get("RAYMMR_KEY_LOG"),
+        tracker=tracker,
     )
     gpus = cfg.train.gpus_per_worker
     if embedded:
@@ -276,13 +287,21 @@ def run_training(
         ),
     )
     try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; the run keeps its checkpoints in {run}: continue it with the same "
-                          f"command and --resume") from None
-    if result.error:
-        raise result.error
-    export_dir = export_latest(cfg, run, data)
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; the run keeps its checkpoints in {run}: continue it with the same "
+                              f"command and --resume") from None
+        if result.error:
+            raise result.error
+        export_dir = export_latest(cfg, run, data)
+    except BaseException as e:  # the MLflow run is closed as killed or failed; --resume reopens it
+        try:
+            tracking.finish_run(tracker, export_dir=None, status="KILLED" if isinstance(e, Interrupted) else "FAILED")
+        except Exception as closing:  # noqa: BLE001 - the training error is the one to report
+            print(f"warning: could not close MLflow run {tracker.run_id}: {closing}", file=sys.stderr, flush=True)
+        raise
+    tracking.finish_run(tracker, export_dir=str(run.local / "export"))
     return TrainResult(run_dir=run.url, export_dir=export_dir, last_metrics=dict(result.metrics or {}))
 
 

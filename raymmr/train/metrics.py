@@ -82,12 +82,18 @@ class TermAccumulator:
 
 
 class MetricsWriter:
-    """Rank 0's sink: metrics.jsonl (appended, one object per log step), TensorBoard, console.
+    """Rank 0's sink: metrics.jsonl (appended, one object per log step), TensorBoard, console, and
+    the driver's MLflow run when ``train.tracker`` is mlflow.
     ``sync`` copies both to the run URL (at every report); a rank 0 that starts on another node
     continues the URL's metrics.jsonl, not a stale copy of its own."""
 
-    def __init__(self, run_dir: RunDir, stage: str, total_steps: int, resume_step: int = 0):
+    def __init__(self, run_dir: RunDir, stage: str, total_steps: int, resume_step: int = 0, tracker=None):
         self.run_dir = run_dir
+        self.tracked = None  # train.tracker: the MLflow run (tracking.MetricsLog)
+        if tracker is not None:
+            from raymmr.train.tracking import MetricsLog  # noqa: PLC0415
+
+            self.tracked = MetricsLog(tracker, stage)
         self.path = run_dir.fetch("metrics.jsonl")
         truncate_after(self.path, resume_step)
         self.stage = stage
@@ -108,6 +114,8 @@ class MetricsWriter:
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{self.stage}/{k}", v, record["step"])
             self.tb.flush()
+        if self.tracked is not None:
+            self.tracked.write(record)
         console(self.progress_line(record))
 
     def progress_line(self, r: dict) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from raymmr import storage
 from raymmr.config import Config, to_yaml
+from raymmr.train import tracking
 from raymmr.tune.space import SearchSpace, apply_params
 
 STUDY_NAME = "raymmr"
@@ -280,7 +281,7 @@ def run_sweep(
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=scheduler, search_alg=search_alg,
                                         num_samples=samples, max_concurrent_trials=t.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=out,
+            run_config=tune.RunConfig(name="tune", storage_path=out, callbacks=tracking.sweep_callbacks(base),
                                       failure_config=tune.FailureConfig(max_failures=t.max_failures)),
         )
     results = tuner.fit()

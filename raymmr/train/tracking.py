@@ -1,0 +1,154 @@
+"""Experiment tracking beside metrics.jsonl and TensorBoard (which every run writes): MLflow.
+
+``train.tracker: mlflow`` (``--tracker mlflow``): the driver opens one MLflow run per training
+stage (the resolved config as params, tags naming the stage and run directory), rank 0 logs every
+metric record to it by run id, and the driver logs the export as an artifact and closes the run.
+The run id is kept in the run directory (``tracking.json``), so a ``--resume`` from any machine
+continues the same MLflow run. Sweeps log one MLflow run per trial through Ray Tune's
+``MLflowLoggerCallback`` (``tune.runner``).
+
+Why not Ray's ``setup_mlflow`` in the workers: it starts a new MLflow run on every call, so a
+worker group restarted after a failure would split one training into several runs; here the
+driver owns the run and the workers only append to it.
+
+The tracking URI is resolved once, on the driver: ``train.tracking_uri``, else
+``MLFLOW_TRACKING_URI``, else MLflow's own default (``sqlite:///mlflow.db``) made absolute in the
+driver's working directory. A Ray worker runs in another directory and maybe on another node: on
+a cluster give an MLflow server (``http://...``) that every node reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raymmr.config import Config, flatten
+from raymmr.train.rundir import RunDir
+
+TRACKERS = ("tensorboard", "mlflow")
+STATE = "tracking.json"  # in the run directory: the MLflow run a --resume continues
+
+
+@dataclass(frozen=True)
+class TrackerRun:
+    """What a worker needs to append to the driver's MLflow run (a field of ``TrainJob``)."""
+
+    uri: str
+    run_id: str
+
+
+class TrackingError(RuntimeError):
+    """A tracker that cannot be used here; the message says what to install or set."""
+
+
+def require_mlflow() -> None:
+    try:
+        import mlflow  # noqa: F401, PLC0415
+    except ImportError:
+        raise TrackingError("train.tracker=mlflow needs MLflow: pip install 'raymmr[mlflow]' "
+                            "(or mlflow / mlflow-skinny)") from None
+
+
+def tracking_uri(cfg: Config) -> str:
+    """The MLflow tracking URI every process of this job uses (see the module docstring)."""
+    uri = cfg.train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or "sqlite:///mlflow.db"
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme) and not uri[len(scheme):].startswith("/"):
+            return scheme + str(Path(uri[len(scheme):]).resolve())
+    return uri if "://" in uri or uri.startswith("databricks") else Path(uri).resolve().as_uri()
+
+
+def is_local(uri: str) -> bool:
+    """A store on the driver's disk: workers on other nodes cannot write to it."""
+    return uri.startswith(("sqlite:", "file:"))
+
+
+def flat_params(cfg: Config) -> dict[str, str]:
+    """The resolved config as MLflow params: dotted keys, values as text (``loss.w_img`` -> "1.0")."""
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(cfg.to_dict()).items()}
+
+
+def start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun | None:
+    """Open (or, for a run directory that has one, reopen) the stage's MLflow run; None when the
+    tracker is TensorBoard alone."""
+    if cfg.train.tracker == "tensorboard":
+        return None
+    require_mlflow()
+    import mlflow  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    if run.exists(STATE):
+        saved = json.loads(run.fetch(STATE).read_text())
+        if saved.get("uri") == uri:
+            client.update_run(saved["run_id"], status="RUNNING")
+            return TrackerRun(uri=uri, run_id=saved["run_id"])
+    created = client.create_run(experiment_id(client, uri, cfg.train.experiment or f"raymmr-{stage}"), run_name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                tags={"raymmr.stage": stage, "raymmr.run_dir": run.url,
+                                      "mlflow.source.name": "raymmr"})  # fmt: skip
+    run_id = created.info.run_id
+    params = [mlflow.entities.Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
+    for i in range(0, len(params), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=params[i : i + 100])
+    run.write_text(STATE, json.dumps({"tracker": "mlflow", "uri": uri, "run_id": run_id}))
+    return TrackerRun(uri=uri, run_id=run_id)
+
+
+def experiment_id(client, uri: str, name: str) -> str:
+    """The MLflow experiment ``name``, created when new; a local store keeps its artifacts beside
+    it (``mlartifacts/``), not in whatever directory a process happens to run in."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    where = Path(uri.split(":///", 1)[1]).parent / "mlartifacts" if is_local(uri) else None
+    return client.create_experiment(name, artifact_location=where.as_uri() if where else None)
+
+
+def sweep_callbacks(cfg: Config) -> list:
+    """Tune callbacks for ``train.tracker``: with mlflow, Ray's ``MLflowLoggerCallback`` (one MLflow
+    run per trial: its parameters, every reported result, its end status)."""
+    if cfg.train.tracker != "mlflow":
+        return []
+    require_mlflow()
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+    from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: PLC0415
+
+    uri, name = tracking_uri(cfg), cfg.train.experiment or "raymmr-sweep"
+    experiment_id(MlflowClient(uri), uri, name)
+    print(f"[sweep] MLflow experiment {name!r} in {uri}", flush=True)
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=name, save_artifact=False)]
+
+
+def finish_run(tracker: TrackerRun | None, *, export_dir: str | None, status: str = "FINISHED") -> None:
+    """Log the export (a local folder) as the run's ``export`` artifact and close the run with
+    ``status`` (FINISHED, FAILED or KILLED)."""
+    if tracker is None:
+        return
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    client = MlflowClient(tracker.uri)
+    if export_dir is not None:
+        client.log_artifacts(tracker.run_id, export_dir, artifact_path="export")
+    client.set_terminated(tracker.run_id, status=status)
+
+
+class MetricsLog:
+    """Rank 0's appender to the driver's MLflow run: every numeric field of a metrics record."""
+
+    def __init__(self, tracker: TrackerRun, stage: str):
+        from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+        self.client, self.run_id, self.stage = MlflowClient(tracker.uri), tracker.run_id, stage
+
+    def write(self, record: dict) -> None:
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(record["step"])) for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]  # fmt: skip
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])

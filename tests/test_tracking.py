@@ -1,0 +1,92 @@
+"""Experiment tracking with MLflow (``train.tracker=mlflow``), checked with MLflow's own client
+against a real store (sqlite, MLflow's default backend). The sweep's MLflow runs (Ray Tune's
+MLflowLoggerCallback) are checked in tests/test_autoscaling.py, whose sweep runs anyway."""
+
+import pytest
+
+from raymmr.config import load_config
+from raymmr.train import tracking
+from raymmr.train.rundir import RunDir
+
+
+def store(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def runs(uri: str, experiment: str) -> list:
+    """The MLflow runs of ``experiment``, read with MLflow's own client."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_a_run_gets_params_metrics_the_export_and_a_resume_continues_it(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # a relative store resolves on the driver, once
+    cfg = load_config("tiny", ["train.tracker=mlflow", "train.tracking_uri=sqlite:///mlflow.db", "loss.w_img=0.5"])
+    assert tracking.tracking_uri(cfg) == store(tmp_path)
+    run = RunDir(str(tmp_path / "run"))
+    started = tracking.start_run(cfg, "pretrain", run)
+    log = tracking.MetricsLog(started, "pretrain")
+    log.write({"step": 10, "loss": 2.5, "lr": 1e-3, "note": "text is not a metric"})
+    log.write({"step": 20, "loss": 2.0, "lr": 9e-4})
+    tracking.finish_run(started, export_dir=None, status="KILLED")
+    again = tracking.start_run(cfg, "pretrain", run)  # --resume: the same MLflow run, running again
+    assert again == started
+    log.write({"step": 30, "loss": 1.5})
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.safetensors").write_bytes(b"weights")
+    tracking.finish_run(again, export_dir=str(tmp_path / "export"))
+
+    client = mlflow.MlflowClient(store(tmp_path))
+    found = runs(store(tmp_path), "raymmr-pretrain")
+    assert [r.info.run_id for r in found] == [started.run_id]
+    record = found[0]
+    assert record.info.status == "FINISHED"
+    assert record.data.params["loss.w_img"] == "0.5" and record.data.params["train.tracker"] == "mlflow"
+    assert record.data.tags["raymmr.run_dir"] == run.url
+    assert [(m.step, m.value) for m in client.get_metric_history(started.run_id, "loss")] == [
+        (10, 2.5), (20, 2.0), (30, 1.5)]
+    assert "note" not in record.data.metrics
+    assert [f.path for f in client.list_artifacts(started.run_id, "export")] == ["export/model.safetensors"]
+    # The artifacts sit beside the local store, not in whatever directory a process ran in.
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_tensorboard_alone_opens_no_run_and_a_missing_mlflow_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    assert tracking.start_run(load_config("tiny"), "pretrain", RunDir(str(tmp_path / "run"))) is None
+    real_import = builtins.__import__
+
+    def no_mlflow(name, *args, **kwargs):
+        if name == "mlflow" or name.startswith("mlflow."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    with pytest.raises(tracking.TrackingError, match=r"pip install 'raymmr\[mlflow\]'"):
+        tracking.start_run(load_config("tiny", ["train.tracker=mlflow"]), "pretrain", RunDir(str(tmp_path / "r2")))
+
+
+@pytest.mark.slow
+def test_training_with_mlflow_logs_every_metric_and_the_export(ray_local, tiny_data, tmp_path):
+    """4 real steps (Ray Train + DeepSpeed) with --tracker mlflow: MLflow's client finds the run,
+    its loss at every log step, the config and the exported weights."""
+    import mlflow
+
+    from raymmr.train.launch import run_training
+
+    cfg = load_config("tiny", ["train.steps=4", "train.log_every=2", "train.checkpoint_every=4", "train.val_every=0",
+                               "data.loader_workers=0", "train.cpus_per_worker=0.99", "train.tracker=mlflow",
+                               f"train.tracking_uri={store(tmp_path)}"])
+    run_training(cfg, stage="pretrain", out=str(tmp_path / "run"), data=tiny_data)
+    found = runs(store(tmp_path), "raymmr-pretrain")
+    assert len(found) == 1 and found[0].info.status == "FINISHED", found
+    run_id = found[0].info.run_id
+    client = mlflow.MlflowClient(store(tmp_path))
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 4]
+    assert found[0].data.params["train.steps"] == "4"
+    assert "export/model.safetensors" in [f.path for f in client.list_artifacts(run_id, "export")]
