@@ -92,8 +92,9 @@ def _key_ext(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), (ext.lower() if dot else "")
 
 
-def read_tar(url: str, problems: _Problems, expected: int | None = None) -> Iterator[dict]:
+def read_tar(url: str, problems: _Problems, expected: int | None = None, stream=None) -> Iterator[dict]:
     """Samples of one shard as {"__key__", "__url__", ext: bytes}, known extensions only.
+    ``stream``: the shard already opened (read from it instead of opening ``url``; closed here too).
 
     A read error ends the shard: the sample being read is lost, and so are the rest when the
     manifest says how many the shard holds; all of them are counted as skipped.
@@ -101,7 +102,7 @@ def read_tar(url: str, problems: _Problems, expected: int | None = None) -> Iter
     current: dict | None = None
     yielded, member = 0, "(start of file)"
     try:
-        stream = open_url(url)
+        stream = stream if stream is not None else open_url(url)
     except OSError as e:
         problems.skip(url, "(whole shard)", f"cannot open: {e}", n=expected or 1)
         return
@@ -127,8 +128,11 @@ def read_tar(url: str, problems: _Problems, expected: int | None = None) -> Iter
             stream.close()
 
 
-def sample_kind(raw: dict) -> str | None:
-    """The ``kind`` a raw sample declares ("caption" for a bare .txt); None when unreadable."""
+def sample_kind(raw: dict, fields: dict | None = None) -> str | None:
+    """The ``kind`` a raw sample declares ("caption" for a bare .txt or a foreign set's sample);
+    None when unreadable."""
+    if fields is not None:
+        return "caption"
     if "json" not in raw:
         return "caption" if "txt" in raw else None
     try:
@@ -167,8 +171,14 @@ def _numbered(samples: Iterator[dict], skip: int, skipped=lambda: None) -> Itera
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_record(raw: dict) -> dict:
-    """The sample record from its JSON (or a bare .txt caption). Raises ValueError when unusable."""
+def decode_record(raw: dict, fields: dict | None = None) -> dict:
+    """The sample record from its JSON (or a bare .txt caption); for a shard set raymmr did not
+    write, from the members the manifest's ``fields`` name (``raymmr.data.foreign``). Raises
+    ValueError when unusable."""
+    if fields is not None:
+        from raymmr.data.foreign import foreign_record  # noqa: PLC0415
+
+        return foreign_record(raw, fields)
     if "json" in raw:
         try:
             record = json.loads(raw["json"])
@@ -275,6 +285,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.answer_ids = {a: i for i, a in enumerate(answers)}
         self._normalize = normalize_answer
         manifest = manifest or {}
+        self.fields = manifest.get("fields")  # a foreign shard set: where each sample's text is
         self.index = {name: {v: i for i, v in enumerate(manifest.get(key, []))}
                       for name, key in [("question_type", "question_types"), ("organ", "organs"), ("domain", "domains")]}
         self.batches_per_rank = None
@@ -297,7 +308,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         for i in shard_ids:
             n = 0
             for raw in read_tar(self.urls[i], problems, self.counts[i]):
-                if self.kinds is not None and sample_kind(raw) not in self.kinds | {None}:
+                if self.kinds is not None and sample_kind(raw, self.fields) not in self.kinds | {None}:
                     continue
                 n += 1
                 yield raw
@@ -344,10 +355,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             records: list[dict] = []
             for raw in samples:
                 try:
-                    record = decode_record(raw)
+                    record = decode_record(raw, self.fields)
                     ext = _image_member(raw)
                     if ext is None:
-                        raise ValueError("no image member (.jpg/.jpeg/.png)")
+                        raise ValueError("no image member (.jpg/.jpeg/.png/.webp)")
                     decode_image(raw[ext], S, pixels[len(records)])
                 except Exception as e:  # noqa: BLE001 - PIL raises SyntaxError, struct.error, ... on bad bytes
                     problems.skip(raw["__url__"], f"{raw['__key__']} ({', '.join(k for k in raw if not k.startswith('__'))})",
@@ -511,35 +522,36 @@ def _worker_init(_worker_id: int) -> None:
 # --------------------------------------------------------------------------- evaluation readers
 
 
-def iter_records(urls: list[str]) -> Iterator[dict]:
-    """JSON records of ``urls`` in order (no image decoding), skipping unusable ones with a warning."""
+def iter_records(urls: list[str], fields: dict | None = None) -> Iterator[dict]:
+    """JSON records of ``urls`` in order (no image decoding), skipping unusable ones with a warning.
+    ``fields``: the shard set manifest's, for a set raymmr did not write (``shards.record_fields``)."""
     problems = _Problems()
     for url in urls:
         for raw in read_tar(url, problems):
             try:
-                yield decode_record(raw)
+                yield decode_record(raw, fields)
             except ValueError as e:
                 problems.skip(url, raw["__key__"], str(e))
 
 
-def iter_samples(urls: list[str]) -> Iterator[Sample]:
+def iter_samples(urls: list[str], fields: dict | None = None) -> Iterator[Sample]:
     """Decoded samples of ``urls`` in order (no shuffle, nothing dropped but unusable samples);
     ``sample.image`` is a loaded PIL image as stored (mode "L" or "RGB")."""
     problems = _Problems()
     for url in urls:
         for raw in read_tar(url, problems):
             try:
-                record = decode_record(raw)
+                record = decode_record(raw, fields)
                 ext = _image_member(raw)
                 if ext is None:
-                    raise ValueError("no image member (.jpg/.jpeg/.png)")
+                    raise ValueError("no image member (.jpg/.jpeg/.png/.webp)")
                 image = Image.open(io.BytesIO(raw[ext]))
                 image.load()
             except Exception as e:  # noqa: BLE001 - as in ShardStream: a bad sample must not end the evaluation
                 problems.skip(url, raw["__key__"], str(e))
                 continue
-            fields = {k: v for k, v in record.items() if k in _SAMPLE_FIELDS}
-            yield Sample(image=image, **fields)
+            values = {k: v for k, v in record.items() if k in _SAMPLE_FIELDS}
+            yield Sample(image=image, **values)
 
 
 __all__ = ["make_loader", "LoaderPosition", "iter_samples", "iter_records", "decode_image", "decode_record", "read_tar", "ShardStream"]

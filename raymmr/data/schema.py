@@ -1,6 +1,6 @@
 """The sample schema every shard follows (SPEC §1).
 
-A shard member pair is ``{key}.jpg|png`` (image, pre-resized) + ``{key}.json`` (this record).
+A shard member pair is ``{key}.jpg|jpeg|png|webp`` (image, pre-resized) + ``{key}.json`` (this record).
 Readers also accept a bare ``{key}.txt`` caption. Only these extensions are ever decoded.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 SCHEMA_VERSION = 1
 KINDS = ("caption", "vqa")
 ANSWER_TYPES = ("open", "closed")
-IMAGE_EXTS = ("jpg", "jpeg", "png")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass

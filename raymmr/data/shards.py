@@ -389,6 +389,16 @@ def read_manifest(path_or_url: str | os.PathLike) -> dict:
     return manifest
 
 
+def record_fields(data: str) -> dict | None:
+    """Where the samples of ``data`` keep their text, for a shard set raymmr did not write (its
+    manifest's ``fields``, see ``raymmr.data.foreign``); None for raymmr's own shards or a
+    pattern without a manifest."""
+    try:
+        return read_manifest(data).get("fields")
+    except ShardError:
+        return None
+
+
 def _split_list(data: str) -> list[str]:
     """Split 'a,b c' at commas/whitespace outside braces ('x-{0..3}.tar,y.tar' -> 2 parts)."""
     parts, depth, cur = [], 0, ""

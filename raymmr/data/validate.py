@@ -53,8 +53,10 @@ def check_record(record, split: str | None = None) -> list[str]:
     return problems
 
 
-def _check_shard(data: bytes, name: str, image_size: int | None, split: str | None, keys: set[str]) -> tuple[int, list[str], list[str]]:
-    """(samples, errors, warnings) of one shard's bytes; every message names shard and member."""
+def _check_shard(data: bytes, name: str, image_size: int | None, split: str | None, keys: set[str],
+                 fields: dict | None = None) -> tuple[int, list[str], list[str]]:
+    """(samples, errors, warnings) of one shard's bytes; every message names shard and member.
+    ``fields``: a foreign shard set's (``raymmr.data.foreign``): its own JSON is not a raymmr record."""
     errors, warnings = [], []
     samples: dict[str, dict[str, bytes]] = {}
     member = "(start)"
@@ -72,7 +74,14 @@ def _check_shard(data: bytes, name: str, image_size: int | None, split: str | No
         unknown = sorted(set(members) - set(IMAGE_EXTS) - {"json", "txt"})
         if unknown:
             warnings.append(f"{where}: members with extensions {unknown} are never decoded by the loader")
-        if "json" in members:
+        if fields is not None:
+            from raymmr.data.foreign import foreign_record  # noqa: PLC0415
+
+            try:
+                foreign_record({"__key__": key, **members}, fields, split or "")
+            except ValueError as e:  # counted as skipped when the set was indexed; the loader skips it
+                warnings.append(f"{where}: {e}; the loader skips it")
+        elif "json" in members:
             try:
                 record = json.loads(members["json"])
                 errors += [f"{where}.json: {p}" for p in check_record(record, split)]
@@ -82,7 +91,7 @@ def _check_shard(data: bytes, name: str, image_size: int | None, split: str | No
             errors.append(f"{where}: no .json (or .txt) member: the sample has no text")
         image_ext = next((e for e in IMAGE_EXTS if e in members), None)
         if image_ext is None:
-            errors.append(f"{where}: no image member (.jpg/.jpeg/.png)")
+            errors.append(f"{where}: no image member (.jpg/.jpeg/.png/.webp)")
             continue
         try:
             with Image.open(io.BytesIO(members[image_ext])) as im:
@@ -138,7 +147,8 @@ def validate_shards(directory: str, *, progress: bool = False) -> dict:
             shard_errors.append(f"{name}: {len(data)} bytes, manifest says {entry['bytes']} (truncated or rewritten?)")
         if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
             shard_errors.append(f"{name}: sha256 differs from the manifest")
-        n, member_errors, member_warnings = _check_shard(data, name, image_size, split, keys)
+        n, member_errors, member_warnings = _check_shard(data, name, image_size, split, keys,
+                                                         (manifest or {}).get("fields"))
         if "count" in entry and n != entry["count"]:
             shard_errors.append(f"{name}: {n} samples, manifest says {entry['count']}")
         shard_errors += member_errors

@@ -31,10 +31,10 @@ class EvalSet:
 def load_split(data: str, split: str, image_size: int, limit: int = 0) -> EvalSet:
     from raymmr.data.images import image_array  # noqa: PLC0415
     from raymmr.data.loader import iter_samples  # noqa: PLC0415
-    from raymmr.data.shards import shard_urls  # noqa: PLC0415
+    from raymmr.data.shards import record_fields, shard_urls  # noqa: PLC0415
 
     vqa, captions = [], []
-    for sample in iter_samples(shard_urls(data, split)):
+    for sample in iter_samples(shard_urls(data, split), record_fields(data)):
         sample.image = image_array(sample.image, image_size)
         (captions if sample.kind == "caption" else vqa).append(sample)
         if limit and len(vqa) + len(captions) >= limit:
@@ -45,9 +45,10 @@ def load_split(data: str, split: str, image_size: int, limit: int = 0) -> EvalSe
 def train_text_pairs(data: str) -> list[tuple[str, str]]:
     """(question, answer) of the train split, from the JSON records only (no image decoding)."""
     from raymmr.data.loader import iter_records  # noqa: PLC0415
-    from raymmr.data.shards import shard_urls  # noqa: PLC0415
+    from raymmr.data.shards import record_fields, shard_urls  # noqa: PLC0415
 
-    return [(r["question"], r["answer"]) for r in iter_records(shard_urls(data, "train")) if r["kind"] == "vqa"]
+    return [(r["question"], r["answer"]) for r in iter_records(shard_urls(data, "train"), record_fields(data))
+            if r["kind"] == "vqa"]
 
 
 def perturbation(predictor, severity: str, seed: int = 0):

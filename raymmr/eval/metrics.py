@@ -153,6 +153,8 @@ def vqa_hits(logits: torch.Tensor, labels: torch.Tensor, is_vqa: torch.Tensor) -
     """(correct, asked) over a batch, as ``vqa_accuracy`` counts them: every VQA sample is asked;
     a label < 0 (a gold answer outside the answer vocabulary) is never correct.
     logits [B, A], labels [B] (answer index, -100 where none), is_vqa [B] bool"""
+    if logits.shape[-1] == 0:  # no answer vocabulary (a caption-only set): nothing can be right
+        return torch.zeros((), dtype=torch.long, device=labels.device), is_vqa.sum()
     correct = (logits.argmax(-1) == labels) & (labels >= 0) & is_vqa
     return correct.sum(), is_vqa.sum()
 

@@ -46,8 +46,10 @@ class RaymmrModel(nn.Module):
         """``towers`` (from ``tower_spec()``, stored in exports) rebuilds the exact tower
         architectures with random weights, ignoring ``image_pretrained`` / ``text_pretrained``."""
         super().__init__()
-        if num_answers < 1:
-            raise ValueError("num_answers must be >= 1 (the answer head FFN_A needs a vocabulary)")
+        if num_answers < 0:
+            raise ValueError(f"num_answers {num_answers}: must be >= 0")
+        # 0: a shard set without VQA answers (captions only, a pre-training corpus); the answer head
+        # then has no output, and a fine-tuning from this export gets its rows fresh (setup.load_initial_weights).
         if mask_token_id is None:
             raise ValueError("the tokenizer has no mask token; masked-token reconstruction needs one")
         self.cfg = model_cfg

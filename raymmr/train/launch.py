@@ -157,7 +157,7 @@ def check_has_samples(data: str, stage: str) -> None:
         manifest = None  # a shard pattern without a manifest beside it
     split = training_split(stage, manifest)
     urls = shard_urls(data, split)
-    if next(iter_records(urls), None) is None:
+    if next(iter_records(urls, (manifest or {}).get("fields")), None) is None:
         raise JobError(f"--data {data}: no usable sample in the {len(urls)} shard(s) of split '{split}' (empty, "
                        "or every record failed to decode: see the warnings above); check the conversion that wrote them")
 
@@ -308,6 +308,8 @@ def run_training(
 def export_latest(cfg: Config, run: RunDir, data: str) -> str:
     """Consolidate the newest complete checkpoint (DeepSpeed ``zero_to_fp32``) into
     ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
+    import torch  # noqa: PLC0415
+
     from raymmr.data.shards import read_manifest  # noqa: PLC0415
     from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
     from raymmr.model.export import save_export  # noqa: PLC0415
@@ -327,7 +329,11 @@ def export_latest(cfg: Config, run: RunDir, data: str) -> str:
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=tokenizer.mask_token_id,
     )
-    model.load_state_dict(ckpt.consolidate(local), strict=True)
+    state = ckpt.consolidate(local)
+    # DeepSpeed's zero_to_fp32 mixes up the shapes of empty parameters (the answer head of a
+    # caption-only shard set, 0 answers): an empty tensor holds no value, take its shape from the model.
+    state.update({k: torch.empty_like(v) for k, v in model.state_dict().items() if v.numel() == 0})
+    model.load_state_dict(state, strict=True)
     export_dir = run.local / "export"
     save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_path, answers=manifest["answers"])
     verify_export(cfg, export_dir, local / ckpt.PROBE, vocab_size=len(tokenizer))
@@ -352,7 +358,10 @@ def verify_export(cfg: Config, export_dir: Path, probe_path: Path, *, vocab_size
     model.eval()
     with torch.no_grad():
         mine = probe_outputs(model, probe_inputs(cfg, vocab_size=vocab_size, device="cpu"))
-    diff = max((mine[k].float() - live[k]).abs().max().item() for k in live)
+    shapes = [k for k in live if mine[k].shape != live[k].shape]
+    if shapes:
+        raise JobError(f"exported weights in {export_dir} give outputs of other shapes than the live model: {shapes}")
+    diff = max(((mine[k].float() - live[k]).abs().max().item() for k in live if live[k].numel()), default=0.0)
     tol = 5e-2 if cfg.train.precision == "bf16" or cfg.train.gpus_per_worker > 0 else 1e-4
     if diff > tol:
         raise JobError(f"exported weights in {export_dir} do not reproduce the live model (max |diff| {diff:.2e})")
