@@ -226,3 +226,23 @@ def test_resumed_search_closes_a_trial_the_lost_driver_never_recorded(tmp_path):
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
     second.on_trial_complete("b", {"val_rec_txt_global": 2.0})  # b, known to the snapshot, still reports
     assert load_study(str(sweep)).trials[1].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_sampled_sweep_is_plotted_by_optuna_and_a_grid_by_raymmr(tmp_path):
+    from raymmr.tune.report import plot_study
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(
+        lambda t: t.suggest_float("loss.w_img", 0.0, 1.0) + 0.01 * t.suggest_float("loss.w_txt", 0.0, 1.0), n_trials=8
+    )
+    paths = {name: tmp_path / f"{name}.png" for name in ("history", "importances", "parallel")}
+    assert plot_study(study, paths, metric="val_vqa_accuracy", importance_method="optuna PED-ANOVA")
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths.values())
+    assert not plot_study(None, paths, metric="m", importance_method="")  # a grid sweep: no study
+    single = optuna.create_study()
+    single.optimize(lambda t: t.suggest_float("loss.w_img", 0.0, 1.0), n_trials=1)
+    assert not plot_study(single, paths, metric="m", importance_method="")
+    records = [{"trial_id": str(t.number), "params": t.params, "objective": t.value, "iterations": 1,
+                "status": "TERMINATED"} for t in study.trials]  # fmt: skip
+    written = write_report(records, tmp_path / "report", base_cfg=load_config("tiny"), study=study)
+    assert all(written[k].exists() for k in ("history", "importances", "parallel"))

@@ -23,7 +23,9 @@ objective; for a categorical/bool one the correlation ratio eta between its cate
 objective's ranks. Both lie in [0, 1]; they are normalised to sum to 1 like Optuna's. The fallback
 sees one parameter at a time (no interactions) and is only indicative on few trials.
 
-Plots use matplotlib's Agg canvas directly (no pyplot), so no display and no global backend switch.
+Plots: for a sampled sweep with an Optuna study of >= 2 completed trials, Optuna's own
+``optuna.visualization.matplotlib`` draws all three from the study; grid sweeps (no study) get
+raymmr's, drawn on matplotlib's Agg canvas directly (no pyplot, no display needed).
 """
 
 from __future__ import annotations
@@ -238,6 +240,41 @@ def param_importances(records: Sequence[dict], study=None) -> tuple[dict[str, fl
 # --------------------------------------------------------------------------- plots
 
 
+def plot_study(study, paths: dict[str, Path], *, metric: str, importance_method: str) -> bool:
+    """The three plots drawn by ``optuna.visualization.matplotlib`` from the study, when there is one
+    with >= 2 completed trials (a sampled sweep); False otherwise (grid sweeps: our own plots)."""
+    if study is None:
+        return False
+    import warnings  # noqa: PLC0415
+
+    import optuna  # noqa: PLC0415
+    from matplotlib import pyplot  # noqa: PLC0415  - optuna's matplotlib plots draw through pyplot
+    from optuna.visualization import matplotlib as vis  # noqa: PLC0415
+
+    if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) < 2:
+        return False
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator() if importance_method.startswith("optuna") else None
+    drawings = {
+        "history": lambda: vis.plot_optimization_history(study, target_name=metric),
+        "importances": lambda: vis.plot_param_importances(study, evaluator=evaluator, target_name=metric),
+        "parallel": lambda: vis.plot_parallel_coordinate(study, target_name=metric),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, draw in drawings.items():
+            try:
+                ax = draw()
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                pyplot.close("all")
+                return False  # e.g. equal objectives: no importances; all three come from one source
+            figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            figure.set_size_inches(7.0, 4.5)
+            figure.tight_layout()
+            figure.savefig(paths[name], format="png", dpi=100)
+            pyplot.close(figure)
+    return True
+
+
 def _new_figure(width: float = 7.0, height: float = 4.0) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
@@ -376,10 +413,11 @@ def write_report(
         "importances": out / "importances.png",
         "parallel": out / "parallel_coordinates.png",
     }
-    plot_history(records, paths["history"], mode=mode, metric=metric)
     importances, method = param_importances(records, study)
-    plot_importances(importances, method, paths["importances"])
-    plot_parallel_coordinates(records, paths["parallel"], mode=mode, metric=metric)
+    if not plot_study(study, paths, metric=metric, importance_method=method):
+        plot_history(records, paths["history"], mode=mode, metric=metric)
+        plot_importances(importances, method, paths["importances"])
+        plot_parallel_coordinates(records, paths["parallel"], mode=mode, metric=metric)
     write_trials_csv(ranked, paths["csv"])
     plots = [paths["history"], paths["importances"], paths["parallel"]]
     write_trials_markdown(
