@@ -181,3 +181,16 @@ def test_index_in_a_bucket_as_the_readme_shows(s3_server, tmp_path):
     assert len(manifest["splits"]["val"]["shards"]) == 1 and len(manifest["splits"]["train"]["shards"]) == 2
     records = list(iter_records(shard_urls(url, "train"), record_fields(url)))
     assert len(records) == 10 and all(r["caption"] for r in records)
+
+
+def test_fine_tuning_refuses_a_caption_only_set_before_ray_and_counts_only_what_it_reads(tmp_path):
+    from raymmr.train.launch import JobError, check_has_samples
+    from raymmr.train.setup import epoch_samples
+
+    data = img2dataset_set(tmp_path / "set", shards=2, per_shard=6)
+    index_shards(str(data))
+    check_has_samples(str(data), "pretrain")
+    with pytest.raises(JobError, match="no vqa sample .*caption-only set is a pre-training corpus"):
+        check_has_samples(str(data), "finetune")
+    split = {"count": 10, "kinds": {"caption": 3, "vqa": 7}}
+    assert (epoch_samples(split, None), epoch_samples(split, ("vqa",)), epoch_samples({"count": 4}, ("vqa",))) == (10, 7, 4)

@@ -122,3 +122,19 @@ def test_evaluation_runs_through_the_predictor(trained, tmp_path):
     again = predictor.answer_logits([s.image for s in test.vqa], [s.question for s in test.vqa], perturbation=shift)
     torch.testing.assert_close(once, again, rtol=0, atol=0)
     assert (once - logits).abs().max() > 1e-4
+
+
+def test_the_card_names_the_stage_that_made_the_export(trained, tmp_path):
+    from raymmr.model.export import save_export, write_model_card
+
+    model, _, data, export = trained
+    assert "Training: not recorded" in (export / "README.md").read_text()  # save_pretrained
+    cfg = load_config("tiny", [f"data.image_size={S}", f"model.image_size={S}"])
+    answers = read_manifest(data)["answers"]
+    for stage, says, never in (("pretrain", f"Pre-training: {cfg.train.steps} steps", "Fine-tuning"),
+                               ("finetune", f"Fine-tuning: {cfg.finetune.steps} steps", "Pre-training:")):
+        out = save_export(model, cfg, tmp_path / stage, tokenizer_dir=shard_tokenizer(str(data)), answers=answers,
+                          stage=stage)
+        write_model_card(str(out), {"split": "test", "vqa_overall": 0.5, "n_vqa": 2, "n_captions": 0})  # keeps the stage
+        card = (out / "README.md").read_text()
+        assert says in card and never not in card, card

@@ -38,10 +38,11 @@ WEIGHTS = "model.safetensors"
 CARD = "README.md"
 
 
-def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answers: list[str]) -> Path:
+def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answers: list[str], stage: str = "") -> Path:
     """Write the export (see the module docstring) into ``out_dir``; returns its path.
     ``tokenizer_dir``: a directory holding tokenizer.json, a tokenizer.json file, or a Hugging Face
-    tokenizer name/directory."""
+    tokenizer name/directory. ``stage``: the training stage that made it ("pretrain", "finetune";
+    "" when not a training job's), recorded in the weights' metadata and named by the card."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(answers) != model.num_answers:
@@ -54,6 +55,7 @@ def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answ
         "pad_token_id": str(model.pad_token_id),
         "mask_token_id": str(model.mask_token_id),
         "towers": json.dumps(model.tower_spec()),
+        "stage": stage,
     }
     tmp = out / f".{WEIGHTS}.tmp{os.getpid()}"
     save_file(state, str(tmp), metadata=meta)
@@ -62,7 +64,8 @@ def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answ
     (out / "answers.json").write_text(json.dumps(list(answers), ensure_ascii=False))
     (out / "config.json").write_text(json.dumps(hf_config(model, cfg), indent=1, sort_keys=True))
     _save_tokenizer(tokenizer_dir, out)
-    (out / CARD).write_text(model_card(cfg, parameter_counts({k: v.numel() for k, v in state.items()}), answers))
+    (out / CARD).write_text(model_card(cfg, parameter_counts({k: v.numel() for k, v in state.items()}), answers,
+                                       stage=stage))
     return out
 
 
@@ -88,8 +91,18 @@ def parameter_counts(numels: dict[str, int]) -> dict[str, int]:
     return {"model": sum(numels.values()) - momentum, "momentum": momentum}
 
 
-def model_card(cfg: Config, params: dict[str, int], answers: list[str], results: dict | None = None) -> str:
-    """The export's README.md. ``results``: ``raymmr.eval.evaluate`` results to include."""
+TRAINED_BY = {
+    "pretrain": "- Pre-training: {train.steps} steps, batch {train.batch_size} per worker, lr {train.lr}",
+    "finetune": "- Fine-tuning: {finetune.steps} steps from a pre-training export (its own card lists that "
+                "training), batch {train.batch_size} per worker, lr {finetune.lr}",
+    "": "- Training: not recorded (saved with `save_pretrained`, not by a training job)",
+}
+
+
+def model_card(cfg: Config, params: dict[str, int], answers: list[str], results: dict | None = None,
+               stage: str = "") -> str:
+    """The export's README.md. ``results``: ``raymmr.eval.evaluate`` results to include; ``stage``:
+    the training stage that made the export (``save_export``)."""
     m = cfg.model
     data = cfg.data.train_shards or f"SynthRad (generated: {cfg.data.synthrad_train} train images, seed {cfg.data.seed})"
     lines = [
@@ -109,7 +122,7 @@ def model_card(cfg: Config, params: dict[str, int], answers: list[str], results:
         f"- Answers: {len(answers)} classes (`answers.json`); tokenizer: `tokenizer.json`; full config: `config.yaml`",
         "", "## Training data", "",
         f"- Shards: {data}",
-        f"- Pre-training {cfg.train.steps} steps, fine-tuning {cfg.finetune.steps} steps, batch {cfg.train.batch_size} per worker",
+        TRAINED_BY.get(stage, TRAINED_BY[""]).format(train=cfg.train, finetune=cfg.finetune),
         "", "## Use", "", "```python",
         "from raymmr.model.inference import Predictor",
         'predictor = Predictor.from_pretrained("THIS_FOLDER_OR_URL")',
@@ -144,7 +157,9 @@ def write_model_card(export: str, results: dict) -> None:
     answers = json.loads((local / "answers.json").read_text())
     with safe_open(str(local / WEIGHTS), framework="pt") as f:
         params = parameter_counts({k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()})
-    storage.write_text(storage.join(storage.normalize(export), CARD), model_card(cfg, params, answers, results))
+        stage = (f.metadata() or {}).get("stage", "")
+    storage.write_text(storage.join(storage.normalize(export), CARD),
+                       model_card(cfg, params, answers, results, stage=stage))
 
 
 def _save_tokenizer(source, out: Path) -> None:

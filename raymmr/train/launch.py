@@ -150,12 +150,18 @@ def check_has_samples(data: str, stage: str) -> None:
     records until the first usable one: a few kilobytes of the first shard, normally."""
     from raymmr.data.loader import iter_records  # noqa: PLC0415
     from raymmr.data.shards import ShardError, read_manifest, shard_urls, training_split  # noqa: PLC0415
+    from raymmr.train.setup import STAGE_KINDS  # noqa: PLC0415
 
     try:
         manifest = read_manifest(data)
     except ShardError:
         manifest = None  # a shard pattern without a manifest beside it
     split = training_split(stage, manifest)
+    kinds = STAGE_KINDS[stage]
+    counted = (manifest or {}).get("splits", {}).get(split, {}).get("kinds")
+    if kinds and counted is not None and not any(counted.get(k) for k in kinds):
+        raise JobError(f"--data {data}: split '{split}' has no {'/'.join(kinds)} sample ({stage} reads only those; "
+                       f"it has {counted}): a caption-only set is a pre-training corpus")
     urls = shard_urls(data, split)
     if next(iter_records(urls, (manifest or {}).get("fields")), None) is None:
         raise JobError(f"--data {data}: no usable sample in the {len(urls)} shard(s) of split '{split}' (empty, "
@@ -294,7 +300,7 @@ def run_training(
                               f"command and --resume") from None
         if result.error:
             raise result.error
-        export_dir = export_latest(cfg, run, data)
+        export_dir = export_latest(cfg, run, data, stage)
     except BaseException as e:  # the MLflow run is closed as killed or failed; --resume reopens it
         try:
             tracking.finish_run(tracker, export_dir=None, status="KILLED" if isinstance(e, Interrupted) else "FAILED")
@@ -305,7 +311,7 @@ def run_training(
     return TrainResult(run_dir=run.url, export_dir=export_dir, last_metrics=dict(result.metrics or {}))
 
 
-def export_latest(cfg: Config, run: RunDir, data: str) -> str:
+def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:
     """Consolidate the newest complete checkpoint (DeepSpeed ``zero_to_fp32``) into
     ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
     import torch  # noqa: PLC0415
@@ -335,7 +341,7 @@ def export_latest(cfg: Config, run: RunDir, data: str) -> str:
     state.update({k: torch.empty_like(v) for k, v in model.state_dict().items() if v.numel() == 0})
     model.load_state_dict(state, strict=True)
     export_dir = run.local / "export"
-    save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_path, answers=manifest["answers"])
+    save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_path, answers=manifest["answers"], stage=stage)
     verify_export(cfg, export_dir, local / ckpt.PROBE, vocab_size=len(tokenizer))
     run.upload("export")
     return run.url_of("export")

@@ -176,7 +176,7 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
     if cfg.train.zero_stage == 3:
         register_external_parameters(model)
 
-    samples_per_epoch = cfg.data.samples_per_epoch or manifest["splits"][split]["count"]
+    samples_per_epoch = cfg.data.samples_per_epoch or epoch_samples(manifest["splits"][split], STAGE_KINDS[stage])
     position = data_position(resume, cfg, rank, world_size)
     batches = epochs(
         lambda epoch, start, phase: make_loader(
@@ -405,6 +405,14 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
         tmp.rename(run.local / INDEX)  # atomic: a half-written index is never loaded
         run.upload(INDEX)
     return {k: i for i, k in enumerate(all_keys)}, table.to(device)
+
+
+def epoch_samples(split: dict, kinds: tuple[str, ...] | None) -> int:
+    """A split's samples that a stage reads (its manifest entry's count, or of ``kinds`` only: a
+    fine-tuning epoch is the VQA samples, not the captions it skips)."""
+    if kinds is None or "kinds" not in split:
+        return split["count"]
+    return sum(split["kinds"].get(kind, 0) for kind in kinds)
 
 
 INDEX = "similar_index.safetensors"
