@@ -49,8 +49,8 @@ def run_ablation(
 ) -> dict:
     """Train and evaluate every (variant, seed); writes ablation.json and ablation.md into ``out``
     (a path or URL: every run of the ablation lives under it) and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
-    from raymmr.pipeline import run_pipeline  # noqa: PLC0415
-    from raymmr.train.launch import JobError, resolve_data  # noqa: PLC0415
+    from raymmr.pipeline import run_pipeline
+    from raymmr.train.launch import JobError, resolve_data
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:

@@ -61,10 +61,10 @@ def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) 
 def run_main(fn):
     """Run a job's main and return what it returns (an exit status or None); user errors print one
     line and exit 2 instead of a traceback."""
-    from raymmr.storage import StorageError  # noqa: PLC0415
-    from raymmr.train.checkpoint import CheckpointError  # noqa: PLC0415
-    from raymmr.train.launch import Interrupted, JobError  # noqa: PLC0415
-    from raymmr.train.tracking import TrackingError  # noqa: PLC0415
+    from raymmr.storage import StorageError
+    from raymmr.train.checkpoint import CheckpointError
+    from raymmr.train.launch import Interrupted, JobError
+    from raymmr.train.tracking import TrackingError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -99,7 +99,7 @@ def command_line() -> str:
 
 def entry() -> None:
     """The installed `raymmr` command ([project.scripts]): `raymmr <command> [flags]`."""
-    from raymmr import __version__  # noqa: PLC0415
+    from raymmr import __version__
 
     usage = "usage: raymmr {" + ",".join(COMMANDS) + "} [flags]   (raymmr <command> --help for its flags)"
     argv = sys.argv[1:]

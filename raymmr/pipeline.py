@@ -18,8 +18,8 @@ def run_pipeline(cfg: Config, out: str | Path, data: str, *, num_workers=None, p
     ``pretrained``: the export of a pre-training with this same config, reused instead of
     pre-training again (the ablation's variants that differ only in fine-tuning share one).
     ``severities``: the perturbation severities evaluated besides clean inputs (default: all)."""
-    from raymmr.eval.evaluate import SEVERITIES, evaluate  # noqa: PLC0415
-    from raymmr.train.launch import run_training  # noqa: PLC0415
+    from raymmr.eval.evaluate import SEVERITIES, evaluate
+    from raymmr.train.launch import run_training
 
     stage = functools.partial(storage.join, storage.normalize(str(out)))
     if pretrained is None:

@@ -54,7 +54,7 @@ def join(base: str, *names: str) -> str:
 
 def filesystem(url: str):
     """(fsspec filesystem, path within it). A missing protocol package is named with its fix."""
-    import fsspec  # noqa: PLC0415
+    import fsspec
 
     try:
         fs, path = fsspec.core.url_to_fs(str(url))

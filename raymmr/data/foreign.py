@@ -97,12 +97,12 @@ def index_shards(location: str, *, fields: dict[str, str] | None = None, rules: 
     """Write manifest.json and tokenizer.json beside the ``*.tar`` shards in ``location`` (a
     directory or storage URL), reading every shard once; the shards are not touched. Returns
     the manifest."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
-    from raymmr import storage  # noqa: PLC0415
-    from raymmr.data.answers import build_answer_vocab  # noqa: PLC0415
-    from raymmr.data.loader import _Problems, read_tar  # noqa: PLC0415
-    from raymmr.data.tokenizer import TOKENIZER_FILE, train_tokenizer  # noqa: PLC0415
+    from raymmr import storage
+    from raymmr.data.answers import build_answer_vocab
+    from raymmr.data.loader import _Problems, read_tar
+    from raymmr.data.tokenizer import TOKENIZER_FILE, train_tokenizer
 
     fields = fields or dict(DEFAULT_FIELDS)
     location = storage.normalize(location)
@@ -168,9 +168,9 @@ def index_shards(location: str, *, fields: dict[str, str] | None = None, rules: 
 
 def _image_size(data: bytes) -> int | None:
     """The side of a square image (from its header), else None."""
-    import io  # noqa: PLC0415
+    import io
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:

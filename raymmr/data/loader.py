@@ -176,7 +176,7 @@ def decode_record(raw: dict, fields: dict | None = None) -> dict:
     write, from the members the manifest's ``fields`` name (``raymmr.data.foreign``). Raises
     ValueError when unusable."""
     if fields is not None:
-        from raymmr.data.foreign import foreign_record  # noqa: PLC0415
+        from raymmr.data.foreign import foreign_record
 
         return foreign_record(raw, fields)
     if "json" in raw:

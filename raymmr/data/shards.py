@@ -327,13 +327,13 @@ def upload_dir(local: str | os.PathLike, url: str) -> None:
     """Copy a finished local shard set to an fsspec URL such as s3:// or gs:// (manifest last, so
     a reader never sees a manifest whose shards are not there yet). Uses fsspec when it has the
     protocol (s3fs / gcsfs installed), else the ``aws`` / ``gsutil`` command line."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     local = Path(local)
     files = sorted(p for p in local.iterdir() if p.is_file() and p.name != MANIFEST) + [local / MANIFEST]
     scheme = _scheme(url)
     try:
-        import fsspec  # noqa: PLC0415
+        import fsspec
 
         fsspec.get_filesystem_class(scheme)
         fs, root = fsspec.core.url_to_fs(url)
@@ -358,7 +358,7 @@ def shard_tokenizer(data: str) -> str:
     if not _scheme(url):
         return url
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
-    from raymmr.storage import cache_dir  # noqa: PLC0415
+    from raymmr.storage import cache_dir
 
     local = cache_dir() / "tokenizers" / digest / "tokenizer.json"
     if not local.exists():

@@ -36,7 +36,7 @@ def tokenizer_source(cfg, data: str) -> str:
         return cfg.data.tokenizer
     if cfg.model.text_pretrained:
         return cfg.model.text_pretrained
-    from raymmr.data.shards import shard_tokenizer  # noqa: PLC0415
+    from raymmr.data.shards import shard_tokenizer
 
     return shard_tokenizer(data)
 

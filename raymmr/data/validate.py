@@ -75,7 +75,7 @@ def _check_shard(data: bytes, name: str, image_size: int | None, split: str | No
         if unknown:
             warnings.append(f"{where}: members with extensions {unknown} are never decoded by the loader")
         if fields is not None:
-            from raymmr.data.foreign import foreign_record  # noqa: PLC0415
+            from raymmr.data.foreign import foreign_record
 
             try:
                 foreign_record({"__key__": key, **members}, fields, split or "")

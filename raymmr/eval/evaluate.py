@@ -29,9 +29,9 @@ class EvalSet:
 
 
 def load_split(data: str, split: str, image_size: int, limit: int = 0) -> EvalSet:
-    from raymmr.data.images import image_array  # noqa: PLC0415
-    from raymmr.data.loader import iter_samples  # noqa: PLC0415
-    from raymmr.data.shards import record_fields, shard_urls  # noqa: PLC0415
+    from raymmr.data.images import image_array
+    from raymmr.data.loader import iter_samples
+    from raymmr.data.shards import record_fields, shard_urls
 
     vqa, captions = [], []
     for sample in iter_samples(shard_urls(data, split), record_fields(data)):
@@ -44,8 +44,8 @@ def load_split(data: str, split: str, image_size: int, limit: int = 0) -> EvalSe
 
 def train_text_pairs(data: str) -> list[tuple[str, str]]:
     """(question, answer) of the train split, from the JSON records only (no image decoding)."""
-    from raymmr.data.loader import iter_records  # noqa: PLC0415
-    from raymmr.data.shards import record_fields, shard_urls  # noqa: PLC0415
+    from raymmr.data.loader import iter_records
+    from raymmr.data.shards import record_fields, shard_urls
 
     return [(r["question"], r["answer"]) for r in iter_records(shard_urls(data, "train"), record_fields(data))
             if r["kind"] == "vqa"]
@@ -53,7 +53,7 @@ def train_text_pairs(data: str) -> list[tuple[str, str]]:
 
 def perturbation(predictor, severity: str, seed: int = 0):
     """The model config's perturbation ops at ``severity``; None for clean inputs."""
-    from raymmr.perturb import SeededPerturbation  # noqa: PLC0415
+    from raymmr.perturb import SeededPerturbation
 
     if severity == "none":
         return None
@@ -83,10 +83,10 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     """Run every evaluation and write results.json / results.md / plots into ``out``. ``export_dir``
     and ``out`` are local paths or storage URLs. ``card``: also write the results into the
     export's model card (its README.md)."""
-    from raymmr import storage  # noqa: PLC0415
-    from raymmr.data.shards import read_manifest  # noqa: PLC0415
-    from raymmr.model.inference import Predictor  # noqa: PLC0415
-    from raymmr.train.rundir import RunDir  # noqa: PLC0415
+    from raymmr import storage
+    from raymmr.data.shards import read_manifest
+    from raymmr.model.inference import Predictor
+    from raymmr.train.rundir import RunDir
 
     predictor = Predictor.from_export(storage.cached_copy(export_dir, "exports"), batch_size=batch_size)
     test = load_split(data, split, predictor.cfg.data.image_size, limit)
@@ -134,7 +134,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     write_results(results, str(run.local), severities)
     run.upload()
     if card:
-        from raymmr.model.export import write_model_card  # noqa: PLC0415
+        from raymmr.model.export import write_model_card
 
         write_model_card(export_dir, results)
     return results
@@ -207,10 +207,10 @@ def results_markdown(r: dict, severities=SEVERITIES) -> str:
 
 
 def plot_results(r: dict, out: Path, severities=SEVERITIES) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     if "vqa_overall" in r:
         fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -175,7 +175,7 @@ def create_text_tower(cfg: ModelConfig, vocab_size: int, pad_token_id: int, hf_c
     init with the config's sizes and the tokenizer's vocabulary. ``hf_config`` (the tower's own
     transformers config as a dict, saved in exports) rebuilds exactly that tower, randomly
     initialised, without touching ``text_pretrained``."""
-    from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel  # noqa: PLC0415
+    from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
 
     kind = cfg.text_model
     if hf_config is not None:

@@ -71,7 +71,7 @@ def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answ
 
 def hf_config(model: RaymmrModel, cfg: Config) -> dict:
     """config.json: what the weights' metadata says, in the shape Hugging Face-style tools look for."""
-    from raymmr import __version__  # noqa: PLC0415
+    from raymmr import __version__
 
     return {
         "model_type": "raymmr",
@@ -131,7 +131,7 @@ def model_card(cfg: Config, params: dict[str, int], answers: list[str], results:
         "## Evaluation", "",
     ]
     if results:
-        from raymmr.eval.evaluate import results_markdown  # noqa: PLC0415
+        from raymmr.eval.evaluate import results_markdown
 
         lines += [f"On `{results.get('data', '?')}`:", "", results_markdown(results).rstrip(), ""]
     else:
@@ -150,7 +150,7 @@ def model_card(cfg: Config, params: dict[str, int], answers: list[str], results:
 
 def write_model_card(export: str, results: dict) -> None:
     """Rewrite the card of ``export`` (a local path or storage URL) with evaluation ``results``."""
-    from raymmr import storage  # noqa: PLC0415
+    from raymmr import storage
 
     local = storage.cached_copy(export, "exports")
     cfg = load_config(str(local / "config.yaml"))
@@ -169,7 +169,7 @@ def _save_tokenizer(source, out: Path) -> None:
     elif src.is_dir() and (src / "tokenizer.json").is_file() and not (src / "tokenizer_config.json").exists():
         shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
     else:  # a Hugging Face tokenizer (name or directory): keep its special-token config too
-        from raymmr.data.tokenizer import load_tokenizer  # noqa: PLC0415
+        from raymmr.data.tokenizer import load_tokenizer
 
         load_tokenizer(str(source)).save_pretrained(str(out))
 
@@ -185,7 +185,7 @@ def read_meta(export_dir) -> dict:
 def local_export(path_or_url: str) -> Path:
     """A local copy of the export at ``path_or_url`` (an export folder, or a run folder with an
     ``export/`` inside; a local path or a storage URL)."""
-    from raymmr import storage  # noqa: PLC0415
+    from raymmr import storage
 
     found = storage.find_export(str(path_or_url))
     if found is None:
@@ -206,7 +206,7 @@ def load_export(export_dir, device: str | torch.device = "cpu") -> tuple[RaymmrM
     model_cfg = replace(cfg.model, image_pretrained="", text_pretrained="")
     model = RaymmrModel(model_cfg, towers=meta["towers"], **{k: meta[k] for k in
                         ("vocab_size", "num_answers", "pad_token_id", "mask_token_id")})  # fmt: skip
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     meta["answers"] = json.loads((path / "answers.json").read_text())

@@ -18,9 +18,9 @@ from raymmr.model.export import load_export, local_export
 
 def _load_tokenizer(path: str):
     try:
-        from raymmr.data.tokenizer import encode_texts, load_tokenizer  # noqa: PLC0415
+        from raymmr.data.tokenizer import encode_texts, load_tokenizer
     except ImportError:  # the data package is optional for inference
-        from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+        from transformers import PreTrainedTokenizerFast
 
         tok = PreTrainedTokenizerFast(tokenizer_file=path, pad_token="[PAD]", unk_token="[UNK]",
                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")  # fmt: skip
@@ -61,7 +61,7 @@ class Predictor:
     def image_tensor(self, images) -> Tensor:
         """PIL images (brought to data.image_size as the shard writer does) or uint8 [3, S, S]
         arrays already at that size -> uint8 [B, 3, S, S] on the model's device."""
-        from raymmr.data.images import image_array  # noqa: PLC0415
+        from raymmr.data.images import image_array
 
         size = self.cfg.data.image_size
         arrays = []
@@ -81,7 +81,7 @@ class Predictor:
 
     def _batches(self, n: int, desc: str | None):
         """Batch start offsets; a progress bar on stderr when ``desc`` names the pass."""
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
         return tqdm(range(0, n, self.batch_size), desc=desc, unit="batch", disable=desc is None, leave=False)
 

@@ -197,7 +197,7 @@ class RaymmrModel(nn.Module):
     def from_pretrained(cls, path_or_url: str, *, device: str | torch.device = "cpu") -> RaymmrModel:
         """The model of a raymmr export (``raymmr.model.export``), in eval mode: a local folder or
         storage URL holding model.safetensors, or a run folder with an ``export/`` inside."""
-        from raymmr.model.export import load_export, local_export  # noqa: PLC0415
+        from raymmr.model.export import load_export, local_export
 
         model, _, _ = load_export(local_export(path_or_url), device=device)
         return model
@@ -206,7 +206,7 @@ class RaymmrModel(nn.Module):
         """Write an export of this model into the local folder ``out_dir``: ``config`` is the run's
         ``raymmr.config.Config``, ``tokenizer`` a tokenizer.json (or its folder, or a Hugging Face
         tokenizer name), ``answers`` the answer vocabulary. Returns the folder's path."""
-        from raymmr.model.export import save_export  # noqa: PLC0415
+        from raymmr.model.export import save_export
 
         return save_export(self, config, out_dir, tokenizer_dir=tokenizer, answers=answers)
 
@@ -233,6 +233,6 @@ class RaymmrModel(nn.Module):
     def flops_per_sample(self, stage: str, loss_cfg: LossConfig, masking_cfg: MaskingConfig) -> float:
         """Training FLOPs per sample of one step (forward + backward of every pass the task runs;
         see ``raymmr.model.flops``)."""
-        from raymmr.model.flops import training_flops_per_sample  # noqa: PLC0415 - flops reads task's plan
+        from raymmr.model.flops import training_flops_per_sample  # flops reads task's plan
 
         return training_flops_per_sample(self, stage, loss_cfg, masking_cfg)

@@ -20,7 +20,7 @@ from raymmr.config import Config
 
 
 def init_single_process_group(backend: str) -> None:
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     if dist.is_initialized():
         return
@@ -34,14 +34,14 @@ def init_single_process_group(backend: str) -> None:
 
 def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) -> dict:
     """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row."""
-    from raymmr.data.loader import make_loader  # noqa: PLC0415
-    from raymmr.data.shards import read_manifest, shard_urls, training_split  # noqa: PLC0415
-    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
-    from raymmr.model.model import RaymmrModel  # noqa: PLC0415
-    from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
-    from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
-    from raymmr.train.metrics import measured_peak_flops  # noqa: PLC0415
-    from raymmr.train.momentum import MomentumEMA  # noqa: PLC0415
+    from raymmr.data.loader import make_loader
+    from raymmr.data.shards import read_manifest, shard_urls, training_split
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
+    from raymmr.model.model import RaymmrModel
+    from raymmr.model.task import finetune_terms, pretrain_terms
+    from raymmr.train.engine import build_engine, use_bf16
+    from raymmr.train.metrics import measured_peak_flops
+    from raymmr.train.momentum import MomentumEMA
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")

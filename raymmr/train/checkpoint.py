@@ -118,14 +118,14 @@ def universal_copy(source: str, local: Path, *, convert: bool) -> Path:
     """The universal-format conversion of a ZeRO checkpoint (``deepspeed.checkpoint.ds_to_universal``)
     in this node's cache, keyed by the checkpoint's URL; returns the directory that holds ``TAG``.
     Only ``convert=True`` (one process per node) writes it; the others wait at a barrier and read."""
-    import hashlib  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-    from argparse import Namespace  # noqa: PLC0415
+    import hashlib
+    import os
+    import shutil
+    from argparse import Namespace
 
     root = storage.cache_dir() / "universal" / hashlib.sha1(str(source).encode()).hexdigest()[:16]
     if convert and not root.exists():
-        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal  # noqa: PLC0415
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
         tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -162,8 +162,8 @@ def load(engine, path: str | Path, *, world_size: int, universal: Path | None = 
 def consolidate(path: str | Path):
     """Full fp32 state dict from a (possibly ZeRO-sharded) checkpoint, with DeepSpeed's own
     ``zero_to_fp32`` utility; stage 0 checkpoints hold the full module already."""
-    import torch  # noqa: PLC0415
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     path = local_copy(str(path))
     meta = read_meta(path)

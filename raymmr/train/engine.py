@@ -79,7 +79,7 @@ def lr_lambda(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
 def build_engine(model: torch.nn.Module, train_cfg: TrainConfig, *, lr: float, total_steps: int, on_gpu: bool,
                  load_universal: bool = False):
     """Wrap ``model`` in a DeepSpeed engine with AdamW and the schedule; returns the engine."""
-    import deepspeed  # noqa: PLC0415 - see module docstring
+    import deepspeed  # see module docstring
 
     optimizer = build_optimizer(model, train_cfg, lr, on_gpu)
     warmup = min(train_cfg.warmup_steps, max(total_steps - 1, 0))

@@ -65,7 +65,7 @@ def parse_num_workers(spec: str | int) -> int | tuple[int, int]:
 def resolve_data(cfg: Config, data: str | None) -> str:
     """The shard set to train on: ``--data``, else ``data.train_shards``, else SynthRad shards
     generated once for this data config (reused by later runs)."""
-    from raymmr.data.shards import make_synthrad_shards, shard_urls  # noqa: PLC0415
+    from raymmr.data.shards import make_synthrad_shards, shard_urls
 
     data = data or cfg.data.train_shards
     if not data:
@@ -84,7 +84,7 @@ def connect_ray(address: str | None = None, **init_kwargs) -> bool:
     embedded local Ray whose dashboard and job server listen on localhost only. Returns True when
     Ray is embedded. A `ray start` address file left in /tmp/ray is not joined silently: the
     documented default without an address is the embedded Ray."""
-    import ray  # noqa: PLC0415
+    import ray
 
     if ray.is_initialized():
         return False
@@ -126,7 +126,7 @@ def warn_local_paths(stage: str, paths: dict) -> None:
 
 
 def vocab_size(cfg: Config, data: str) -> int:
-    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
 
     return len(load_tokenizer(tokenizer_source(cfg, data)))
 
@@ -148,9 +148,9 @@ def check_has_samples(data: str, stage: str) -> None:
     """A shard set without one usable sample in the stage's split fails every attempt the same way:
     refuse it before Ray starts (Ray Train would retry it ``train.max_failures`` times). Reads
     records until the first usable one: a few kilobytes of the first shard, normally."""
-    from raymmr.data.loader import iter_records  # noqa: PLC0415
-    from raymmr.data.shards import ShardError, read_manifest, shard_urls, training_split  # noqa: PLC0415
-    from raymmr.train.setup import STAGE_KINDS  # noqa: PLC0415
+    from raymmr.data.loader import iter_records
+    from raymmr.data.shards import ShardError, read_manifest, shard_urls, training_split
+    from raymmr.train.setup import STAGE_KINDS
 
     try:
         manifest = read_manifest(data)
@@ -174,7 +174,7 @@ def share_generated_data(data: str, run_url: str) -> str:
     ``$RAYMMR_STORAGE/shards/synthrad/<id>`` when that is set (the cluster configs set it), else
     beside a remote run (``<run>/synthrad``). A local run directory keeps them local (a cluster
     with a shared filesystem; ``warn_local_paths`` says so)."""
-    from raymmr.data.shards import MANIFEST, upload_dir  # noqa: PLC0415
+    from raymmr.data.shards import MANIFEST, upload_dir
 
     shared_root = os.environ.get("RAYMMR_STORAGE", "")
     if storage.is_remote(shared_root):
@@ -211,12 +211,12 @@ def run_training(
     ``rung`` = ``rung_offset`` + the stage's progress in units of ``tune.rungs``: ASHA's clock,
     which (unlike Tune's iteration count) stays right when a trial resumes from a checkpoint.
     ``local_cluster``: Ray is already connected (a Tune trial) to an embedded Ray (no autoscaler)."""
-    import ray  # noqa: PLC0415
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
-    from ray.train.torch import TorchConfig, TorchTrainer  # noqa: PLC0415
-    from ray.tune.integration.ray_train import TuneReportCallback  # noqa: PLC0415
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raymmr.train.worker import train_loop_per_worker  # noqa: PLC0415
+    from raymmr.train.worker import train_loop_per_worker
 
     run = RunDir(out)
     check_run_dir(run, resume)
@@ -314,12 +314,12 @@ def run_training(
 def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:
     """Consolidate the newest complete checkpoint (DeepSpeed ``zero_to_fp32``) into
     ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from raymmr.data.shards import read_manifest  # noqa: PLC0415
-    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
-    from raymmr.model.export import save_export  # noqa: PLC0415
-    from raymmr.model.model import RaymmrModel  # noqa: PLC0415
+    from raymmr.data.shards import read_manifest
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
+    from raymmr.model.export import save_export
+    from raymmr.model.model import RaymmrModel
 
     latest = ckpt.latest_complete(run.url)  # read from the storage Ray persisted it to
     if latest is None:
@@ -350,11 +350,11 @@ def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:
 def verify_export(cfg: Config, export_dir: Path, probe_path: Path, *, vocab_size: int) -> float:
     """Reload the export as inference does and compare with the live model's probe outputs;
     returns the largest absolute difference (bf16 training compares against an fp32 export)."""
-    import torch  # noqa: PLC0415
-    from safetensors.torch import load_file  # noqa: PLC0415
+    import torch
+    from safetensors.torch import load_file
 
-    from raymmr.model.export import load_export  # noqa: PLC0415
-    from raymmr.train.worker import probe_inputs, probe_outputs  # noqa: PLC0415
+    from raymmr.model.export import load_export
+    from raymmr.train.worker import probe_inputs, probe_outputs
 
     if not probe_path.exists():
         raise JobError(f"{probe_path} is missing: the newest checkpoint is not the one the workers wrote "

@@ -91,7 +91,7 @@ class MetricsWriter:
         self.run_dir = run_dir
         self.tracked = None  # train.tracker: the MLflow run (tracking.MetricsLog)
         if tracker is not None:
-            from raymmr.train.tracking import MetricsLog  # noqa: PLC0415
+            from raymmr.train.tracking import MetricsLog
 
             self.tracked = MetricsLog(tracker, stage)
         self.path = run_dir.fetch("metrics.jsonl")
@@ -100,7 +100,7 @@ class MetricsWriter:
         self.total_steps = total_steps
         self.tb = None
         try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+            from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir.local / "tensorboard"))
         except ImportError:  # tensorboard is a dependency; keep training if a broken install lacks it

@@ -59,7 +59,7 @@ class MomentumEMA:
         """Into a checkpoint directory being written: every rank's partition under ZeRO-3, rank 0's
         whole copy otherwise (all ranks hold the same). Nothing in fp32 training: the module
         states hold the EMA itself."""
-        from safetensors.torch import save_file  # noqa: PLC0415
+        from safetensors.torch import save_file
 
         if self.fp32 or (rank != 0 and not self.zero3):
             return
@@ -69,7 +69,7 @@ class MomentumEMA:
     def restore(self, checkpoint: str, *, rank: int, same_world: bool) -> str:
         """After the engine loaded ``checkpoint`` (a directory or URL): the EMA from its saved fp32
         copy where this rank's can be read, else from the loaded momentum parameters. Returns how."""
-        from safetensors.torch import load as load_safetensors  # noqa: PLC0415
+        from safetensors.torch import load as load_safetensors
 
         if self.fp32:
             return "fp32 parameters"

@@ -57,10 +57,10 @@ def find_resume_point(job: TrainJob, *, world_size: int, local_rank: int) -> Res
     """Ray's latest checkpoint of this launch (a restart after a failure, possibly at another world
     size under elastic training) or else the ``--resume`` one. A ZeRO checkpoint of another world
     size is converted to DeepSpeed's universal format once per node (local rank 0; the others wait)."""
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
-    from raymmr import storage  # noqa: PLC0415
-    from raymmr.train import checkpoint as ckpt  # noqa: PLC0415
+    from raymmr import storage
+    from raymmr.train import checkpoint as ckpt
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -98,15 +98,15 @@ def mean_count_across_ranks(world_size: int):
 
 
 def build_worker_context(job: TrainJob) -> WorkerContext:
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
-    from raymmr.data.loader import make_loader  # noqa: PLC0415
-    from raymmr.data.shards import read_manifest, shard_urls, training_split  # noqa: PLC0415
-    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source  # noqa: PLC0415
-    from raymmr.model.model import RaymmrModel  # noqa: PLC0415
-    from raymmr.model.task import finetune_terms, pretrain_terms  # noqa: PLC0415
-    from raymmr.train.engine import build_engine, use_bf16  # noqa: PLC0415
-    from raymmr.train.metrics import measured_peak_flops  # noqa: PLC0415
+    from raymmr.data.loader import make_loader
+    from raymmr.data.shards import read_manifest, shard_urls, training_split
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
+    from raymmr.model.model import RaymmrModel
+    from raymmr.model.task import finetune_terms, pretrain_terms
+    from raymmr.train.engine import build_engine, use_bf16
+    from raymmr.train.metrics import measured_peak_flops
 
     cfg = job.cfg
     stage = job.stage
@@ -131,7 +131,7 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         mask_token_id=tokenizer.mask_token_id,
     )
     if job.init_from:
-        from raymmr.train.rundir import RunDir  # noqa: PLC0415
+        from raymmr.train.rundir import RunDir
 
         init = load_initial_weights(model, job.init_from, rank, answers)
         if rank == 0:
@@ -237,7 +237,7 @@ def register_external_parameters(model) -> None:
     """ZeRO-3 gathers a module's own parameters when its forward runs; parameters the model reads
     from a child outside the child's forward (the ViT's class token and position table) are
     registered with the reading module, as the model lists them."""
-    import deepspeed  # noqa: PLC0415 - deepspeed.zero is an attribute, not an importable module
+    import deepspeed  # deepspeed.zero is an attribute, not an importable module
 
     for module, param in model.external_parameters():
         deepspeed.zero.register_external_parameter(module, param)
@@ -273,8 +273,8 @@ def data_position(resume: ResumePoint | None, cfg: Config, rank: int, world_size
     """Where this rank's data stream starts: the position saved with the resume point when the world
     size and loader workers are the ones that wrote it (the exact sample sequence continues); else
     the start of the epoch after the saved one (a different partition cannot continue it)."""
-    from raymmr import storage  # noqa: PLC0415
-    from raymmr.data.loader import LoaderPosition  # noqa: PLC0415
+    from raymmr import storage
+    from raymmr.data.loader import LoaderPosition
 
     workers = max(1, cfg.data.loader_workers)
     if resume is None:
@@ -299,9 +299,9 @@ def load_initial_weights(model, init_from: str, rank: int, answers: list[str]) -
     rows follow the answers, not their positions: a row is carried over for every answer of this
     run's vocabulary that the export's ``answers.json`` has, and the other rows keep their fresh
     initialisation. Returns what was carried (logged by rank 0 and recorded in events.jsonl)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
-    from raymmr import storage  # noqa: PLC0415
+    from raymmr import storage
 
     export = storage.cached_copy(init_from, "exports")
     weights = export / storage.WEIGHTS
@@ -343,8 +343,8 @@ def find_partners(key_to_row: dict[str, int], embeddings: torch.Tensor, train_ur
     """Each training sample's difference-reconstruction partner over the whole training split
     (``task.partner_rows`` on the similar-image index) and the partners' encoded images, read from
     the shards; the same on every rank (the index is), and again after a restart."""
-    from raymmr.data.loader import Partners, read_images  # noqa: PLC0415
-    from raymmr.model.task import partner_rows  # noqa: PLC0415
+    from raymmr.data.loader import Partners, read_images
+    from raymmr.model.task import partner_rows
 
     rows = partner_rows(embeddings, threshold).tolist()
     key_of = {row: key for key, row in key_to_row.items()}
@@ -363,11 +363,11 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
     all ranks together (each embeds its exact-epoch share, then all-gather: every rank gets the
     whole table through the process group) and saved with the run as ``similar_index.safetensors``;
     a restarted run reads it back from the run URL. Returns (key -> row, embeddings [N, D] on device)."""
-    from safetensors import safe_open  # noqa: PLC0415
-    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
-    from raymmr import storage  # noqa: PLC0415
-    from raymmr.train.rundir import RunDir  # noqa: PLC0415
+    from raymmr import storage
+    from raymmr.train.rundir import RunDir
 
     run = RunDir(job.run_dir)
     # Rank 0 decides for all: ranks that disagreed on building would wait in different collectives.

@@ -46,7 +46,7 @@ class TrackingError(RuntimeError):
 
 def require_mlflow() -> None:
     try:
-        import mlflow  # noqa: F401, PLC0415
+        import mlflow  # noqa: F401
     except ImportError:
         raise TrackingError("train.tracker=mlflow needs MLflow: pip install 'raymmr[mlflow]' "
                             "(or mlflow / mlflow-skinny)") from None
@@ -77,8 +77,8 @@ def start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun | None:
     if cfg.train.tracker == "tensorboard":
         return None
     require_mlflow()
-    import mlflow  # noqa: PLC0415
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+    import mlflow
+    from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
@@ -114,8 +114,8 @@ def sweep_callbacks(cfg: Config) -> list:
     if cfg.train.tracker != "mlflow":
         return []
     require_mlflow()
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415
-    from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     uri, name = tracking_uri(cfg), cfg.train.experiment or "raymmr-sweep"
     experiment_id(MlflowClient(uri), uri, name)
@@ -128,7 +128,7 @@ def finish_run(tracker: TrackerRun | None, *, export_dir: str | None, status: st
     ``status`` (FINISHED, FAILED or KILLED)."""
     if tracker is None:
         return
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracker.uri)
     if export_dir is not None:
@@ -140,12 +140,12 @@ class MetricsLog:
     """Rank 0's appender to the driver's MLflow run: every numeric field of a metrics record."""
 
     def __init__(self, tracker: TrackerRun, stage: str):
-        from mlflow.tracking import MlflowClient  # noqa: PLC0415
+        from mlflow.tracking import MlflowClient
 
         self.client, self.run_id, self.stage = MlflowClient(tracker.uri), tracker.run_id, stage
 
     def write(self, record: dict) -> None:
-        from mlflow.entities import Metric  # noqa: PLC0415
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(record["step"])) for k, v in record.items()

@@ -189,7 +189,7 @@ def optimizer_steps(engine) -> int:
 def record_worker(w: WorkerContext) -> None:
     """One line per rank in events.jsonl: where each worker ran (node, device). The ranks' lines
     reach rank 0 through the process group (ranks on other nodes share no disk with it)."""
-    import ray  # noqa: PLC0415
+    import ray
 
     event = {"event": "worker_started", "rank": w.rank, "world_size": w.world_size, "pid": os.getpid(),
              "node_id": ray.get_runtime_context().get_node_id(), "device": str(w.device),
@@ -206,9 +206,9 @@ def record_worker(w: WorkerContext) -> None:
 def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint: bool, probe: dict | None = None) -> None:
     """Every rank saves its shard (collective) and reports (a barrier) equally often. Rank 0 puts
     ``probe`` (see ``probe_live_model``) into its part of the checkpoint."""
-    import ray.train  # noqa: PLC0415
-    from ray.train import Checkpoint  # noqa: PLC0415
-    from safetensors.torch import save_file  # noqa: PLC0415
+    import ray.train
+    from ray.train import Checkpoint
+    from safetensors.torch import save_file
 
     if not with_checkpoint:
         ray.train.report(metrics)

@@ -245,11 +245,11 @@ def plot_study(study, paths: dict[str, Path], *, metric: str, importance_method:
     with >= 2 completed trials (a sampled sweep); False otherwise (grid sweeps: our own plots)."""
     if study is None:
         return False
-    import warnings  # noqa: PLC0415
+    import warnings
 
-    import optuna  # noqa: PLC0415
-    from matplotlib import pyplot  # noqa: PLC0415  - optuna's matplotlib plots draw through pyplot
-    from optuna.visualization import matplotlib as vis  # noqa: PLC0415
+    import optuna
+    from matplotlib import pyplot  # optuna's matplotlib plots draw through pyplot
+    from optuna.visualization import matplotlib as vis
 
     if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) < 2:
         return False

@@ -38,8 +38,8 @@ def trial_config(base: Config, params: dict) -> Config:
 def check_metric(base: Config, space: SearchSpace) -> None:
     """``tune.metric`` must be a validation metric every report of every trial carries, and
     ``tune.mode`` its better direction; checked before Ray starts."""
-    from raymmr.config import ConfigError  # noqa: PLC0415
-    from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS  # noqa: PLC0415
+    from raymmr.config import ConfigError
+    from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS
 
     t = base.tune
     if t.metric == "val_loss":
@@ -70,7 +70,7 @@ def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | Non
     one from its newest complete checkpoint."""
 
     def run_trial(params: dict) -> None:
-        import ray.tune  # noqa: PLC0415
+        import ray.tune
 
         if set(params) == {"params"}:  # a grid point arrives wrapped by tune.grid_search
             params = params["params"]
@@ -92,7 +92,7 @@ def run_stage(cfg: Config, stage: str, run: str, data: str, **train_kwargs) -> s
     """One training stage of the sweep (a trial's, or the shared pre-training) into ``run`` (a path
     or URL); returns its export. A stage that already exported is not trained again, and one that
     was running continues from its newest complete checkpoint."""
-    from raymmr.train.launch import run_training  # noqa: PLC0415
+    from raymmr.train.launch import run_training
 
     export = storage.join(run, "export")
     if storage.exists(storage.join(export, storage.WEIGHTS)):
@@ -106,7 +106,7 @@ def run_stage(cfg: Config, stage: str, run: str, data: str, **train_kwargs) -> s
 def report_finished_stage(cfg: Config, run: str, rung_offset: int) -> None:
     """A stage that exported before the sweep was interrupted is not trained again, but Tune (whose
     state may predate the export) hears its final validation again, from the run's metrics."""
-    import ray.tune  # noqa: PLC0415
+    import ray.tune
 
     rows = [json.loads(x) for x in storage.read_text(storage.join(run, "metrics.jsonl")).splitlines() if x.strip()]
     validated = [r for r in rows if cfg.tune.metric in r]
@@ -117,8 +117,8 @@ def report_finished_stage(cfg: Config, run: str, rung_offset: int) -> None:
 def can_resume(run: str) -> bool:
     """Whether a sweep's own run directory holds a complete checkpoint to continue from. One that
     holds only partial checkpoints is moved aside (logs kept) so the stage starts over."""
-    from raymmr.train.checkpoint import checkpoints, latest_complete  # noqa: PLC0415
-    from raymmr.train.rundir import set_aside  # noqa: PLC0415
+    from raymmr.train.checkpoint import checkpoints, latest_complete
+    from raymmr.train.rundir import set_aside
 
     if latest_complete(run) is not None:
         return True
@@ -132,7 +132,7 @@ JOURNAL = "optuna.journal"
 
 def optuna_storage(journal: str | Path):
     """A journal file: optuna.load_study(study_name="raymmr", storage=optuna_storage(path)) reads it."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
 
@@ -140,9 +140,9 @@ def optuna_storage(journal: str | Path):
 def load_study(out: str):
     """The sweep's Optuna study (from the sweep's URL or directory), or None for grid sweeps
     (which run without Optuna)."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
-    from raymmr.train.rundir import RunDir  # noqa: PLC0415
+    from raymmr.train.rundir import RunDir
 
     journal = RunDir(out).fetch(JOURNAL, keep_local=True)
     if not journal.exists():
@@ -153,10 +153,10 @@ def load_study(out: str):
 def study_search(space: SearchSpace, t, sweep_url: str):
     """Tune's OptunaSearch with its study in the sweep's journal, which reaches the sweep URL after
     every finished trial; a sweep resumed on another machine reads the study from there."""
-    import optuna as ot  # noqa: PLC0415
-    from ray.tune.search.optuna import OptunaSearch  # noqa: PLC0415
+    import optuna as ot
+    from ray.tune.search.optuna import OptunaSearch
 
-    from raymmr.train.rundir import RunDir  # noqa: PLC0415
+    from raymmr.train.rundir import RunDir
 
     class StudySearch(OptunaSearch):
         def on_trial_complete(self, trial_id, result=None, error=False):
@@ -192,8 +192,8 @@ def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
     the machine would wait forever. Share the machine's CPUs among ``tune.max_concurrent`` trials
     (workers get at least half a CPU each; fewer trials at once where that does not fit); refuse
     what cannot fit at all, with the numbers."""
-    from raymmr.config import ConfigError  # noqa: PLC0415
-    from raymmr.train.launch import parse_num_workers  # noqa: PLC0415
+    from raymmr.config import ConfigError
+    from raymmr.train.launch import parse_num_workers
 
     tr, t = cfg.train, cfg.tune
     workers = parse_num_workers(tr.num_workers)
@@ -234,11 +234,11 @@ def run_sweep(
 ) -> list[dict]:
     """Run (or resume) a sweep into ``out`` (a path or URL: Tune's experiment, the trials' runs and
     the Optuna journal all live there); returns one record per trial for the report."""
-    import ray  # noqa: PLC0415
-    from ray import tune  # noqa: PLC0415
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: PLC0415
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raymmr.train.launch import JobError, connect_ray  # noqa: PLC0415
+    from raymmr.train.launch import JobError, connect_ray
 
     out = storage.normalize(out)
     check_metric(base, space)
@@ -295,7 +295,7 @@ def pin_autoscaling_coordinator() -> None:
     trial's Train controller, on a worker node, which then never counts as idle and is never
     scaled down (ray-project/ray#58481; tests/test_autoscaling.py shows it)."""
     # Private module: Ray 2.60's location of the singleton that Train's resource requests go to.
-    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (  # noqa: PLC0415
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
         get_or_create_autoscaling_coordinator,
     )
 
