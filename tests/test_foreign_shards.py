@@ -122,8 +122,14 @@ def test_validate_names_a_foreign_sample_without_caption_and_a_changed_shard(tmp
 
 @pytest.mark.slow
 def test_index_validate_and_pretrain_on_img2dataset_shards(tmp_path):
-    """As a user types it: index the img2dataset set in place, validate it, pre-train 4 tiny steps on it."""
+    """As a user types it: index the img2dataset set in place, validate it, pre-train 4 tiny steps on
+    it with --tracker mlflow; MLflow's own client finds the run, its loss at every log step, the
+    config and the exported weights."""
+    import mlflow
+    from test_tracking import runs
+
     data = img2dataset_set(tmp_path / "laion")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     def run(*args, timeout=600):
         proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -136,12 +142,19 @@ def test_index_validate_and_pretrain_on_img2dataset_shards(tmp_path):
     assert "OK" in report.splitlines()[0], report
     run("jobs/pretrain.py", "--config", "tiny", "--data", str(data), "--steps", "4", "--out", str(tmp_path / "run"),
         "--set", "train.val_every=2", "--set", "train.val_batches=1", "--set", "train.checkpoint_every=4",
-        "--set", "train.log_every=2",
+        "--set", "train.log_every=2", "--tracker", "mlflow", "--set", f"train.tracking_uri={store}",
         "--set", "train.batch_size=8", "--set", "data.loader_workers=0", "--set", "train.cpus_per_worker=1")
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [2, 4], metrics
     assert any("val_loss" in m for m in metrics), metrics  # the val split (00003.tar) was read
     assert (tmp_path / "run" / "export" / "model.safetensors").exists()
+    found = runs(store, "raymmr-pretrain")
+    assert len(found) == 1 and found[0].info.status == "FINISHED", found
+    run_id = found[0].info.run_id
+    client = mlflow.MlflowClient(store)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 4]
+    assert found[0].data.params["train.steps"] == "4" and "val_loss" in found[0].data.metrics
+    assert "export/model.safetensors" in [f.path for f in client.list_artifacts(run_id, "export")]
 
 
 def test_a_caption_only_model_has_an_empty_answer_head():

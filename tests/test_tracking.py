@@ -1,6 +1,8 @@
 """Experiment tracking with MLflow (``train.tracker=mlflow``), checked with MLflow's own client
-against a real store (sqlite, MLflow's default backend). The sweep's MLflow runs (Ray Tune's
-MLflowLoggerCallback) are checked in tests/test_autoscaling.py, whose sweep runs anyway."""
+against a real store (sqlite, MLflow's default backend). Real runs are checked where they run
+anyway: 4 training steps with ``--tracker mlflow`` in tests/test_foreign_shards.py (the pre-training
+on img2dataset shards), and a 2-trial sweep's MLflow runs (Ray Tune's MLflowLoggerCallback) in
+tests/test_autoscaling.py."""
 
 import pytest
 
@@ -69,24 +71,3 @@ def test_tensorboard_alone_opens_no_run_and_a_missing_mlflow_is_a_clear_error(tm
     monkeypatch.setattr(builtins, "__import__", no_mlflow)
     with pytest.raises(tracking.TrackingError, match=r"pip install 'raymmr\[mlflow\]'"):
         tracking.start_run(load_config("tiny", ["train.tracker=mlflow"]), "pretrain", RunDir(str(tmp_path / "r2")))
-
-
-@pytest.mark.slow
-def test_training_with_mlflow_logs_every_metric_and_the_export(ray_local, tiny_data, tmp_path):
-    """4 real steps (Ray Train + DeepSpeed) with --tracker mlflow: MLflow's client finds the run,
-    its loss at every log step, the config and the exported weights."""
-    import mlflow
-
-    from raymmr.train.launch import run_training
-
-    cfg = load_config("tiny", ["train.steps=4", "train.log_every=2", "train.checkpoint_every=4", "train.val_every=0",
-                               "data.loader_workers=0", "train.cpus_per_worker=0.99", "train.tracker=mlflow",
-                               f"train.tracking_uri={store(tmp_path)}"])
-    run_training(cfg, stage="pretrain", out=str(tmp_path / "run"), data=tiny_data)
-    found = runs(store(tmp_path), "raymmr-pretrain")
-    assert len(found) == 1 and found[0].info.status == "FINISHED", found
-    run_id = found[0].info.run_id
-    client = mlflow.MlflowClient(store(tmp_path))
-    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 4]
-    assert found[0].data.params["train.steps"] == "4"
-    assert "export/model.safetensors" in [f.path for f in client.list_artifacts(run_id, "export")]

@@ -128,6 +128,9 @@ def read_tar(url: str, problems: _Problems, expected: int | None = None, stream=
             stream.close()
 
 
+PARSED = "__record__"  # a raw sample's JSON record, once sample_kind has parsed it
+
+
 def sample_kind(raw: dict, fields: dict | None = None) -> str | None:
     """The ``kind`` a raw sample declares ("caption" for a bare .txt or a foreign set's sample);
     None when unreadable."""
@@ -139,7 +142,10 @@ def sample_kind(raw: dict, fields: dict | None = None) -> str | None:
         record = json.loads(raw["json"])
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return record.get("kind") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    raw[PARSED] = record  # decode_record takes it from here: the JSON is parsed once
+    return record.get("kind")
 
 
 def _shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
@@ -179,7 +185,9 @@ def decode_record(raw: dict, fields: dict | None = None) -> dict:
         from raymmr.data.foreign import foreign_record
 
         return foreign_record(raw, fields)
-    if "json" in raw:
+    if PARSED in raw:
+        record = dict(raw[PARSED])
+    elif "json" in raw:
         try:
             record = json.loads(raw["json"])
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
