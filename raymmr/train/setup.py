@@ -385,7 +385,11 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
     keys, embs = [], []
     loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0,
                          **{**loader_args, "shuffle_buffer": 0})
-    for batch in loader:
+    from tqdm.auto import tqdm
+
+    # Rank 0's share, one line every ~10 s in the worker log (its stderr is not a terminal).
+    for batch in tqdm(loader, desc="similar-image index (rank 0's share)", unit="batch", disable=rank != 0,
+                      mininterval=10, leave=False):
         embs.append(model.encode_image(batch["image"].to(device)).float().cpu())
         keys += list(batch["key"])
     model.train(was_training)
