@@ -71,3 +71,28 @@ def test_tensorboard_alone_opens_no_run_and_a_missing_mlflow_is_a_clear_error(tm
     monkeypatch.setattr(builtins, "__import__", no_mlflow)
     with pytest.raises(tracking.TrackingError, match=r"pip install 'raymmr\[mlflow\]'"):
         tracking.start_run(load_config("tiny", ["train.tracker=mlflow"]), "pretrain", RunDir(str(tmp_path / "r2")))
+
+
+def test_an_unreachable_tracker_does_not_end_the_training(tmp_path, caplog):
+    """The store goes away mid-run: the MLflow copy of the metrics is skipped with one warning
+    (metrics.jsonl keeps them) instead of failing the training step."""
+    cfg = load_config("tiny", ["train.tracker=mlflow", f"train.tracking_uri={store(tmp_path)}"])
+    log = tracking.MetricsLog(tracking.start_run(cfg, "pretrain", RunDir(str(tmp_path / "run"))), "pretrain")
+
+    class Gone:
+        def log_batch(self, *args, **kwargs):
+            raise ConnectionError("connection refused")
+
+    log.client = Gone()
+    log.write({"step": 1, "loss": 1.0})
+    log.write({"step": 2, "loss": 0.5})
+    assert log.failed == 2
+    assert sum("did not take the metrics" in r.message for r in caplog.records) == 1
+
+
+def test_an_unreachable_store_stops_the_job_before_training_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    cfg = load_config("tiny", ["train.tracker=mlflow", "train.tracking_uri=http://127.0.0.1:9"])
+    with pytest.raises(tracking.TrackingError, match=r"MLflow store http://127.0.0.1:9: .*tracking_uri"):
+        tracking.start_run(cfg, "pretrain", RunDir(str(tmp_path / "run")))

@@ -20,6 +20,7 @@ a cluster give an MLflow server (``http://...``) that every node reaches.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from raymmr.config import Config, flatten
 from raymmr.train.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 TRACKERS = ("tensorboard", "mlflow")
 STATE = "tracking.json"  # in the run directory: the MLflow run a --resume continues
@@ -73,10 +76,21 @@ def flat_params(cfg: Config) -> dict[str, str]:
 
 def start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun | None:
     """Open (or, for a run directory that has one, reopen) the stage's MLflow run; None when the
-    tracker is TensorBoard alone."""
+    tracker is TensorBoard alone. A store that cannot be reached stops the job here, before Ray
+    starts, naming the store."""
     if cfg.train.tracker == "tensorboard":
         return None
     require_mlflow()
+    try:
+        return _start_run(cfg, stage, run)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own and the HTTP client's errors
+        raise TrackingError(f"MLflow store {tracking_uri(cfg)}: {type(e).__name__}: {e}; check "
+                            "train.tracking_uri / MLFLOW_TRACKING_URI") from None
+
+
+def _start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -87,9 +101,9 @@ def start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun | None:
         if saved.get("uri") == uri:
             client.update_run(saved["run_id"], status="RUNNING")
             return TrackerRun(uri=uri, run_id=saved["run_id"])
-    created = client.create_run(experiment_id(client, uri, cfg.train.experiment or f"raymmr-{stage}"), run_name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                tags={"raymmr.stage": stage, "raymmr.run_dir": run.url,
-                                      "mlflow.source.name": "raymmr"})  # fmt: skip
+    experiment = experiment_id(client, uri, cfg.train.experiment or f"raymmr-{stage}")
+    created = client.create_run(experiment, run_name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                tags={"raymmr.stage": stage, "raymmr.run_dir": run.url, "mlflow.source.name": "raymmr"})
     run_id = created.info.run_id
     params = [mlflow.entities.Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), 100):  # MLflow's batch limit
@@ -143,12 +157,21 @@ class MetricsLog:
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id, self.stage = MlflowClient(tracker.uri), tracker.run_id, stage
+        self.failed = 0  # records the tracker did not take (metrics.jsonl and TensorBoard have them)
 
     def write(self, record: dict) -> None:
+        """Never ends the training: an unreachable tracker costs its copy of the metrics, which
+        metrics.jsonl keeps; the first failure is reported, the rest counted."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(record["step"])) for k, v in record.items()
                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]  # fmt: skip
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        try:
+            for i in range(0, len(metrics), 1000):
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        except Exception as e:  # noqa: BLE001 - any client or network error
+            self.failed += 1
+            if self.failed == 1:
+                log.warning("MLflow run %s did not take the metrics of step %s (%s); training goes on, "
+                            "metrics.jsonl has them", self.run_id, record["step"], e)
