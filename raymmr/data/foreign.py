@@ -106,10 +106,11 @@ def index_shards(location: str, *, fields: dict[str, str] | None = None, rules: 
 
     fields = fields or dict(DEFAULT_FIELDS)
     location = storage.normalize(location)
-    names = [n for n in storage.names(location) if n.endswith(".tar")]
+    listed = storage.names(location)  # one listing: a bucket prefix may hold many shards
+    names = [n for n in listed if n.endswith(".tar")]
     if not names:
         raise ShardError(f"{location}: no .tar shard in it")
-    if MANIFEST in storage.names(location):
+    if MANIFEST in listed:
         raise ShardError(f"{location} already has a {MANIFEST}: remove it to index the shards again")
     split_of = assign_splits(names, rules or {}, val_fraction, test_fraction)
     splits: dict[str, dict] = {}

@@ -150,18 +150,17 @@ def check_has_samples(data: str, stage: str) -> None:
     records until the first usable one: a few kilobytes of the first shard, normally."""
     from raymmr.data.loader import iter_records
     from raymmr.data.shards import ShardError, read_manifest, shard_urls, training_split
-    from raymmr.train.setup import STAGE_KINDS
+    from raymmr.train.setup import STAGE_KINDS, epoch_samples
 
     try:
         manifest = read_manifest(data)
     except ShardError:
         manifest = None  # a shard pattern without a manifest beside it
     split = training_split(stage, manifest)
-    kinds = STAGE_KINDS[stage]
-    counted = (manifest or {}).get("splits", {}).get(split, {}).get("kinds")
-    if kinds and counted is not None and not any(counted.get(k) for k in kinds):
+    kinds, entry = STAGE_KINDS[stage], (manifest or {}).get("splits", {}).get(split, {})
+    if kinds and "kinds" in entry and epoch_samples(entry, kinds) == 0:
         raise JobError(f"--data {data}: split '{split}' has no {'/'.join(kinds)} sample ({stage} reads only those; "
-                       f"it has {counted}): a caption-only set is a pre-training corpus")
+                       f"it has {entry['kinds']}): a caption-only set is a pre-training corpus")
     urls = shard_urls(data, split)
     if next(iter_records(urls, (manifest or {}).get("fields")), None) is None:
         raise JobError(f"--data {data}: no usable sample in the {len(urls)} shard(s) of split '{split}' (empty, "
