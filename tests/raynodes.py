@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,11 @@ RAY = str(BIN / "ray")
 
 
 def free_port() -> int:
+    """A port free on every interface. Ray servers bind all interfaces or the machine's own
+    address, so a port free only on 127.0.0.1 may be held on the node's address (a Ray worker's
+    connection, say) and a head started on it exits at once."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -43,17 +47,26 @@ def ray_node(*args: str, environ: dict | None = None):
     (`ray stop` would also stop every other Ray on the machine, e.g. the test session's.)
     The address file `ray start` leaves behind is put back as it was. Each node's dashboard agent
     gets a free port: the default (52365) is taken by any other Ray on the machine, such as the
-    test session's embedded one, and a head without its agent refuses every job submission."""
+    test session's embedded one, and a head without its agent refuses every job submission.
+    A head is waited for until its GCS takes connections; one that exits or does not come up
+    fails here with its own output, not minutes later in a client that cannot connect."""
+    environ = environ or env()
     before = ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None
-    proc = subprocess.Popen(
-        [RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
-        env=environ or env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    log = Path(tempfile.mkstemp(prefix="ray-start-", suffix=".log", dir=environ.get("TMPDIR"))[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    proc.log = log
     try:
+        if "--head" in args:
+            port = next(int(a.split("=", 1)[1]) for a in args if a.startswith("--port="))
+            wait_for_head(proc, port, environ)
         yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -67,18 +80,54 @@ def ray_node(*args: str, environ: dict | None = None):
             ADDRESS_FILE.write_text(before)
 
 
+def node_output(proc: subprocess.Popen, environ: dict) -> str:
+    """What a node said: `ray start`'s output and the tails of its GCS logs."""
+    parts = [f"--- ray start (exit {proc.poll()}):\n{proc.log.read_text(errors='replace')[-3000:]}"]
+    for f in sorted(Path(environ.get("TMPDIR", "/tmp")).glob("ray/session_latest/logs/gcs_server.*")):
+        parts.append(f"--- {f.name}:\n{f.read_text(errors='replace')[-2000:]}")
+    return "\n".join(parts)
+
+
+def wait_for_head(proc: subprocess.Popen, port: int, environ: dict, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Ray head on port {port} exited while starting\n{node_output(proc, environ)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(
+        f"the Ray head's GCS took no connection on port {port} in {timeout:.0f} s\n{node_output(proc, environ)}"
+    )
+
+
 def wait_for_nodes(address: str, n: int, timeout: float = 120, environ: dict | None = None) -> None:
     code = (
         f"import ray; ray.init(address='{address}', log_to_driver=False); "
         "print(sum(1 for x in ray.nodes() if x['Alive']))"
     )
     deadline = time.time() + timeout
+    said = ""
     while time.time() < deadline:
-        p = subprocess.run([sys.executable, "-c", code], env=environ or env(), capture_output=True, text=True)
-        if p.returncode == 0 and p.stdout.strip().splitlines() and int(p.stdout.strip().splitlines()[-1]) >= n:
+        try:  # a client that cannot reach the GCS retries for minutes: bound each probe
+            p = subprocess.run(
+                [sys.executable, "-c", code],
+                env=environ or env(),
+                capture_output=True,
+                text=True,
+                timeout=max(5.0, min(60.0, deadline - time.time())),
+            )
+        except subprocess.TimeoutExpired as e:
+            said = "(a probe timed out) " + (e.stderr or b"").decode(errors="replace")[-3000:]
+            continue
+        lines = p.stdout.strip().splitlines()
+        if p.returncode == 0 and lines and int(lines[-1]) >= n:
             return
+        said = (p.stdout + p.stderr)[-3000:]
         time.sleep(2)
-    raise TimeoutError(f"{n} Ray nodes did not come up at {address}: {p.stdout}{p.stderr}")
+    raise TimeoutError(f"{n} Ray nodes did not come up at {address} in {timeout:.0f} s: {said}")
 
 
 # A six-step tiny pre-training with one checkpoint and no validation, as `jobs/pretrain.py` arguments.
@@ -96,16 +145,12 @@ def pretrain(*args: str, environ: dict, timeout: int = 600) -> subprocess.Comple
     return job("pretrain", *args, environ=environ, timeout=timeout)
 
 
-
-
 def node_env(root: Path, name: str, **extra: str) -> dict:
     """The environment of one machine of a cluster: its own scratch (TMPDIR: Ray's session files
     too), raymmr cache and home directory, so nothing one node writes is visible on another
     except through the object store. Ray's token comes in RAY_AUTH_TOKEN (a home of its own has
     no ~/.ray/auth_token). DeepSpeed's compiled ops stay where this machine built them: a
     cluster image ships them built (TORCH_EXTENSIONS_DIR), and they hold no run data."""
-    import tempfile
-
     # Short paths: Ray's Unix sockets live under TMPDIR (a socket path has at most 107 bytes).
     node = Path(tempfile.mkdtemp(prefix=f"rn-{name}-", dir="/tmp"))
     (root / f"{name}.dirs").write_text(str(node))  # where to look when a test fails
