@@ -15,7 +15,7 @@ from pathlib import Path
 
 from raymmr import storage
 from raymmr.config import load_config, without_groups
-from raymmr.train.rundir import set_aside
+from raymmr.rundir import set_aside
 from raymmr.tune.space import FINETUNE_ONLY_PREFIXES
 
 VARIANTS: dict[str, tuple[str, ...]] = {  # arm -> the method groups it removes
@@ -49,8 +49,9 @@ def run_ablation(
 ) -> dict:
     """Train and evaluate every (variant, seed); writes ablation.json and ablation.md into ``out``
     (a path or URL: every run of the ablation lives under it) and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
+    from raymmr.data.sets import resolve_data
+    from raymmr.errors import JobError
     from raymmr.pipeline import run_pipeline
-    from raymmr.train.launch import JobError, resolve_data
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -65,7 +66,7 @@ def run_ablation(
     for (variant, seed), cfg in configs.items():
         shared = (seed, tuple(o for o in variant_overrides(variant) if not o.startswith(FINETUNE_ONLY_PREFIXES)))
         run = storage.join(out, variant, f"seed{seed}")
-        own = storage.join(run, "pretrain", "export")
+        own = storage.join(run, "pretrain", storage.EXPORT)
         if storage.exists(storage.join(own, storage.WEIGHTS)):
             pretrained.setdefault(shared, own)
         done = storage.join(run, "eval", "results.json")

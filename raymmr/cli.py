@@ -30,15 +30,32 @@ def base_parser(description: str, *, out_default: str | None = None) -> argparse
     return p
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """The flags of every job that trains on Ray (a training job, a sweep's trials): data, workers,
+    cluster, tracker."""
     p.add_argument("--data", help="shard directory or URL pattern (default: data.train_shards, else SynthRad)")
-    p.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps / finetune.steps)")
-    p.add_argument("--num-workers", help="Ray Train workers: N, or MIN:MAX for elastic training")
-    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (overrides train.gpus_per_worker)")
+    p.add_argument("--num-workers", help="Ray Train workers (of each trial, in a sweep): N, or MIN:MAX for elastic "
+                   "training (overrides train.num_workers)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, fractions allowed (overrides train.gpus_per_worker)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (overrides train.cpus_per_worker)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     add_tracker_arg(p)
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    add_cluster_args(p)
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps / finetune.steps)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+
+
+# Flags that set one config key, flag -> key (--num-workers is read by the training launch itself).
+CLUSTER_FLAGS = {"gpus_per_worker": "train.gpus_per_worker", "cpus_per_worker": "train.cpus_per_worker",
+                 "tracker": "train.tracker"}
+
+
+def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """``KEY=VALUE`` overrides for the given flags that were set."""
+    return [f"{key}={getattr(args, flag)}" for flag, key in flags.items() if getattr(args, flag, None) is not None]
 
 
 def add_tracker_arg(p: argparse.ArgumentParser) -> None:
@@ -51,19 +68,16 @@ def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) 
     overrides = list(args.overrides)
     if steps_key and getattr(args, "steps", None) is not None:
         overrides.append(f"{steps_key}={args.steps}")
-    for flag, key in [("gpus_per_worker", "train.gpus_per_worker"), ("cpus_per_worker", "train.cpus_per_worker"),
-                      ("tracker", "train.tracker")]:
-        if getattr(args, flag, None) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    overrides += flag_overrides(args, CLUSTER_FLAGS)
     return load_config(args.config, overrides, method=args.method)
 
 
 def run_main(fn):
     """Run a job's main and return what it returns (an exit status or None); user errors print one
     line and exit 2 instead of a traceback."""
+    from raymmr.errors import Interrupted, JobError
     from raymmr.storage import StorageError
     from raymmr.train.checkpoint import CheckpointError
-    from raymmr.train.launch import Interrupted, JobError
     from raymmr.train.tracking import TrackingError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -236,14 +236,15 @@ def cached_copy(url: str, kind: str) -> Path:
     return dst
 
 
-WEIGHTS = "model.safetensors"
+WEIGHTS = "model.safetensors"  # an export's weights (raymmr.model.export)
+EXPORT = "export"  # a run directory's export folder
 
 
 def find_export(url: str) -> str | None:
     """The export a user points at: ``url`` itself when it holds model.safetensors, else its
     ``export/`` folder (a run directory). None when neither does."""
     url = normalize(url)
-    for candidate in (url, join(url, "export")):
+    for candidate in (url, join(url, EXPORT)):
         if exists(join(candidate, WEIGHTS)):
             return candidate
     return None

@@ -15,7 +15,7 @@ os.environ.setdefault("RAYMMR_CACHE", str(Path(os.environ.get("PYTEST_CACHE_ROOT
 def tiny_data():
     """SynthRad shards for the `tiny` preset (generated once, reused across sessions)."""
     from raymmr.config import load_config
-    from raymmr.train.launch import resolve_data
+    from raymmr.data.sets import resolve_data
 
     return resolve_data(load_config("tiny"), None)
 

@@ -8,7 +8,7 @@ import pytest
 import raymmr.pipeline
 from raymmr import storage
 from raymmr.ablation import markdown, run_ablation
-from raymmr.train.launch import JobError
+from raymmr.errors import JobError
 
 
 @pytest.fixture

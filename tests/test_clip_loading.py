@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from raymmr.config import ConfigError, load_config
 from raymmr.model.encoders import ImageEncoder, TextEncoder
 from raymmr.model.export import load_export, save_export
-from raymmr.model.inference import Predictor
 from raymmr.model.model import RaymmrModel
+from raymmr.serve import Predictor
 from raymmr.train.momentum import MomentumEMA
 
 torch.set_num_threads(1)

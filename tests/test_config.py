@@ -108,7 +108,7 @@ def test_job_rejects_bad_config_before_ray(tmp_path, override, needle):
 def test_cmdpi_method_plans_exactly_cmdpis_terms():
     """CMDPI alone: Eq. 5-6 pre-training terms on symmetric random masks of clean input; Eq. 13
     fine-tuning (mix + diff) on unperturbed input."""
-    from raymmr.model.task import plan_passes
+    from raymmr.objective.task import plan_passes
 
     cfg = load_config("base", method="cmdpi")
     assert cfg.method == "cmdpi"

@@ -197,7 +197,8 @@ def test_index_in_a_bucket_as_the_readme_shows(s3_server, tmp_path):
 
 
 def test_fine_tuning_refuses_a_caption_only_set_before_ray_and_counts_only_what_it_reads(tmp_path):
-    from raymmr.train.launch import JobError, check_has_samples
+    from raymmr.errors import JobError
+    from raymmr.train.launch import check_has_samples
     from raymmr.train.setup import epoch_samples
 
     data = img2dataset_set(tmp_path / "set", shards=2, per_shard=6)

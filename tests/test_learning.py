@@ -7,7 +7,7 @@ import json
 import pytest
 
 from raymmr.config import load_config
-from raymmr.model.task import PARTNER_RATE
+from raymmr.objective.task import PARTNER_RATE
 from raymmr.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from raymmr.config import MaskingConfig, PerturbationConfig
-from raymmr.model import losses as L
-from raymmr.model.masking import (
+from raymmr.objective import losses as L
+from raymmr.objective.masking import (
     apply_token_mask,
     asymmetric_draw,
     exact_counts,
@@ -16,7 +16,7 @@ from raymmr.model.masking import (
     max_masked_tokens,
     random_mask,
 )
-from raymmr.model.task import mixup_partner, partner_rows
+from raymmr.objective.task import mixup_partner, partner_rows
 
 torch.set_num_threads(1)
 

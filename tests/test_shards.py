@@ -14,18 +14,12 @@ import pytest
 from PIL import Image
 
 from raymmr.config import load_config
+from raymmr.data.images import encode_image
 from raymmr.data.schema import Sample
-from raymmr.data.shards import (
-    MANIFEST,
-    ShardError,
-    encode_image,
-    make_synthrad_shards,
-    open_url,
-    read_manifest,
-    shard_urls,
-    write_shards,
-)
+from raymmr.data.sets import make_synthrad_shards
+from raymmr.data.shards import MANIFEST, ShardError, open_url, read_manifest, shard_urls
 from raymmr.data.validate import validate_shards
+from raymmr.data.writer import write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = [sys.executable, str(ROOT / "jobs" / "make_shards.py")]

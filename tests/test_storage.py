@@ -7,9 +7,10 @@ import uuid
 import pytest
 
 from raymmr import storage
+from raymmr.errors import JobError
+from raymmr.rundir import RunDir
 from raymmr.train import checkpoint as ckpt
-from raymmr.train.launch import JobError, check_run_dir
-from raymmr.train.rundir import RunDir
+from raymmr.train.launch import check_run_dir
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ tests/test_autoscaling.py."""
 import pytest
 
 from raymmr.config import load_config
+from raymmr.rundir import RunDir
 from raymmr.train import tracking
-from raymmr.train.rundir import RunDir
 
 
 def store(tmp_path) -> str:

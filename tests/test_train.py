@@ -252,7 +252,8 @@ def test_job_rejects_missing_data_pattern(tmp_path):
 
 
 def test_worker_group_too_big_for_local_ray_is_refused():
-    from raymmr.train.launch import JobError, check_fits_locally
+    from raymmr.errors import JobError
+    from raymmr.train.launch import check_fits_locally
 
     with pytest.raises(JobError, match="2 workers x 2 CPU do not fit the local Ray"):
         check_fits_locally(2, 2.0, 0.0, {"CPU": 2.0})
@@ -262,7 +263,8 @@ def test_worker_group_too_big_for_local_ray_is_refused():
 
 
 def test_num_workers_spec_and_local_fit():
-    from raymmr.train.launch import JobError, check_fits_locally, parse_num_workers
+    from raymmr.errors import JobError
+    from raymmr.train.launch import check_fits_locally, parse_num_workers
 
     assert parse_num_workers("4") == 4 and parse_num_workers(3) == 3
     assert parse_num_workers("2:8") == (2, 8)  # Ray Train's elastic range

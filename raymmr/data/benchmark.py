@@ -28,7 +28,8 @@ def make_benchmark_shards(out_dir: str | os.PathLike, *, num_images: int = 1000,
     """RGB JPEG shards of SynthRad images (real datasets are RGB; SynthRad's grey JPEGs decode
     3x faster and would flatter the loader). Reused when already made with the same settings."""
     from raymmr.data import synthrad
-    from raymmr.data.shards import read_manifest, write_shards
+    from raymmr.data.shards import read_manifest
+    from raymmr.data.writer import write_shards
 
     out = Path(out_dir)
     config = {"benchmark": "loader", "version": BENCH_VERSION, "images": num_images, "image_size": image_size}

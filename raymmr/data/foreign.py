@@ -101,7 +101,7 @@ def index_shards(location: str, *, fields: dict[str, str] | None = None, rules: 
 
     from raymmr import storage
     from raymmr.data.answers import build_answer_vocab
-    from raymmr.data.loader import _Problems, read_tar
+    from raymmr.data.tario import Problems, read_tar
     from raymmr.data.tokenizer import TOKENIZER_FILE, train_tokenizer
 
     fields = fields or dict(DEFAULT_FIELDS)
@@ -118,7 +118,7 @@ def index_shards(location: str, *, fields: dict[str, str] | None = None, rules: 
     for name in tqdm(names, desc=f"index {location}", unit="shard", disable=not progress):
         url, split = storage.join(location, name), split_of[name]
         shard = _Hashing(open_url(url))  # one read per shard: samples and checksum together
-        problems = _Problems()
+        problems = Problems()
         count = skipped = 0
         for raw in read_tar(url, problems, stream=shard):
             ext = next((e for e in IMAGE_EXTS if e in raw), None)

@@ -8,10 +8,15 @@ square or close to it, and padding would add a border the model never saw in tra
 
 from __future__ import annotations
 
+import io
+import os
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}  # a shard's image member: extension -> PIL format
 
 
 def fit_image(im: Image.Image, size: int) -> Image.Image:
@@ -29,3 +34,34 @@ def image_array(im: Image.Image, size: int, out: np.ndarray | None = None) -> np
         out = np.empty((3, size, size), np.uint8)
     out[:] = arr if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return out
+
+
+def encode_image(image, image_size: int, image_format: str = "jpg", quality: int = 90) -> bytes:
+    """``image`` (PIL image, encoded bytes, a file path or a uint8 array) -> bytes at image_size².
+
+    Grey images stay single-channel (a third of the bytes and decode time), everything else
+    becomes RGB. Already-encoded images of the right size and format pass through untouched.
+    """
+    target = IMAGE_FORMATS[image_format]
+    if isinstance(image, (str, os.PathLike)):
+        image = Path(image).read_bytes()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        raw = bytes(image)
+        im = Image.open(io.BytesIO(raw))
+        if im.size == (image_size, image_size) and im.format == target and im.mode in ("L", "RGB"):
+            return raw
+        if im.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale in the DCT domain when large
+            im.draft("L" if im.mode == "L" else "RGB", (image_size, image_size))
+    elif isinstance(image, np.ndarray):
+        im = Image.fromarray(image)
+    elif isinstance(image, Image.Image):
+        im = image
+    else:
+        raise ValueError(f"image of type {type(image).__name__}: expected a PIL image, encoded bytes, a path or an array")
+    im = fit_image(im, image_size)
+    buf = io.BytesIO()
+    if target == "JPEG":
+        im.save(buf, "JPEG", quality=quality)
+    else:
+        im.save(buf, "PNG", compress_level=3)
+    return buf.getvalue()

@@ -35,14 +35,11 @@ in the next batch's ``skipped`` and logs one warning per shard naming shard and 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import random
-import tarfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -52,80 +49,15 @@ from PIL import Image
 
 from raymmr.data.images import image_array
 from raymmr.data.schema import IMAGE_EXTS, Sample
-from raymmr.data.shards import open_url, shard_counts
-from raymmr.data.tario import iter_tar
+from raymmr.data.shards import shard_counts
+from raymmr.data.tario import Problems, read_tar
 
 logger = logging.getLogger("raymmr.data.loader")
 
-KNOWN_EXTS = frozenset(IMAGE_EXTS + ("json", "txt"))
 ANSWER_TYPE_IDS = {"open": 0, "closed": 1}
 IGNORE_INDEX = -100
 _SAMPLE_FIELDS = {f for f in Sample.__dataclass_fields__ if f != "image"}
 _LABELS = ("answer", "answer_type", "question_type", "organ", "domain")
-
-
-class _Problems:
-    """One consumer's skip counter and the shards it already warned about."""
-
-    def __init__(self):
-        self.skipped = 0
-        self._warned: set[str] = set()
-
-    def skip(self, url: str, member: str, reason: str, n: int = 1) -> None:
-        self.skipped += n
-        if url not in self._warned:
-            self._warned.add(url)
-            logger.warning("shard %s: skipping %s: %s (later problems in this shard are only counted)", url, member, reason)
-
-    def take(self) -> int:
-        n, self.skipped = self.skipped, 0
-        return n
-
-
-# --------------------------------------------------------------------------- reading tars
-
-
-def _key_ext(name: str) -> tuple[str, str]:
-    """'dir/abc.seg.jpg' -> ('dir/abc', 'seg.jpg'): the key ends at the basename's first dot."""
-    head, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    return (f"{head}/{stem}" if head else stem), (ext.lower() if dot else "")
-
-
-def read_tar(url: str, problems: _Problems, expected: int | None = None, stream=None) -> Iterator[dict]:
-    """Samples of one shard as {"__key__", "__url__", ext: bytes}, known extensions only.
-    ``stream``: the shard already opened (read from it instead of opening ``url``; closed here too).
-
-    A read error ends the shard: the sample being read is lost, and so are the rest when the
-    manifest says how many the shard holds; all of them are counted as skipped.
-    """
-    current: dict | None = None
-    yielded, member = 0, "(start of file)"
-    try:
-        stream = stream if stream is not None else open_url(url)
-    except OSError as e:
-        problems.skip(url, "(whole shard)", f"cannot open: {e}", n=expected or 1)
-        return
-    try:
-        for member, data in iter_tar(stream):
-            key, ext = _key_ext(member)
-            if ext not in KNOWN_EXTS:
-                continue
-            if current is not None and current["__key__"] != key:
-                yield current
-                yielded += 1
-                current = None
-            if current is None:
-                current = {"__key__": key, "__url__": url}
-            current[ext] = data
-        if current is not None:
-            yield current
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        lost = max(1, expected - yielded) if expected else 1
-        problems.skip(url, member, f"truncated or corrupt tar ({type(e).__name__}: {e}); {lost} sample(s) lost", n=lost)
-    finally:
-        with contextlib.suppress(OSError):  # a failed pipe: (aws/curl) reports its exit status here
-            stream.close()
 
 
 PARSED = "__record__"  # a raw sample's JSON record, once sample_kind has parsed it
@@ -258,7 +190,7 @@ class Partners:
 
 def read_images(urls: list[str], keys: set[str]) -> dict[str, bytes]:
     """The encoded image of each of ``keys`` found in the shards (tar members only, nothing decoded)."""
-    problems = _Problems()
+    problems = Problems()
     found = {}
     for url in urls:
         for raw in read_tar(url, problems):
@@ -311,7 +243,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         while True:
             yield rng.randrange(len(self.urls))
 
-    def _samples(self, shard_ids, problems: _Problems) -> Iterator[dict]:
+    def _samples(self, shard_ids, problems: Problems) -> Iterator[dict]:
         barren = 0  # consecutive shards without one sample: stop instead of spinning forever
         for i in shard_ids:
             n = 0
@@ -335,7 +267,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         consumer, consumers = self.rank * nw + role, self.world_size * nw
         offset, done = self.start.get(role, (0, 0))
         rng = random.Random(f"{self.seed}-{self.epoch}-{consumer}")
-        problems = _Problems()
+        problems = Problems()
         if self.epoch_mode == "exact":
             samples = self._samples(self._exact_shards(consumer, consumers), problems)
             quota = None
@@ -349,7 +281,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         samples = _numbered(samples, skip=offset, skipped=problems.take)
         yield from self._batches(samples, problems, quota=quota, role=role, done=done)
 
-    def _batches(self, samples: Iterator[dict], problems: _Problems, quota: int | None, role: int = 0,
+    def _batches(self, samples: Iterator[dict], problems: Problems, quota: int | None, role: int = 0,
                  done: int = 0) -> Iterator[dict]:
         """Batches of ``samples``; ``done``: batches this role yielded before a restart."""
         if quota is not None and done >= quota:
@@ -533,7 +465,7 @@ def _worker_init(_worker_id: int) -> None:
 def iter_records(urls: list[str], fields: dict | None = None) -> Iterator[dict]:
     """JSON records of ``urls`` in order (no image decoding), skipping unusable ones with a warning.
     ``fields``: the shard set manifest's, for a set raymmr did not write (``shards.record_fields``)."""
-    problems = _Problems()
+    problems = Problems()
     for url in urls:
         for raw in read_tar(url, problems):
             try:
@@ -545,7 +477,7 @@ def iter_records(urls: list[str], fields: dict | None = None) -> Iterator[dict]:
 def iter_samples(urls: list[str], fields: dict | None = None) -> Iterator[Sample]:
     """Decoded samples of ``urls`` in order (no shuffle, nothing dropped but unusable samples);
     ``sample.image`` is a loaded PIL image as stored (mode "L" or "RGB")."""
-    problems = _Problems()
+    problems = Problems()
     for url in urls:
         for raw in read_tar(url, problems):
             try:

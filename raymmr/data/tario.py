@@ -1,4 +1,5 @@
-"""Sequential tar reading for shards: fast, and strict about truncation.
+"""Sequential tar reading for shards: fast, and strict about truncation; `read_tar` groups a shard's
+members into samples.
 
 ``tarfile`` costs ~25 µs per member in Python bookkeeping, a tenth of a JPEG decode per sample,
 and it treats a file that stops exactly at a header boundary as a normal end, which would hide
@@ -10,9 +11,19 @@ with the same end check.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import tarfile
+import zlib
 from collections.abc import Iterator
+
+from raymmr.data.schema import IMAGE_EXTS
+from raymmr.data.shards import open_url
+
+logger = logging.getLogger("raymmr.data.loader")
+
+KNOWN_EXTS = frozenset(IMAGE_EXTS + ("json", "txt"))
 
 BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular, contiguous file
@@ -146,3 +157,67 @@ def _iter_tarfile(fileobj) -> Iterator[tuple[str, bytes]]:
             tar.members = []  # stream mode keeps every TarInfo otherwise: memory grows with the shard
         if not getattr(tar, "raymmr_clean_end", False):
             raise tarfile.ReadError("unexpected end of data: no end-of-archive block (truncated?)")
+
+
+# --------------------------------------------------------------------------- samples of a shard
+
+
+class Problems:
+    """One consumer's skip counter and the shards it already warned about."""
+
+    def __init__(self):
+        self.skipped = 0
+        self._warned: set[str] = set()
+
+    def skip(self, url: str, member: str, reason: str, n: int = 1) -> None:
+        self.skipped += n
+        if url not in self._warned:
+            self._warned.add(url)
+            logger.warning("shard %s: skipping %s: %s (later problems in this shard are only counted)", url, member, reason)
+
+    def take(self) -> int:
+        n, self.skipped = self.skipped, 0
+        return n
+
+
+def _key_ext(name: str) -> tuple[str, str]:
+    """'dir/abc.seg.jpg' -> ('dir/abc', 'seg.jpg'): the key ends at the basename's first dot."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), (ext.lower() if dot else "")
+
+
+def read_tar(url: str, problems: Problems, expected: int | None = None, stream=None) -> Iterator[dict]:
+    """Samples of one shard as {"__key__", "__url__", ext: bytes}, known extensions only.
+    ``stream``: the shard already opened (read from it instead of opening ``url``; closed here too).
+
+    A read error ends the shard: the sample being read is lost, and so are the rest when the
+    manifest says how many the shard holds; all of them are counted as skipped.
+    """
+    current: dict | None = None
+    yielded, member = 0, "(start of file)"
+    try:
+        stream = stream if stream is not None else open_url(url)
+    except OSError as e:
+        problems.skip(url, "(whole shard)", f"cannot open: {e}", n=expected or 1)
+        return
+    try:
+        for member, data in iter_tar(stream):
+            key, ext = _key_ext(member)
+            if ext not in KNOWN_EXTS:
+                continue
+            if current is not None and current["__key__"] != key:
+                yield current
+                yielded += 1
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            current[ext] = data
+        if current is not None:
+            yield current
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        lost = max(1, expected - yielded) if expected else 1
+        problems.skip(url, member, f"truncated or corrupt tar ({type(e).__name__}: {e}); {lost} sample(s) lost", n=lost)
+    finally:
+        with contextlib.suppress(OSError):  # a failed pipe: (aws/curl) reports its exit status here
+            stream.close()

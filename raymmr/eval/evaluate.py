@@ -85,8 +85,8 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     export's model card (its README.md)."""
     from raymmr import storage
     from raymmr.data.shards import read_manifest
-    from raymmr.model.inference import Predictor
-    from raymmr.train.rundir import RunDir
+    from raymmr.rundir import RunDir
+    from raymmr.serve import Predictor
 
     predictor = Predictor.from_export(storage.cached_copy(export_dir, "exports"), batch_size=batch_size)
     test = load_split(data, split, predictor.cfg.data.image_size, limit)
@@ -136,7 +136,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     if card:
         from raymmr.model.export import write_model_card
 
-        write_model_card(export_dir, results)
+        write_model_card(export_dir, f"On `{data}`:\n\n{results_markdown(results, severities)}")
     return results
 
 

@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from raymmr.config import load_config
+    from raymmr.data.sets import resolve_data
     from raymmr.train.benchmark import append_markdown, benchmark, write_json
-    from raymmr.train.launch import resolve_data
 
     base = load_config(args.config, args.overrides, method=args.method)
     data = resolve_data(base, args.data)

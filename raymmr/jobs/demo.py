@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     from pathlib import Path
 
     from raymmr.config import load_config
+    from raymmr.data.sets import resolve_data
     from raymmr.pipeline import run_pipeline
-    from raymmr.train.launch import resolve_data
 
     cfg = load_config(args.config, args.overrides, method=args.method)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")

@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from raymmr import storage
     from raymmr.config import load_config
+    from raymmr.data.sets import resolve_data
+    from raymmr.errors import JobError
     from raymmr.eval.evaluate import evaluate
     from raymmr.perturb import SEVERITIES
-    from raymmr.train.launch import JobError, resolve_data
-    from raymmr.train.rundir import RunDir
+    from raymmr.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides, method=args.method)
     severities = [s for s in args.severities.split(",") if s]

@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from raymmr.config import ConfigError, load_config
-    from raymmr.data.shards import make_converted_shards, make_synthrad_shards, upload_dir
+    from raymmr.data.sets import make_converted_shards, make_synthrad_shards
+    from raymmr.data.shards import upload_dir
     from raymmr.data.validate import format_report, validate_shards
 
     if args.source == "validate":

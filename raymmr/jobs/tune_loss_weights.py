@@ -14,7 +14,7 @@ Outputs in --out: trials.csv, trials.md (ranked), best_config.yaml (accepted by
 jobs/pretrain.py --config as is), plots, and the Optuna study (optuna.journal, study "raymmr").
 """
 
-from raymmr.cli import add_tracker_arg, base_parser
+from raymmr.cli import CLUSTER_FLAGS, add_cluster_args, base_parser, flag_overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,31 +22,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--space", required=True, help="search-space YAML file, or the name of one that ships with raymmr "
                         "(raymmr/search_spaces/: loss_weights, mask_ratios, cmdpi_table5, ...)")
     parser.add_argument("--num-samples", type=int, help="trials for a sampled space (default tune.num_samples)")
-    parser.add_argument("--data", help="shard set (default: data.train_shards, else SynthRad)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default tune.max_concurrent)")
-    parser.add_argument("--num-workers", help="Ray Train workers per trial: N or MIN:MAX (default train.num_workers)")
-    parser.add_argument("--cpus-per-worker", type=float, help="CPUs per Ray Train worker")
-    parser.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray Train worker (fractional allowed)")
     parser.add_argument("--trial-cpus", type=float, help="CPUs the trial's driver function reserves")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
     parser.add_argument("--resume", action="store_true", help="resume the interrupted sweep in --out")
-    add_tracker_arg(parser)
+    add_cluster_args(parser)
     args = parser.parse_args(argv)
 
     from raymmr.config import load_config
-    from raymmr.train.launch import JobError, resolve_data
-    from raymmr.train.rundir import RunDir
+    from raymmr.data.sets import resolve_data
+    from raymmr.errors import JobError
+    from raymmr.rundir import RunDir
     from raymmr.tune.report import write_report
     from raymmr.tune.runner import check_metric, load_study, run_sweep, save_base
     from raymmr.tune.space import SpaceError, load_space
 
-    overrides = list(args.overrides)
-    for flag, key in [("num_samples", "tune.num_samples"), ("max_concurrent", "tune.max_concurrent"),
-                      ("num_workers", "train.num_workers"), ("cpus_per_worker", "train.cpus_per_worker"),
-                      ("gpus_per_worker", "train.gpus_per_worker"), ("trial_cpus", "tune.trial_cpus"),
-                      ("tracker", "train.tracker")]:
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    overrides = [*args.overrides, *flag_overrides(args, {
+        **CLUSTER_FLAGS, "num_samples": "tune.num_samples", "max_concurrent": "tune.max_concurrent",
+        "num_workers": "train.num_workers", "trial_cpus": "tune.trial_cpus"})]  # fmt: skip
     try:
         space = load_space(args.space)
         if args.method and space.method and args.method != space.method:

@@ -10,7 +10,7 @@
     tokenizer.json      the tokenizer (+ tokenizer_config.json etc. for a Hugging Face tokenizer)
     answers.json        the answer vocabulary, index -> answer string
     README.md           the model card: what was trained on what, how big, intended use and limits,
-                        and the evaluation table once ``write_model_card`` is given results
+                        and the evaluation once ``write_model_card`` is given one
 
 ``RaymmrModel.from_pretrained`` / ``save_pretrained`` and ``Predictor.from_pretrained`` read and
 write this folder (a local path or a storage URL for reading); exports written before config.json
@@ -32,9 +32,9 @@ from safetensors.torch import save_file
 
 from raymmr.config import Config, load_config, save_config
 from raymmr.model.model import MOMENTUM_PREFIX, RaymmrModel
+from raymmr.storage import WEIGHTS
 
 EXPORT_FORMAT = "raymmr-export-1"
-WEIGHTS = "model.safetensors"
 CARD = "README.md"
 
 
@@ -99,10 +99,11 @@ TRAINED_BY = {
 }
 
 
-def model_card(cfg: Config, params: dict[str, int], answers: list[str], results: dict | None = None,
+def model_card(cfg: Config, params: dict[str, int], answers: list[str], evaluation: str = "",
                stage: str = "") -> str:
-    """The export's README.md. ``results``: ``raymmr.eval.evaluate`` results to include; ``stage``:
-    the training stage that made the export (``save_export``)."""
+    """The export's README.md. ``evaluation``: the card's evaluation section, as markdown
+    (``raymmr.eval.evaluate`` renders it); ``stage``: the training stage that made the export
+    (``save_export``)."""
     m = cfg.model
     data = cfg.data.train_shards or f"SynthRad (generated: {cfg.data.synthrad_train} train images, seed {cfg.data.seed})"
     lines = [
@@ -124,16 +125,14 @@ def model_card(cfg: Config, params: dict[str, int], answers: list[str], results:
         f"- Shards: {data}",
         TRAINED_BY.get(stage, TRAINED_BY[""]).format(train=cfg.train, finetune=cfg.finetune),
         "", "## Use", "", "```python",
-        "from raymmr.model.inference import Predictor",
+        "from raymmr.serve import Predictor",
         'predictor = Predictor.from_pretrained("THIS_FOLDER_OR_URL")',
         'predictor.answer([pil_image], ["Is there a lesion?"])  # [(answer, probability)]',
         "```", "",
         "## Evaluation", "",
     ]
-    if results:
-        from raymmr.eval.evaluate import results_markdown
-
-        lines += [f"On `{results.get('data', '?')}`:", "", results_markdown(results).rstrip(), ""]
+    if evaluation:
+        lines += [evaluation.rstrip(), ""]
     else:
         lines += ["Not evaluated yet: `raymmr evaluate --model THIS_FOLDER --data SHARDS --out DIR --card` "
                   "writes the results here.", ""]
@@ -148,8 +147,9 @@ def model_card(cfg: Config, params: dict[str, int], answers: list[str], results:
     return "\n".join(lines)
 
 
-def write_model_card(export: str, results: dict) -> None:
-    """Rewrite the card of ``export`` (a local path or storage URL) with evaluation ``results``."""
+def write_model_card(export: str, evaluation: str) -> None:
+    """Rewrite the card of ``export`` (a local path or storage URL) with an ``evaluation`` section
+    (markdown)."""
     from raymmr import storage
 
     local = storage.cached_copy(export, "exports")
@@ -159,7 +159,7 @@ def write_model_card(export: str, results: dict) -> None:
         params = parameter_counts({k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()})
         stage = (f.metadata() or {}).get("stage", "")
     storage.write_text(storage.join(storage.normalize(export), CARD),
-                       model_card(cfg, params, answers, results, stage=stage))
+                       model_card(cfg, params, answers, evaluation, stage=stage))
 
 
 def _save_tokenizer(source, out: Path) -> None:
@@ -210,5 +210,5 @@ def load_export(export_dir, device: str | torch.device = "cpu") -> tuple[RaymmrM
 
     model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     meta["answers"] = json.loads((path / "answers.json").read_text())
-    meta["tokenizer"] = str(path / "tokenizer.json")
+    meta["tokenizer"] = str(path)  # raymmr.data.tokenizer.load_tokenizer reads the folder
     return model.to(device).eval(), cfg, meta

@@ -1,6 +1,6 @@
 """RaymmrModel: CMDPI's three modules (image encoder, text encoder, RecNet) + momentum encoders.
 
-Architecture only: the losses live in ``losses.py``, the per-step passes in ``task.py``.
+Modules and shapes only: the losses and the per-step passes live in ``raymmr.objective``.
 
     images uint8 [B, 3, S, S] --preprocess--> pixels [B, 3, H, W] (CLIP-normalised, H = image_size)
     h_I, H_I = image_encoder(pixels, patch_mask)      [B, W_img], [B, N, d]
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raymmr.config import LossConfig, MaskingConfig, ModelConfig
+from raymmr.config import ModelConfig
 from raymmr.model.encoders import CLIP_MEAN, CLIP_STD, ImageEncoder, TextEncoder
 from raymmr.model.recnet import GlobalFusion, RecNet
 
@@ -229,10 +229,3 @@ class RaymmrModel(nn.Module):
                 if p.requires_grad and (p.ndim <= 1 or isinstance(module, nn.Embedding) or name in TOKEN_PARAMS):
                     out.add(f"{module_name}.{name}" if module_name else name)
         return out
-
-    def flops_per_sample(self, stage: str, loss_cfg: LossConfig, masking_cfg: MaskingConfig) -> float:
-        """Training FLOPs per sample of one step (forward + backward of every pass the task runs;
-        see ``raymmr.model.flops``)."""
-        from raymmr.model.flops import training_flops_per_sample  # flops reads task's plan
-
-        return training_flops_per_sample(self, stage, loss_cfg, masking_cfg)

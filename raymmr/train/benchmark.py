@@ -33,35 +33,31 @@ def init_single_process_group(backend: str) -> None:
 
 
 def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) -> dict:
-    """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row."""
+    """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row. The model,
+    task and loader are built as a training rank builds them (``raymmr.train.setup``), on this
+    process's GPU when there is one."""
     from raymmr.data.loader import make_loader
-    from raymmr.data.shards import read_manifest, shard_urls, training_split
-    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
-    from raymmr.model.model import RaymmrModel
-    from raymmr.model.task import finetune_terms, pretrain_terms
+    from raymmr.objective.flops import training_flops_per_sample
     from raymmr.train.engine import build_engine, use_bf16
     from raymmr.train.metrics import measured_peak_flops
     from raymmr.train.momentum import MomentumEMA
+    from raymmr.train.setup import new_model, stage_loader_args, stage_task, stage_urls
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
     init_single_process_group("nccl" if on_gpu else "gloo")
     torch.manual_seed(cfg.train.seed)
-    manifest = read_manifest(data)
-    tokenizer = load_tokenizer(tokenizer_source(cfg, data))
-    model = RaymmrModel(cfg.model, vocab_size=len(tokenizer), num_answers=len(manifest["answers"]),
-                        pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id).to(device)
+    model, tokenizer, manifest = new_model(cfg, data)
+    model.to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    flops = model.flops_per_sample(stage, cfg.loss, cfg.masking)
+    flops = training_flops_per_sample(model, stage, cfg.loss, cfg.masking)
     engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=steps + warmup, on_gpu=on_gpu)
     bf16 = use_bf16(cfg.train, on_gpu)
     momentum = MomentumEMA(model, zero3=cfg.train.zero_stage == 3)
+    task = stage_task(cfg, stage)
     loader = make_loader(
-        shard_urls(data, training_split(stage, manifest)), tokenizer=tokenizer, answers=manifest["answers"],
-        max_text_len=cfg.model.max_text_len, batch_size=cfg.train.batch_size, rank=0, world_size=1,
-        epoch_mode="resampled", samples_per_epoch=10**9, shuffle_buffer=cfg.data.shuffle_buffer,
-        loader_workers=cfg.data.loader_workers, seed=0, epoch=0, perturbation=cfg.perturbation,
-        image_size=cfg.data.image_size, manifest=manifest,
+        stage_urls(data, stage, manifest), epoch_mode="resampled", samples_per_epoch=10**9, seed=0, epoch=0,
+        **stage_loader_args(cfg, stage, tokenizer, manifest, rank=0, world_size=1),
     )
     batches = iter(loader)
 
@@ -79,10 +75,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
                 batch["has_partner"] = torch.ones(len(batch["key"]), dtype=torch.bool, device=device)
             ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
             with ctx:
-                if stage == "pretrain":
-                    terms = pretrain_terms(engine.module, batch, cfg)
-                else:
-                    terms = finetune_terms(engine.module, batch, cfg)
+                terms = task(engine.module, batch)
             engine.backward(terms["loss"])
             engine.step()
         momentum.update()

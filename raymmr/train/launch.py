@@ -5,8 +5,6 @@ for any resource."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
@@ -16,18 +14,12 @@ from pathlib import Path
 
 from raymmr import storage
 from raymmr.config import Config, to_yaml
+from raymmr.data.sets import resolve_data
+from raymmr.errors import Interrupted, JobError
+from raymmr.rundir import RunDir
 from raymmr.train import checkpoint as ckpt
 from raymmr.train import tracking
 from raymmr.train.job import TrainJob
-from raymmr.train.rundir import RunDir
-
-
-class JobError(RuntimeError):
-    """A problem with the job's input that the user can fix; the message says how."""
-
-
-class Interrupted(JobError):
-    """The user stopped the job (Ctrl-C); the message says how to continue it."""
 
 
 def controller_failure_limit(embedded: bool) -> int:
@@ -60,23 +52,6 @@ def parse_num_workers(spec: str | int) -> int | tuple[int, int]:
         return n
     except ValueError:
         raise JobError(f"--num-workers {spec!r}: expected N or MIN:MAX with 1 <= MIN <= MAX") from None
-
-
-def resolve_data(cfg: Config, data: str | None) -> str:
-    """The shard set to train on: ``--data``, else ``data.train_shards``, else SynthRad shards
-    generated once for this data config (reused by later runs)."""
-    from raymmr.data.shards import make_synthrad_shards, shard_urls
-
-    data = data or cfg.data.train_shards
-    if not data:
-        digest = hashlib.sha1(json.dumps(cfg.to_dict()["data"], sort_keys=True).encode()).hexdigest()[:10]
-        data = str(storage.cache_dir() / "synthrad" / digest)
-        make_synthrad_shards(data, cfg.data)
-    try:
-        shard_urls(data, "train")
-    except (ValueError, FileNotFoundError) as e:
-        raise JobError(f"--data {data}: {e}") from None
-    return data
 
 
 def connect_ray(address: str | None = None, **init_kwargs) -> bool:
@@ -135,7 +110,7 @@ def check_run_dir(run: RunDir, resume: bool) -> None:
     """A new launch must not write over a run that trained; ``--resume`` needs a checkpoint. Both
     are read from the run's storage (the URL), not from this machine's staging copy. A run that
     stopped before its first checkpoint holds nothing to keep: launching again starts it over."""
-    trained = bool(ckpt.checkpoints(run.url)) or run.exists("export/" + storage.WEIGHTS)
+    trained = bool(ckpt.checkpoints(run.url)) or run.exists(f"{storage.EXPORT}/{storage.WEIGHTS}")
     if trained and not resume:
         raise JobError(
             f"--out {run} already holds a run; pass --resume {run} to continue it, or choose a new --out"
@@ -306,7 +281,7 @@ def run_training(
         except Exception as closing:  # noqa: BLE001 - the training error is the one to report
             print(f"warning: could not close MLflow run {tracker.run_id}: {closing}", file=sys.stderr, flush=True)
         raise
-    tracking.finish_run(tracker, export_dir=str(run.local / "export"))
+    tracking.finish_run(tracker, export_dir=str(run.local / storage.EXPORT))
     return TrainResult(run_dir=run.url, export_dir=export_dir, last_metrics=dict(result.metrics or {}))
 
 
@@ -315,35 +290,26 @@ def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:
     ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
     import torch
 
-    from raymmr.data.shards import read_manifest
-    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
+    from raymmr.data.tokenizer import tokenizer_source
     from raymmr.model.export import save_export
-    from raymmr.model.model import RaymmrModel
+    from raymmr.train.setup import new_model
 
     latest = ckpt.latest_complete(run.url)  # read from the storage Ray persisted it to
     if latest is None:
         raise JobError(f"{run}: training finished without a complete checkpoint to export")
     local = ckpt.local_copy(latest)
-    manifest = read_manifest(data)
-    tokenizer_path = tokenizer_source(cfg, data)
-    tokenizer = load_tokenizer(tokenizer_path)
-    model = RaymmrModel(
-        cfg.model,
-        vocab_size=len(tokenizer),
-        num_answers=len(manifest["answers"]),
-        pad_token_id=tokenizer.pad_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-    )
+    model, tokenizer, manifest = new_model(cfg, data)
     state = ckpt.consolidate(local)
     # DeepSpeed's zero_to_fp32 mixes up the shapes of empty parameters (the answer head of a
     # caption-only shard set, 0 answers): an empty tensor holds no value, take its shape from the model.
     state.update({k: torch.empty_like(v) for k, v in model.state_dict().items() if v.numel() == 0})
     model.load_state_dict(state, strict=True)
-    export_dir = run.local / "export"
-    save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_path, answers=manifest["answers"], stage=stage)
+    export_dir = run.local / storage.EXPORT
+    save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_source(cfg, data), answers=manifest["answers"],
+                stage=stage)
     verify_export(cfg, export_dir, local / ckpt.PROBE, vocab_size=len(tokenizer))
-    run.upload("export")
-    return run.url_of("export")
+    run.upload(storage.EXPORT)
+    return run.url_of(storage.EXPORT)
 
 
 def verify_export(cfg: Config, export_dir: Path, probe_path: Path, *, vocab_size: int) -> float:

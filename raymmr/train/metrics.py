@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from raymmr.train.rundir import RunDir
+from raymmr.rundir import RunDir
 
 log = logging.getLogger("raymmr")
 

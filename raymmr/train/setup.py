@@ -98,51 +98,130 @@ def mean_count_across_ranks(world_size: int):
 
 
 def build_worker_context(job: TrainJob) -> WorkerContext:
+    """Assemble what this rank's loop needs, from the small builders below (the benchmark uses
+    the same ones): device, model, data, task, engine, batches, momentum encoders."""
     import ray.train
 
-    from raymmr.data.loader import make_loader
-    from raymmr.data.shards import read_manifest, shard_urls, training_split
-    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
-    from raymmr.model.model import RaymmrModel
-    from raymmr.model.task import finetune_terms, pretrain_terms
+    from raymmr.data.shards import shard_urls
+    from raymmr.objective.flops import training_flops_per_sample
     from raymmr.train.engine import build_engine, use_bf16
     from raymmr.train.metrics import measured_peak_flops
 
-    cfg = job.cfg
-    stage = job.stage
+    cfg, stage, data = job.cfg, job.stage, job.data
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device, on_gpu = worker_device(cfg, rank)
+    model, tokenizer, manifest = new_model(cfg, data)
+    if job.init_from:
+        from raymmr.rundir import RunDir
+
+        init = load_initial_weights(model, job.init_from, rank, manifest["answers"])
+        if rank == 0:
+            RunDir(job.run_dir).append_lines("events.jsonl", [json.dumps(init)])
+    model.to(device)
+    loader_args = stage_loader_args(cfg, stage, tokenizer, manifest, rank=rank, world_size=world_size)
+    train_urls = stage_urls(data, stage, manifest)
+    partners = None
+    if stage == "finetune":
+        # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
+        # different numbers of batches here.
+        from raymmr.data.loader import make_loader
+
+        key_to_row, index_embeddings = similar_image_index(
+            model, make_loader, train_urls, loader_args, job, device, rank, world_size
+        )
+        partners = find_partners(key_to_row, index_embeddings, train_urls, cfg.finetune.similarity_threshold, rank)
+    steps, lr = stage_schedule(cfg, stage)
+    resume = find_resume_point(job, world_size=world_size, local_rank=ctx.get_local_rank())
+    engine = build_engine(model, cfg.train, lr=lr, total_steps=steps, on_gpu=on_gpu,
+                          load_universal=resume is not None and resume.universal is not None)
+    if cfg.train.zero_stage == 3:
+        register_external_parameters(model)
+    position = data_position(resume, cfg, rank, world_size)
+    return WorkerContext(
+        cfg=cfg,
+        stage=stage,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        bf16=use_bf16(cfg.train, on_gpu),
+        engine=engine,
+        task=stage_task(cfg, stage, mean_count_across_ranks(world_size)),
+        batches=training_batches(cfg, stage, manifest, train_urls, loader_args, partners=partners,
+                                 world_size=world_size, device=device, position=position),
+        val_batches=functools.partial(validation_batches, cfg, shard_urls(cfg.data.val_shards or data, "val"),
+                                      loader_args, world_size=world_size),
+        total_steps=steps,
+        flops_per_sample=training_flops_per_sample(model, stage, cfg.loss, cfg.masking),
+        peak_flops=measured_peak_flops(device),
+        momentum=MomentumEMA(model, zero3=cfg.train.zero_stage == 3),
+        resume=resume,
+        data_position=position,
+        extra={"run_dir": job.run_dir},
+    )
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def worker_device(cfg: Config, rank: int) -> tuple[torch.device, bool]:
+    """This rank's device (its GPU when the job asks for GPUs and there is one) and whether it is
+    a GPU; seeds torch per rank and, on CPU, keeps torch to the rank's CPU share."""
     on_gpu = torch.cuda.is_available() and cfg.train.gpus_per_worker > 0
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     torch.manual_seed(cfg.train.seed * 1000 + rank)
     if not on_gpu:
         # Ray gives each CPU worker its CPU share; torch would otherwise spawn a thread per core.
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    return device, on_gpu
 
-    data = job.data
+
+def new_model(cfg: Config, data: str):
+    """A newly initialised ``RaymmrModel`` sized for the shard set ``data``: its tokenizer's
+    vocabulary and special ids, its manifest's answers. -> (model, tokenizer, manifest)."""
+    from raymmr.data.shards import read_manifest
+    from raymmr.data.tokenizer import load_tokenizer, tokenizer_source
+    from raymmr.model.model import RaymmrModel
+
     manifest = read_manifest(data)
     tokenizer = load_tokenizer(tokenizer_source(cfg, data))
-    answers = manifest["answers"]
     model = RaymmrModel(
         cfg.model,
         vocab_size=len(tokenizer),
-        num_answers=len(answers),
+        num_answers=len(manifest["answers"]),
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=tokenizer.mask_token_id,
     )
-    if job.init_from:
-        from raymmr.train.rundir import RunDir
+    return model, tokenizer, manifest
 
-        init = load_initial_weights(model, job.init_from, rank, answers)
-        if rank == 0:
-            RunDir(job.run_dir).append_lines("events.jsonl", [json.dumps(init)])
-    model.to(device)
 
-    mean_count = mean_count_across_ranks(world_size)
+def stage_schedule(cfg: Config, stage: str) -> tuple[int, float]:
+    """(optimizer steps, peak learning rate) of a training stage."""
+    return (cfg.train.steps, cfg.train.lr) if stage == "pretrain" else (cfg.finetune.steps, cfg.finetune.lr)
 
-    loader_args = dict(
+
+def stage_task(cfg: Config, stage: str, mean_count=None) -> Callable:
+    """The stage's step, ``task(model, batch) -> terms``: ``pretrain_terms`` or ``finetune_terms``
+    with this config and ``mean_count`` (``mean_count_across_ranks``; None on one process)."""
+    from raymmr.objective.task import finetune_terms, pretrain_terms
+
+    fn = pretrain_terms if stage == "pretrain" else finetune_terms
+    return functools.partial(_step, cfg=cfg, mean_count=mean_count or mean_count_across_ranks(1), fn=fn)
+
+
+def stage_urls(data: str, stage: str, manifest: dict) -> list[str]:
+    """The shards of the split the stage trains on."""
+    from raymmr.data.shards import shard_urls, training_split
+
+    return shard_urls(data, training_split(stage, manifest))
+
+
+def stage_loader_args(cfg: Config, stage: str, tokenizer, manifest: dict, *, rank: int, world_size: int) -> dict:
+    """What every loader of this rank shares (``make_loader``'s arguments but the epoch's):
+    tokenizer, answers, sizes, perturbation, and the sample kinds the stage trains on."""
+    return dict(
         tokenizer=tokenizer,
-        answers=answers,
+        answers=manifest["answers"],
         max_text_len=cfg.model.max_text_len,
         batch_size=cfg.train.batch_size,
         rank=rank,
@@ -154,33 +233,19 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         manifest=manifest,
         kinds=STAGE_KINDS[stage],
     )
+
+
+def training_batches(cfg: Config, stage: str, manifest: dict, urls: list[str], loader_args: dict, *, partners,
+                     world_size: int, device, position) -> Iterator:
+    """The training stream across epochs from ``position`` (``epochs``)."""
+    from raymmr.data.loader import make_loader
+    from raymmr.data.shards import training_split
+
     split = training_split(stage, manifest)
-    train_urls = shard_urls(data, split)
-    partners = None
-    if stage == "finetune":
-        # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
-        # different numbers of batches here.
-        key_to_row, index_embeddings = similar_image_index(
-            model, make_loader, train_urls, loader_args, job, device, rank, world_size
-        )
-        partners = find_partners(key_to_row, index_embeddings, train_urls, cfg.finetune.similarity_threshold, rank)
-        task = functools.partial(_step, cfg=cfg, mean_count=mean_count, fn=finetune_terms)
-    else:
-        task = functools.partial(_step, cfg=cfg, mean_count=mean_count, fn=pretrain_terms)
-
-    steps = cfg.train.steps if stage == "pretrain" else cfg.finetune.steps
-    lr = cfg.train.lr if stage == "pretrain" else cfg.finetune.lr
-    resume = find_resume_point(job, world_size=world_size, local_rank=ctx.get_local_rank())
-    engine = build_engine(model, cfg.train, lr=lr, total_steps=steps, on_gpu=on_gpu,
-                          load_universal=resume is not None and resume.universal is not None)
-    if cfg.train.zero_stage == 3:
-        register_external_parameters(model)
-
     samples_per_epoch = cfg.data.samples_per_epoch or epoch_samples(manifest["splits"][split], STAGE_KINDS[stage])
-    position = data_position(resume, cfg, rank, world_size)
-    batches = epochs(
+    return epochs(
         lambda epoch, start, phase: make_loader(
-            train_urls,
+            urls,
             epoch_mode=cfg.data.epoch_mode,
             samples_per_epoch=samples_per_epoch,
             seed=cfg.data.seed,
@@ -195,36 +260,17 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         device=device,
         position=position,
     )
-    val_urls = shard_urls(cfg.data.val_shards or data, "val")
+
+
+def validation_batches(cfg: Config, urls: list[str], loader_args: dict, *, world_size: int):
+    """The validation loader: resampled with a fixed seed and epoch, so the same samples at every
+    validation and the same number of batches on every rank."""
+    from raymmr.data.loader import make_loader
+
     n_val = cfg.train.val_batches * cfg.train.batch_size * world_size
-
-    def val_batches():
-        # Resampled with a fixed seed and epoch: the same samples at every validation, and the
-        # same number of batches on every rank.
-        return make_loader(
-            val_urls, epoch_mode="resampled", samples_per_epoch=n_val, seed=cfg.data.seed + 1, epoch=0,
-            **{**loader_args, "shuffle_buffer": 0, "loader_workers": 0},
-        )
-
-    zero3 = cfg.train.zero_stage == 3
-    return WorkerContext(
-        cfg=cfg,
-        stage=stage,
-        rank=rank,
-        world_size=world_size,
-        device=device,
-        bf16=use_bf16(cfg.train, on_gpu),
-        engine=engine,
-        task=task,
-        batches=batches,
-        val_batches=val_batches,
-        total_steps=steps,
-        flops_per_sample=model.flops_per_sample(stage, cfg.loss, cfg.masking),
-        peak_flops=measured_peak_flops(device),
-        momentum=MomentumEMA(model, zero3=zero3),
-        resume=resume,
-        data_position=position,
-        extra={"run_dir": job.run_dir},
+    return make_loader(
+        urls, epoch_mode="resampled", samples_per_epoch=n_val,
+        seed=cfg.data.seed + 1, epoch=0, **{**loader_args, "shuffle_buffer": 0, "loader_workers": 0},
     )
 
 
@@ -344,7 +390,7 @@ def find_partners(key_to_row: dict[str, int], embeddings: torch.Tensor, train_ur
     (``task.partner_rows`` on the similar-image index) and the partners' encoded images, read from
     the shards; the same on every rank (the index is), and again after a restart."""
     from raymmr.data.loader import Partners, read_images
-    from raymmr.model.task import partner_rows
+    from raymmr.objective.task import partner_rows
 
     rows = partner_rows(embeddings, threshold).tolist()
     key_of = {row: key for key, row in key_to_row.items()}
@@ -367,7 +413,7 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
     from safetensors.torch import load_file, save_file
 
     from raymmr import storage
-    from raymmr.train.rundir import RunDir
+    from raymmr.rundir import RunDir
 
     run = RunDir(job.run_dir)
     # Rank 0 decides for all: ranks that disagreed on building would wait in different collectives.

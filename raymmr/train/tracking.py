@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raymmr import storage
 from raymmr.config import Config, flatten
-from raymmr.train.rundir import RunDir
+from raymmr.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def finish_run(tracker: TrackerRun | None, *, export_dir: str | None, status: st
 
     client = MlflowClient(tracker.uri)
     if export_dir is not None:
-        client.log_artifacts(tracker.run_id, export_dir, artifact_path="export")
+        client.log_artifacts(tracker.run_id, export_dir, artifact_path=storage.EXPORT)
     client.set_terminated(tracker.run_id, status=status)
 
 

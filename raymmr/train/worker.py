@@ -19,10 +19,10 @@ import torch.distributed as dist
 
 from raymmr.config import Config
 from raymmr.eval.metrics import retrieval_ranks, vqa_hits
+from raymmr.rundir import RunDir
 from raymmr.train import checkpoint as ckpt
 from raymmr.train.job import TrainJob
 from raymmr.train.metrics import MetricsWriter, TermAccumulator, console
-from raymmr.train.rundir import RunDir
 from raymmr.train.setup import LOADER_STATE, WorkerContext, build_worker_context
 
 log = logging.getLogger("raymmr")

@@ -39,7 +39,7 @@ def check_metric(base: Config, space: SearchSpace) -> None:
     """``tune.metric`` must be a validation metric every report of every trial carries, and
     ``tune.mode`` its better direction; checked before Ray starts."""
     from raymmr.config import ConfigError
-    from raymmr.model.task import FINETUNE_TERMS, PRETRAIN_TERMS
+    from raymmr.objective.task import FINETUNE_TERMS, PRETRAIN_TERMS
 
     t = base.tune
     if t.metric == "val_loss":
@@ -94,7 +94,7 @@ def run_stage(cfg: Config, stage: str, run: str, data: str, **train_kwargs) -> s
     was running continues from its newest complete checkpoint."""
     from raymmr.train.launch import run_training
 
-    export = storage.join(run, "export")
+    export = storage.join(run, storage.EXPORT)
     if storage.exists(storage.join(export, storage.WEIGHTS)):
         if train_kwargs.get("report_to_tune"):
             report_finished_stage(cfg, run, train_kwargs.get("rung_offset", 0))
@@ -117,8 +117,8 @@ def report_finished_stage(cfg: Config, run: str, rung_offset: int) -> None:
 def can_resume(run: str) -> bool:
     """Whether a sweep's own run directory holds a complete checkpoint to continue from. One that
     holds only partial checkpoints is moved aside (logs kept) so the stage starts over."""
+    from raymmr.rundir import set_aside
     from raymmr.train.checkpoint import checkpoints, latest_complete
-    from raymmr.train.rundir import set_aside
 
     if latest_complete(run) is not None:
         return True
@@ -142,7 +142,7 @@ def load_study(out: str):
     (which run without Optuna)."""
     import optuna
 
-    from raymmr.train.rundir import RunDir
+    from raymmr.rundir import RunDir
 
     journal = RunDir(out).fetch(JOURNAL, keep_local=True)
     if not journal.exists():
@@ -156,7 +156,7 @@ def study_search(space: SearchSpace, t, sweep_url: str):
     import optuna as ot
     from ray.tune.search.optuna import OptunaSearch
 
-    from raymmr.train.rundir import RunDir
+    from raymmr.rundir import RunDir
 
     class StudySearch(OptunaSearch):
         def on_trial_complete(self, trial_id, result=None, error=False):
@@ -238,7 +238,8 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raymmr.train.launch import JobError, connect_ray
+    from raymmr.errors import JobError
+    from raymmr.train.launch import connect_ray
 
     out = storage.normalize(out)
     check_metric(base, space)

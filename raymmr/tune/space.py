@@ -83,12 +83,15 @@ from raymmr.config import (
     set_value,
     validate,
 )
+from raymmr.objective.task import FINETUNE_TERMS
 
 SAMPLED_KINDS = ("uniform", "loguniform", "int", "choice")
 ALL_KINDS = (*SAMPLED_KINDS, "grid", "conditional", "value")
 TOP_LEVEL_KEYS = ("description", "objective", "method", "params", "grid_points")
-# keys that only act during fine-tuning: a pretrain-only trial would silently ignore them
-FINETUNE_ONLY_PREFIXES = ("finetune.", "loss.w_mix", "loss.w_diff", "loss.w_ans_finetune", "perturbation.in_finetune")
+# keys that only act during fine-tuning: a pretrain-only trial would silently ignore them (the loss
+# weights are those of the fine-tuning terms, objective.task.FINETUNE_TERMS)
+FINETUNE_ONLY_PREFIXES = ("finetune.", "perturbation.in_finetune",
+                          *sorted({f"loss.{weight}" for weight in FINETUNE_TERMS.values()}))
 
 
 class SpaceError(ValueError):

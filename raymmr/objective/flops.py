@@ -11,8 +11,8 @@ matrix, as SDPA computes it (causal CLIP text included). Checked against
 from __future__ import annotations
 
 from raymmr.config import LossConfig, MaskingConfig
-from raymmr.model.masking import max_masked_tokens, max_text_ratio
-from raymmr.model.task import plan_passes
+from raymmr.objective.masking import max_masked_tokens, max_text_ratio
+from raymmr.objective.task import plan_passes
 
 
 def transformer_layer(tokens: int, width: int, mlp: int) -> float:

@@ -7,38 +7,19 @@ the way the shard writer and the loader do (``raymmr.data.images``), then the mo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import Tensor
 
+from raymmr.data.images import image_array
+from raymmr.data.tokenizer import encode_texts, load_tokenizer
 from raymmr.model.export import load_export, local_export
 
 
-def _load_tokenizer(path: str):
-    try:
-        from raymmr.data.tokenizer import encode_texts, load_tokenizer
-    except ImportError:  # the data package is optional for inference
-        from transformers import PreTrainedTokenizerFast
-
-        tok = PreTrainedTokenizerFast(tokenizer_file=path, pad_token="[PAD]", unk_token="[UNK]",
-                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")  # fmt: skip
-
-        def encode_texts(tokenizer, texts, max_len):
-            enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-            return enc["input_ids"].long(), enc["attention_mask"].long()
-
-        return tok, encode_texts
-    directory = Path(path).parent
-    source = directory if (directory / "tokenizer_config.json").exists() else path
-    return load_tokenizer(str(source)), encode_texts
-
-
 class Predictor:
-    def __init__(self, model, cfg, tokenizer, encode_texts, answers: list[str], *, batch_size: int = 64):
+    def __init__(self, model, cfg, tokenizer, answers: list[str], *, batch_size: int = 64):
         self.model, self.cfg = model.eval(), cfg
-        self.tokenizer, self._encode_texts = tokenizer, encode_texts
+        self.tokenizer = tokenizer
         self.answers = answers
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
@@ -47,8 +28,7 @@ class Predictor:
     def from_export(cls, export_dir, *, device: str | torch.device | None = None, batch_size: int = 64) -> Predictor:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, cfg, meta = load_export(export_dir, device=device)
-        tokenizer, encode = _load_tokenizer(meta["tokenizer"])
-        return cls(model, cfg, tokenizer, encode, meta["answers"], batch_size=batch_size)
+        return cls(model, cfg, load_tokenizer(meta["tokenizer"]), meta["answers"], batch_size=batch_size)
 
     @classmethod
     def from_pretrained(cls, path_or_url: str, *, device: str | torch.device | None = None,
@@ -61,8 +41,6 @@ class Predictor:
     def image_tensor(self, images) -> Tensor:
         """PIL images (brought to data.image_size as the shard writer does) or uint8 [3, S, S]
         arrays already at that size -> uint8 [B, 3, S, S] on the model's device."""
-        from raymmr.data.images import image_array
-
         size = self.cfg.data.image_size
         arrays = []
         for im in images:
@@ -76,7 +54,7 @@ class Predictor:
         return torch.from_numpy(np.stack(arrays)).to(self.device)
 
     def text_tensors(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        ids, mask = self._encode_texts(self.tokenizer, list(texts), self.cfg.model.max_text_len)
+        ids, mask = encode_texts(self.tokenizer, list(texts), self.cfg.model.max_text_len)
         return ids.to(self.device), mask.to(self.device)
 
     def _batches(self, n: int, desc: str | None):

@@ -2,7 +2,7 @@
 
 The training loop (precision, accumulation, optimizer, logging) lives in ``raymmr.train``; this
 module only decides which forward passes a step runs and which loss each feeds. ``plan_passes``
-is the single description of those passes; the FLOP count (``raymmr.model.flops``) reads it too.
+is the single description of those passes; the FLOP count (``raymmr.objective.flops``) reads it too.
 
 Pre-training (CMDPI §3.2 + Robust-MMR), per batch:
   clean     Eq. 1 on the clean input: h_I, h_T, h_F                    -> con_inter, h_F for global rec.
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raymmr.config import Config, LossConfig
-from raymmr.model.losses import (
+from raymmr.objective.losses import (
     MeanCount,
     answer_ce,
     deviate_features,
@@ -72,7 +72,7 @@ from raymmr.model.losses import (
     sample_lambda,
     symmetric_info_nce,
 )
-from raymmr.model.masking import (
+from raymmr.objective.masking import (
     AsymmetricDraw,
     apply_token_mask,
     asymmetric_draw,
