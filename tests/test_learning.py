@@ -22,7 +22,10 @@ def learned(results: dict) -> bool:
 
 def test_model_learns_synthrad(ray_local, tiny_data, tmp_path):
     # The demo's pipeline; its evaluation on clean inputs only (the perturbed ones measure robustness).
-    results = run_pipeline(load_config("tiny"), tmp_path / "run", tiny_data, severities=())
+    # No validation and one checkpoint per stage: neither changes what is learned, and they cost
+    # ~1 minute of this test on 2 cores.
+    cfg = load_config("tiny", ["train.val_every=0", "train.checkpoint_every=1000"])
+    results = run_pipeline(cfg, tmp_path / "run", tiny_data, severities=())
     assert learned(results), (
         f"held-out VQA accuracy {results['vqa_overall']:.3f} does not beat the baselines "
         f"(majority {results['majority_baseline']:.3f}, question-only {results['question_only_baseline']:.3f}) "
@@ -39,20 +42,16 @@ def test_same_check_fails_without_learning(tiny_data, tmp_path):
     """The untrained model (what a pipeline with learning rate 0 exports), evaluated the same way."""
     import torch
 
-    from raymmr.data.shards import read_manifest, shard_tokenizer
-    from raymmr.data.tokenizer import load_tokenizer
+    from raymmr.data.shards import shard_tokenizer
     from raymmr.eval.evaluate import evaluate
     from raymmr.model.export import save_export
-    from raymmr.model.model import RaymmrModel
+    from raymmr.train.setup import new_model
 
     cfg = load_config("tiny")
-    tokenizer = load_tokenizer(shard_tokenizer(tiny_data))
-    answers = read_manifest(tiny_data)["answers"]
     torch.manual_seed(cfg.train.seed)
-    model = RaymmrModel(cfg.model, vocab_size=len(tokenizer), num_answers=len(answers),
-                        pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id)
+    model, _, manifest = new_model(cfg, tiny_data)
     export = save_export(model.eval(), cfg, tmp_path / "export", tokenizer_dir=shard_tokenizer(tiny_data),
-                         answers=answers)
+                         answers=manifest["answers"])
     results = evaluate(str(export), tiny_data, str(tmp_path / "eval"), severities=())  # clean, as above
     assert not learned(results), f"an untrained model 'learned': {results['vqa_overall']:.3f}"
     assert sum(v["n"] for v in results["vqa_by_question_type"].values()) == results["n_vqa"]
