@@ -28,13 +28,14 @@ class EvalSet:
     captions: list  # list[Sample]
 
 
-def load_split(data: str, split: str, image_size: int, limit: int = 0) -> EvalSet:
+def load_split(data: str, split: str, image_size: int, limit: int = 0, fields: dict | None = None) -> EvalSet:
+    """``fields``: the manifest's ``fields`` (``shards.record_fields``), for a foreign shard set."""
     from raymmr.data.images import image_array
     from raymmr.data.loader import iter_samples
-    from raymmr.data.shards import record_fields, shard_urls
+    from raymmr.data.shards import shard_urls
 
     vqa, captions = [], []
-    for sample in iter_samples(shard_urls(data, split), record_fields(data)):
+    for sample in iter_samples(shard_urls(data, split), fields):
         sample.image = image_array(sample.image, image_size)
         (captions if sample.kind == "caption" else vqa).append(sample)
         if limit and len(vqa) + len(captions) >= limit:
@@ -42,12 +43,12 @@ def load_split(data: str, split: str, image_size: int, limit: int = 0) -> EvalSe
     return EvalSet(vqa=vqa, captions=captions)
 
 
-def train_text_pairs(data: str) -> list[tuple[str, str]]:
+def train_text_pairs(data: str, fields: dict | None = None) -> list[tuple[str, str]]:
     """(question, answer) of the train split, from the JSON records only (no image decoding)."""
     from raymmr.data.loader import iter_records
-    from raymmr.data.shards import record_fields, shard_urls
+    from raymmr.data.shards import shard_urls
 
-    return [(r["question"], r["answer"]) for r in iter_records(shard_urls(data, "train"), record_fields(data))
+    return [(r["question"], r["answer"]) for r in iter_records(shard_urls(data, "train"), fields)
             if r["kind"] == "vqa"]
 
 
@@ -89,10 +90,10 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
     from raymmr.serve import Predictor
 
     predictor = Predictor.from_export(storage.cached_copy(export_dir, "exports"), batch_size=batch_size)
-    test = load_split(data, split, predictor.cfg.data.image_size, limit)
+    manifest = read_manifest(data)
+    test = load_split(data, split, predictor.cfg.data.image_size, limit, manifest.get("fields"))
     if not test.vqa and not test.captions:
         raise ValueError(f"{data}: split '{split}' has no samples")
-    manifest = read_manifest(data)
     train_domains = set(manifest["splits"]["train"].get("domains", []))
     results: dict = {"split": split, "data": data, "model": export_dir, "n_vqa": len(test.vqa),
                      "n_captions": len(test.captions)}
@@ -104,7 +105,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str = "test", sever
         preds = {sev: answers(predictor, test.vqa, sev, progress) for sev in ("none", *severities)}
         clean = M.vqa_accuracy(preds["none"], golds, types)
         results.update(vqa_overall=clean["overall"], vqa_open=clean["open"], vqa_closed=clean["closed"])
-        pairs = train_text_pairs(data)
+        pairs = train_text_pairs(data, manifest.get("fields"))
         results["majority_baseline"] = M.majority_baseline([a for _, a in pairs], golds, types)["overall"]
         results["question_only_baseline"] = M.question_only_baseline(
             pairs, [(s.question, s.answer) for s in test.vqa], types)["overall"]
