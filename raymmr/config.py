@@ -185,7 +185,7 @@ class TrainConfig:
     grad_clip: float = _f(1.0, range=(0.0, 1e6), help="0 = no clipping")
     zero_stage: int = _f(2, range=(0, 3))
     precision: str = _f("auto", choices=["auto", "bf16", "fp32"], help="auto = bf16 on GPU, fp32 on CPU")
-    compile: bool = _f(False, help="torch.compile the model")
+    compile: bool = _f(False, help="torch.compile the towers and RecNet (ZeRO stages 0-2)")
     seed: int = _f(0, range=(0, 2**31 - 1))
     log_every: int = _f(50, range=(1, 10**7))
     val_every: int = _f(1000, range=(0, 10**7), help="0 = no validation during training")
@@ -458,6 +458,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.synthrad_test_domain={cfg.data.synthrad_test_domain} must be < data.synthrad_domains={cfg.data.synthrad_domains}"
         )
+    if cfg.train.compile and cfg.train.zero_stage == 3:
+        raise ConfigError("train.compile=true with train.zero_stage=3: ZeRO-3 gathers parameters in hooks "
+                          "that torch.compile cannot trace here; use train.zero_stage=2 or train.compile=false")
     if cfg.masking.mask_ratio_low > cfg.masking.mask_ratio_high:
         raise ConfigError(
             f"masking.mask_ratio_low={cfg.masking.mask_ratio_low} must be <= masking.mask_ratio_high={cfg.masking.mask_ratio_high}"

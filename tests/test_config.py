@@ -146,3 +146,10 @@ def test_mask_overrides_that_would_be_ignored_are_refused():
         load_config("tiny", ["masking.mask_ratio_high=0.8"], method="cmdpi")
     assert load_config("tiny", ["masking.mask_ratio_img=0.5"], method="cmdpi").masking.mask_ratio_img == 0.5
     assert load_config("tiny", ["masking.asymmetric=false", "masking.mask_ratio_img=0.5"]).masking.mask_ratio_img == 0.5
+
+
+def test_base_trains_on_gpus_and_compile_refuses_zero3():
+    assert load_config("base").train.gpus_per_worker == 1 and load_config("tiny").train.gpus_per_worker == 0
+    assert load_config("tiny", ["train.compile=true"]).train.compile
+    with pytest.raises(ConfigError, match="train.compile=true with train.zero_stage=3"):
+        load_config("tiny", ["train.compile=true", "train.zero_stage=3"])

@@ -41,14 +41,14 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     from raymmr.train.engine import build_engine, use_bf16
     from raymmr.train.metrics import measured_peak_flops
     from raymmr.train.momentum import MomentumEMA
-    from raymmr.train.setup import new_model, stage_loader_args, stage_task, stage_urls
+    from raymmr.train.setup import compile_model, new_model, stage_loader_args, stage_task, stage_urls
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
     init_single_process_group("nccl" if on_gpu else "gloo")
     torch.manual_seed(cfg.train.seed)
     model, tokenizer, manifest = new_model(cfg, data)
-    model.to(device)
+    compile_model(model.to(device), cfg)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops = training_flops_per_sample(model, stage, cfg.loss, cfg.masking)
     engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=steps + warmup, on_gpu=on_gpu)

@@ -119,6 +119,7 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         if rank == 0:
             RunDir(job.run_dir).append_lines("events.jsonl", [json.dumps(init)])
     model.to(device)
+    compile_model(model, cfg)
     loader_args = stage_loader_args(cfg, stage, tokenizer, manifest, rank=rank, world_size=world_size)
     train_urls = stage_urls(data, stage, manifest)
     partners = None
@@ -193,6 +194,16 @@ def new_model(cfg: Config, data: str):
         mask_token_id=tokenizer.mask_token_id,
     )
     return model, tokenizer, manifest
+
+
+def compile_model(model, cfg: Config):
+    """``train.compile``: ``torch.compile`` each tower (the momentum copies too) and RecNet in place
+    (``nn.Module.compile``: parameter names and the export stay as they are). Returns ``model``."""
+    if cfg.train.compile:
+        for module in (model.image_encoder, model.text_encoder, model.recnet, model.momentum_image_encoder,
+                       model.momentum_text_encoder):
+            module.compile()
+    return model
 
 
 def stage_schedule(cfg: Config, stage: str) -> tuple[int, float]:
