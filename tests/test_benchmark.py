@@ -47,14 +47,36 @@ def test_benchmark_job_runs_and_appends_a_row(tiny_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "--config", "tiny", "--zero-stages", "0,2",
          "--batch-sizes", "4", "--steps", "2", "--warmup", "1", "--data", tiny_data, "--out", str(tmp_path / "b"),
-         "--markdown", str(md), "--set", "data.loader_workers=0"],
+         "--markdown", str(md), "--set", "data.loader_workers=0", "--baseline", "plain"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(next((tmp_path / "b").glob("benchmark-*.json")).read_text())
-    assert [r["zero_stage"] for r in rows] == [0, 2]
+    assert [r["zero_stage"] for r in rows] == ["plain", 0, 2]
     assert all(r["samples_per_s"] > 0 and r["gflops_per_sample"] > 0 and 0 <= r["data_wait"] <= 1 for r in rows)
+    assert rows[0]["vs_plain"] is None
+    assert all(r["vs_plain"] == pytest.approx(r["samples_per_s"] / rows[0]["samples_per_s"]) for r in rows[1:])
     table = md.read_text()
-    assert table.count("| cpu |") == 2 and "jobs/benchmark.py" in table
+    assert table.count("| cpu |") == 3 and "jobs/benchmark.py" in table
+    assert "the plain PyTorch loop (no DeepSpeed)" in table and table.count("x the plain loop (overhead") == 2
+
+
+def test_plain_step_averages_accumulated_gradients_then_clips():
+    import torch
+
+    from raymmr.config import load_config
+    from raymmr.train.benchmark import PlainStep
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([w], lr=1.0)
+    step = PlainStep(torch.nn.ParameterList([w]), opt, load_config("tiny", ["train.grad_accum=2", "train.grad_clip=1"]).train)
+    for target in (torch.tensor([4.0, 0, 0]), torch.tensor([0, 4.0, 0])):
+        step.backward(-(w * target).sum())  # gradient -target
+        step.step()
+        if step.micro == 1:
+            assert torch.equal(w.detach(), torch.zeros(3))  # no update inside the accumulation
+    # mean gradient (-2, -2, 0), norm 2.83 clipped to 1: w moves by (0.707, 0.707, 0)
+    torch.testing.assert_close(w.detach(), torch.tensor([0.7071, 0.7071, 0.0]), atol=1e-4, rtol=0)
+    assert w.grad is None
 
 
 def test_markdown_rows_go_into_their_section(tmp_path):

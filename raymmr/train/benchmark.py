@@ -32,13 +32,15 @@ def init_single_process_group(backend: str) -> None:
     dist.init_process_group(backend=backend, rank=0, world_size=1)
 
 
-def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) -> dict:
+def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, plain: bool = False) -> dict:
     """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row. The model,
     task and loader are built as a training rank builds them (``raymmr.train.setup``), on this
-    process's GPU when there is one."""
+    process's GPU when there is one. ``plain``: the same model, task and loader in a plain PyTorch
+    loop instead (torch AdamW, gradient clipping, the same autocast; no DeepSpeed, no Ray): the
+    baseline raymmr's step is measured against (row ``zero_stage`` "plain")."""
     from raymmr.data.loader import make_loader
     from raymmr.objective.flops import training_flops_per_sample
-    from raymmr.train.engine import build_engine, use_bf16
+    from raymmr.train.engine import build_engine, build_optimizer, use_bf16
     from raymmr.train.metrics import measured_peak_flops
     from raymmr.train.momentum import MomentumEMA
     from raymmr.train.setup import compile_model, new_model, stage_loader_args, stage_task, stage_urls
@@ -51,7 +53,10 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     compile_model(model.to(device), cfg)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops = training_flops_per_sample(model, stage, cfg.loss, cfg.masking)
-    engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=steps + warmup, on_gpu=on_gpu)
+    if plain:
+        engine = PlainStep(model, build_optimizer(model, cfg.train, cfg.train.lr, on_gpu), cfg.train)
+    else:
+        engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=steps + warmup, on_gpu=on_gpu)
     bf16 = use_bf16(cfg.train, on_gpu)
     momentum = MomentumEMA(model, zero3=cfg.train.zero_stage == 3)
     task = stage_task(cfg, stage)
@@ -95,7 +100,8 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
     peak = measured_peak_flops(device)
     tflops = samples * flops / elapsed / 1e12
     return {
-        "stage": stage, "preset": cfg.preset, "zero_stage": cfg.train.zero_stage, "batch_size": cfg.train.batch_size,
+        "stage": stage, "preset": cfg.preset, "zero_stage": "plain" if plain else cfg.train.zero_stage,
+        "batch_size": cfg.train.batch_size,
         "grad_accum": cfg.train.grad_accum, "precision": "bf16" if bf16 else "fp32", "compile": cfg.train.compile,
         "device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "params_trainable": n_params,
         "gflops_per_sample": flops / 1e9, "samples_per_s": samples / elapsed, "tflops": tflops,
@@ -103,6 +109,38 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int) ->
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
         "data_wait": wait / elapsed, "steps": steps,
     }
+
+
+class PlainStep:
+    """The engine calls the benchmark loop makes (``module``, ``backward``, ``step``), in plain
+    PyTorch: gradients averaged over the accumulation steps, clipped, one optimizer step."""
+
+    def __init__(self, model, optimizer, train_cfg):
+        self.module, self.optimizer = model, optimizer
+        self.grad_accum, self.grad_clip = train_cfg.grad_accum, train_cfg.grad_clip
+        self.micro = 0
+
+    def backward(self, loss) -> None:
+        (loss / self.grad_accum).backward()
+
+    def step(self) -> None:
+        self.micro += 1
+        if self.micro % self.grad_accum:
+            return
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def with_plain_ratio(rows: list[dict]) -> list[dict]:
+    """Each DeepSpeed row gets ``vs_plain``: its samples/s over the plain loop's at the same stage
+    and batch size, measured in the same run (None without such a plain row)."""
+    plain = {(r["stage"], r["batch_size"]): r["samples_per_s"] for r in rows if r["zero_stage"] == "plain"}
+    for r in rows:
+        base = plain.get((r["stage"], r["batch_size"]))
+        r["vs_plain"] = r["samples_per_s"] / base if base and r["zero_stage"] != "plain" else None
+    return rows
 
 
 def commit() -> str:
@@ -120,19 +158,28 @@ def append_markdown(rows: list[dict], path: str, command: str) -> None:
     header = "## Training step (one device)"
     if header not in text:
         text += (f"\n{header}\n\n| date | device | commit | stage | ZeRO | batch | precision | samples/s | "
-                 "TFLOP/s | MFU | peak mem GB | data wait | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+                 "TFLOP/s | MFU | peak mem GB | data wait | command | vs plain |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     date = time.strftime("%Y-%m-%d")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (CPU)"
         mem = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "n/a"
         row = (f"| {date} | {r['device']} | {commit()} | {r['stage']} | {r['zero_stage']} | {r['batch_size']} | "
                f"{r['precision']} | {r['samples_per_s']:.1f} | {r['tflops']:.2f} | {mfu} | {mem} | "
-               f"{100 * r['data_wait']:.1f}% | `{command}` |\n")
+               f"{100 * r['data_wait']:.1f}% | `{command}` | {vs_plain(r)} |\n")
         # insert right after this section's table header (keep other sections intact)
         start = text.index(header)
         nxt = text.find("\n## ", start + len(header))
         text = text + row if nxt == -1 else text[:nxt] + row + text[nxt:]
     p.write_text(text)
+
+
+def vs_plain(row: dict) -> str:
+    """The markdown cell: the plain loop itself, or this step's speed as a ratio to it (overhead)."""
+    if row["zero_stage"] == "plain":
+        return "the plain PyTorch loop (no DeepSpeed)"
+    ratio = row.get("vs_plain")
+    return "—" if ratio is None else f"{ratio:.2f}x the plain loop (overhead {100 * (1 - ratio):+.1f}%)"
 
 
 def write_json(rows: list[dict], out: str) -> Path:
