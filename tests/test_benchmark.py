@@ -87,3 +87,20 @@ def test_markdown_rows_go_into_their_section(tmp_path):
     append_markdown([row], str(md), "python jobs/benchmark.py")
     text = md.read_text()
     assert text.index("## Data loader") < text.index("## Training step") < text.index("38.0%")
+
+
+@pytest.mark.slow
+def test_gpu_check_script_dry_runs_on_cpu(tiny_data, tmp_path):
+    """scripts/gpu_check.sh without a GPU: the GPU tests are collected and skip, and the benchmark
+    runs the same command lines with the tiny preset, rows beside the plain loop."""
+    import os
+
+    out = tmp_path / "gpu"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_CHECK_INSTALL": "0"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    log = (out / "gpu_check.log").read_text() if (out / "gpu_check.log").exists() else ""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log
+    assert "mode cpu" in log and "skipped" in (out / "gpu-tests.log").read_text()
+    table = (out / "BENCHMARKS.md").read_text()
+    assert table.count("| cpu |") == 3 and table.count("x the plain loop (overhead") == 2, table

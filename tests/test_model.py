@@ -363,19 +363,22 @@ def test_base_preset_has_cmdpis_parameter_count():
 
 
 @pytest.mark.slow
-def test_compiled_step_equals_eager(cfg):
-    """train.compile: the towers and RecNet under torch.compile (inductor, CPU here) give the same
-    pre-training terms and gradients as eager, on the same random draws."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_compiled_step_equals_eager(cfg, device):
+    """train.compile: the towers and RecNet under torch.compile (inductor) give the same
+    pre-training terms and gradients as eager, on the same random draws (fp32)."""
     import copy
 
     from raymmr.train.setup import compile_model
 
-    eager = make_model(cfg)
+    eager = make_model(cfg).to(device)
     compiled = compile_model(copy.deepcopy(eager), tiny("train.compile=true"))
     assert compiled.recnet._compiled_call_impl is not None and eager.recnet._compiled_call_impl is None
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in make_batch(cfg).items()}
     results = []
     for model in (eager, compiled):
-        terms = pretrain_terms(model, make_batch(cfg), cfg, generator=torch.Generator().manual_seed(3))
+        terms = pretrain_terms(model, batch, cfg, generator=torch.Generator(device).manual_seed(3))
         terms["loss"].backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append(({k: v.detach() for k, v in terms.items() if torch.is_tensor(v) and v.dim() == 0}, grads))

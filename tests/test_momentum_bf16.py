@@ -1,5 +1,5 @@
-"""The momentum EMA under bf16 DeepSpeed training (CPU bf16; GPU training runs the same engine
-settings): it tracks an fp32 reference EMA, LayerNorm gains included, where an EMA in bf16 would
+"""The momentum EMA under bf16 DeepSpeed training, on CPU bf16 and (marked gpu) on a CUDA device
+with NCCL: it tracks an fp32 reference EMA, LayerNorm gains included, where an EMA in bf16 would
 round its updates away. Run in a subprocess: DeepSpeed needs a process group of its own."""
 
 import json
@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 UPDATES = 200
 
 
-def main() -> None:
+def main(device: str) -> None:
     import torch
 
     from raymmr.config import load_config
@@ -20,20 +21,22 @@ def main() -> None:
     from raymmr.train.engine import build_engine
     from raymmr.train.momentum import MomentumEMA
 
-    init_single_process_group("gloo")
+    on_gpu = device == "cuda"
+    init_single_process_group("nccl" if on_gpu else "gloo")
     torch.manual_seed(0)
     cfg = load_config("tiny", ["train.precision=bf16", "train.zero_stage=2", "train.lr=1e-3", "train.warmup_steps=0",
                                 "model.image_size=32"])
-    model = RaymmrModel(cfg.model, vocab_size=64, num_answers=3, pad_token_id=0, mask_token_id=1)
-    engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=UPDATES, on_gpu=False)
+    model = RaymmrModel(cfg.model, vocab_size=64, num_answers=3, pad_token_id=0, mask_token_id=1).to(device)
+    engine = build_engine(model, cfg.train, lr=cfg.train.lr, total_steps=UPDATES, on_gpu=on_gpu)
     assert all(q.dtype == torch.bfloat16 for _, q in model.momentum_pairs()), "the engine casts the momentum copies"
     ema = MomentumEMA(model, zero3=False)
     m = cfg.model.momentum
     start = [q.detach().double().clone() for _, q in model.momentum_pairs()]
     reference = [t.clone() for t in start]  # an fp64 EMA of the same online weights
     naive = [q.detach().clone() for _, q in model.momentum_pairs()]  # what an EMA in bf16 would hold
-    images = torch.randint(0, 256, (2, 3, cfg.model.image_size, cfg.model.image_size), dtype=torch.uint8)
-    ids = torch.randint(2, 64, (2, 16))
+    images = torch.randint(0, 256, (2, 3, cfg.model.image_size, cfg.model.image_size), dtype=torch.uint8,
+                           device=device)
+    ids = torch.randint(2, 64, (2, 16), device=device)
     mask = torch.ones_like(ids)
     for _ in range(UPDATES):
         loss = engine.module.encode_image(images).square().sum() + engine.module.encode_text(ids, mask).pow(3).sum()
@@ -70,8 +73,10 @@ def main() -> None:
 
 
 @pytest.mark.slow
-def test_momentum_ema_tracks_fp32_reference_under_bf16():
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_momentum_ema_tracks_fp32_reference_under_bf16(device):
+    proc = subprocess.run([sys.executable, __file__, device], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["n_norm_tensors"] > 0
@@ -82,4 +87,4 @@ def test_momentum_ema_tracks_fp32_reference_under_bf16():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1])

@@ -193,6 +193,7 @@ def record_worker(w: WorkerContext) -> None:
 
     event = {"event": "worker_started", "rank": w.rank, "world_size": w.world_size, "pid": os.getpid(),
              "node_id": ray.get_runtime_context().get_node_id(), "device": str(w.device),
+             "precision": "bf16" if w.bf16 else "fp32", "backend": dist.get_backend() if dist.is_initialized() else None,
              "data_epoch": w.data_position.epoch}
     events = [None] * w.world_size
     if w.world_size > 1:
