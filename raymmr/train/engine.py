@@ -43,6 +43,15 @@ def deepspeed_config(train_cfg: TrainConfig, *, on_gpu: bool, load_universal: bo
     return config
 
 
+def skips_nonfinite_steps(train_cfg: TrainConfig) -> bool:
+    """Whether the engine itself skips an optimizer step whose gradients are not finite, on every
+    rank alike (``engine.skipped_steps`` counts them): ZeRO stages 1 and 2 compute the global
+    gradient norm at each step (``zero_optimization.compute_grad_norm``, on by default) and skip on
+    an inf/NaN norm, in fp32 and in bf16 (``bf16.check_grad_overflow``, on by default). Checked for
+    the pinned DeepSpeed by tests/test_train.py. Stage 0 and 3 get the loop's own per-micro-step check."""
+    return train_cfg.zero_stage in (1, 2)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on what the model names (norms, biases, embeddings, tokens)."""
     no_decay = model.no_weight_decay()
@@ -51,10 +60,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad:
             continue
         (plain if name in no_decay else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # an empty group trips DeepSpeed's scheduler hook-up
 
 
 def build_optimizer(model: torch.nn.Module, train_cfg: TrainConfig, lr: float, on_gpu: bool):

@@ -21,6 +21,7 @@ from raymmr.config import Config
 from raymmr.eval.metrics import retrieval_ranks, vqa_hits
 from raymmr.rundir import RunDir
 from raymmr.train import checkpoint as ckpt
+from raymmr.train.engine import skips_nonfinite_steps
 from raymmr.train.job import TrainJob
 from raymmr.train.metrics import MetricsWriter, TermAccumulator, console
 from raymmr.train.setup import LOADER_STATE, WorkerContext, build_worker_context
@@ -44,28 +45,29 @@ def train_loop_per_worker(config: dict) -> None:
     terms_acc, timer = TermAccumulator(), StepTimer(w.device)
     last_val: dict = {}
     nonfinite = 0
+    # ZeRO 1/2: DeepSpeed checks the global gradient norm at each optimizer step and skips a
+    # non-finite step on every rank; the loop needs no host sync of its own (see engine.py).
+    engine_skips = skips_nonfinite_steps(cfg.train)
     for step in range(start + 1, w.total_steps + 1):
-        micro = 0
+        micro, pending, skipped_before = 0, [], engine.skipped_steps
         while micro < cfg.train.grad_accum:
             batch = timer.next_batch(w.batches)
             record_keys(job, step, w.rank, batch)
             with autocast(w):
                 terms = w.task(engine.module, batch)
-            if not finite_on_all_ranks(terms["loss"], w.world_size):
-                nonfinite += 1
-                timer.nonfinite += 1
-                if nonfinite >= cfg.train.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"{nonfinite} consecutive non-finite losses at step {step} (terms: "
-                        f"{ {k: float(v) for k, v in terms.items() if torch.is_tensor(v) and v.dim() == 0} }); "
-                        "lower train.lr or check the data"
-                    )
+            if not engine_skips and not finite_on_all_ranks(terms["loss"], w.world_size):
+                nonfinite = count_nonfinite(nonfinite, step, terms, cfg, timer)
                 continue
-            nonfinite = 0
             engine.backward(terms["loss"])
             engine.step()
             micro += 1
-            terms_acc.add(terms)
+            pending.append(terms)
+        if engine.skipped_steps > skipped_before:  # DeepSpeed found non-finite gradients: no update
+            nonfinite = count_nonfinite(nonfinite, step, terms, cfg, timer)
+        else:
+            nonfinite = 0
+            for t in pending:
+                terms_acc.add(t)
         w.momentum.update()
         timer.step_done(cfg.train.batch_size * cfg.train.grad_accum * w.world_size)
         if step % cfg.train.log_every == 0 or step == w.total_steps:
@@ -101,9 +103,24 @@ def autocast(w: WorkerContext):
     return torch.autocast("cuda", dtype=torch.bfloat16) if w.bf16 else nullcontext()
 
 
+def count_nonfinite(nonfinite: int, step: int, terms: dict, cfg: Config, timer) -> int:
+    """One more consecutive non-finite step (counted in the metrics); stops the run at
+    ``train.max_nonfinite_steps``."""
+    nonfinite += 1
+    timer.nonfinite += 1
+    if nonfinite >= cfg.train.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"{nonfinite} consecutive non-finite losses at step {step} (terms: "
+            f"{ {k: float(v) for k, v in terms.items() if torch.is_tensor(v) and v.dim() == 0} }); "
+            "lower train.lr or check the data"
+        )
+    return nonfinite
+
+
 def finite_on_all_ranks(loss: torch.Tensor, world_size: int) -> bool:
     """One scalar sync per micro step, so that every rank agrees to skip a bad batch together
-    (a rank that skipped alone would desynchronise ZeRO's gradient collectives)."""
+    (a rank that skipped alone would desynchronise ZeRO's gradient collectives). Only where
+    DeepSpeed does not skip non-finite steps itself (ZeRO 0 and 3)."""
     ok = torch.isfinite(loss.detach()).float()
     if world_size > 1:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
