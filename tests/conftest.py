@@ -11,6 +11,29 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("RAYMMR_CACHE", str(Path(os.environ.get("PYTEST_CACHE_ROOT", "/tmp")) / f"raymmr-test-cache-{os.getuid()}"))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (``item.rep_call``) for fixtures that clean up."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def remove_ray_node_dirs(request):
+    """The cluster tests' node directories (raynodes.node_env) go when their test passes: each
+    is a Ray session and a cache of hundreds of MB, and a suite run would leave gigabytes behind.
+    A failed test keeps them (its ``<name>.dirs`` file says where)."""
+    yield
+    import raynodes
+
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.passed:
+        raynodes.remove_node_dirs()
+    else:
+        raynodes.NODE_DIRS.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_data():
     """SynthRad shards for the `tiny` preset (generated once, reused across sessions)."""

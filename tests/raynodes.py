@@ -3,6 +3,7 @@ environment (a node of its own: scratch, cache and home directories), and the jo
 run them (`python jobs/<job>.py ...` in a subprocess)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,15 @@ def env(**extra: str) -> dict:
         "RAY_AUTH_MODE": "token",
         **extra,
     }
+
+
+NODE_DIRS: list[Path] = []  # every node_env's directory, removed after its test (conftest)
+
+
+def remove_node_dirs() -> None:
+    """Remove the node directories made so far: each holds a Ray session and a cache (hundreds of MB)."""
+    while NODE_DIRS:
+        shutil.rmtree(NODE_DIRS.pop(), ignore_errors=True)
 
 
 ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address (default TMPDIR)
@@ -153,6 +163,7 @@ def node_env(root: Path, name: str, **extra: str) -> dict:
     cluster image ships them built (TORCH_EXTENSIONS_DIR), and they hold no run data."""
     # Short paths: Ray's Unix sockets live under TMPDIR (a socket path has at most 107 bytes).
     node = Path(tempfile.mkdtemp(prefix=f"rn-{name}-", dir="/tmp"))
+    NODE_DIRS.append(node)  # removed after the test, kept when it fails (conftest)
     (root / f"{name}.dirs").write_text(str(node))  # where to look when a test fails
     dirs = {"TMPDIR": node / "tmp", "RAYMMR_CACHE": node / "cache", "HOME": node / "home"}
     for d in dirs.values():

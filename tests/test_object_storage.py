@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from raynodes import RAY, ROOT, free_port, job, node_env, ray_node, wait_for_nodes
 
 from raymmr import storage
+from raymmr.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +133,10 @@ def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
     assert json.loads(storage.read_text(s3_server.url("runs/two-node/eval/results.json")))["n_vqa"] > 0
     # Nothing was written to a local folder named after the URL.
     assert not (ROOT / "s3:").exists()
+    # No node keeps a checkpoint part in its scratch once the part is in the bucket.
+    for environ in (head_env, worker_env):
+        left = list(Path(environ["TMPDIR"]).glob(f"{ckpt.PART_PREFIX}*"))
+        assert not left, f"checkpoint parts left on a node: {left}"
 
 
 def test_shards_generated_on_the_driver_go_to_storage_for_a_cluster_run(s3_server, tiny_data, monkeypatch):

@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from statistics import mean
 
@@ -61,9 +63,9 @@ def test_zero2_sigkilled_workers_then_fewer_workers(ray_local, tiny_data, tmp_pa
     (The two-node test resumes a run after its driver was killed.)"""
     import signal
     import threading
-    import time
 
     run, keys = tmp_path / "killed", tmp_path / "keys"
+    began = time.time() - 1
     monkeypatch.setenv("RAYMMR_KEY_LOG", str(keys))
     steps = 24
     cfg = tiny("train.zero_stage=2", f"train.steps={steps}", "train.checkpoint_every=3", "train.log_every=1",
@@ -138,6 +140,9 @@ def test_zero2_sigkilled_workers_then_fewer_workers(ray_local, tiny_data, tmp_pa
     meta = ckpt.read_meta(ckpt.latest_complete(run))
     assert meta.world_size == 1 and meta.step == steps + 8
     assert (Path(result.export_dir) / "model.safetensors").exists()
+    # Each rank's part left the node's temp dir once uploaded; a killed worker's went at the next save.
+    left = [p for p in Path(tempfile.gettempdir()).glob(f"{ckpt.PART_PREFIX}*") if p.stat().st_mtime >= began]
+    assert not left, f"checkpoint parts left in the temp dir: {left}"
 
 
 def is_train_worker(pid: int) -> bool:
@@ -181,6 +186,23 @@ def test_other_world_size_loads_through_the_universal_format():
     assert ckpt.needs_universal(ckpt.CheckpointMeta(10, 2, 2, "pretrain"), world_size=1)
     assert not ckpt.needs_universal(ckpt.CheckpointMeta(10, 2, 2, "pretrain"), world_size=2)
     assert not ckpt.needs_universal(ckpt.CheckpointMeta(10, 2, 0, "pretrain"), world_size=3)  # whole state in one file
+
+
+def test_orphaned_checkpoint_parts_are_removed(tmp_path, monkeypatch):
+    """A part whose process is gone (a worker killed before its report) is removed at the next
+    save on the node; a live process's part (another trial's worker, say) is kept."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{ckpt.PART_PREFIX}{int(gone.stdout)}-step6-r1-abc"
+    live = tmp_path / f"{ckpt.PART_PREFIX}{os.getpid()}-step6-r0-def"
+    other = tmp_path / "raymmr-ckpt-notes"  # not a part: no pid
+    for d in (dead, live, other):
+        (d / ckpt.TAG).mkdir(parents=True)
+    ckpt.remove_orphans()
+    assert not dead.exists() and live.exists() and other.exists()
 
 
 def test_incomplete_checkpoint_is_never_resumed(tmp_path):

@@ -15,6 +15,8 @@ they are loaded only from run directories the user points at (never from data sh
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ TAG = "state"
 META = "raymmr_checkpoint.json"
 PROBE = "probe.safetensors"  # the final checkpoint's live-model outputs (worker.probe_live_model)
 DONE = "rank-{rank}.done"
+PART_PREFIX = "raymmr-ckpt-"  # + "<pid>-step<step>-r<rank>-": a rank's part in the node's temp dir
 
 
 class CheckpointError(RuntimeError):
@@ -41,13 +44,33 @@ class CheckpointMeta:
 
 def save(engine, meta: CheckpointMeta, rank: int, client_state: dict) -> str:
     """Write this rank's part of the checkpoint into a new temp dir and return the dir; the caller
-    adds its own files, then ``seal``s it."""
-    # mkdtemp (not a context manager): with async upload the dir must outlive this call.
-    path = Path(tempfile.mkdtemp(prefix=f"raymmr-ckpt-{meta.step}-r{rank}-"))
+    adds its own files, ``seal``s it, reports it and removes it."""
+    remove_orphans()
+    path = Path(tempfile.mkdtemp(prefix=f"{PART_PREFIX}{os.getpid()}-step{meta.step}-r{rank}-"))
     engine.save_checkpoint(str(path), tag=TAG, client_state=client_state, save_latest=False)
     if rank == 0:
         (path / META).write_text(json.dumps(meta.__dict__))
     return str(path)
+
+
+def remove_orphans() -> None:
+    """Remove the checkpoint parts that processes no longer alive left in this node's temp dir (a
+    worker killed between writing its part and the report that uploads and removes it). Parts of
+    live processes, such as other trials' workers on this node, are left alone."""
+    for part in Path(tempfile.gettempdir()).glob(f"{PART_PREFIX}*"):
+        pid = part.name[len(PART_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(part, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def seal(path: str | Path, rank: int, step: int) -> None:

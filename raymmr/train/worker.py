@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import nullcontext
 
@@ -233,14 +234,19 @@ def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint:
         return
     meta = ckpt.CheckpointMeta(step=step, world_size=w.world_size, zero_stage=w.cfg.train.zero_stage, stage=w.stage)
     path = ckpt.save(w.engine, meta, w.rank, client_state={"step": step})
-    position = {"world_size": w.world_size, **w.data_position.to_dict()}
-    with open(os.path.join(path, LOADER_STATE.format(rank=w.rank)), "w") as f:
-        json.dump(position, f)
-    if probe is not None and w.rank == 0:
-        save_file(probe, os.path.join(path, ckpt.PROBE))
-    w.momentum.save(path, w.rank)
-    ckpt.seal(path, w.rank, step)
-    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=f"step_{step:07d}")
+    try:
+        position = {"world_size": w.world_size, **w.data_position.to_dict()}
+        with open(os.path.join(path, LOADER_STATE.format(rank=w.rank)), "w") as f:
+            json.dump(position, f)
+        if probe is not None and w.rank == 0:
+            save_file(probe, os.path.join(path, ckpt.PROBE))
+        w.momentum.save(path, w.rank)
+        ckpt.seal(path, w.rank, step)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=f"step_{step:07d}")
+    finally:
+        # The synchronous report has copied the part to the run's storage: the node's copy would
+        # otherwise stay in its temp dir, a full model and optimizer state per checkpoint.
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @torch.no_grad()
