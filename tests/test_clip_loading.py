@@ -251,7 +251,7 @@ def test_clip_text_tower_comes_with_its_own_tokenizer_and_a_mask_token(tmp_path)
     CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(clip_dir)
 
     cfg = tiny(f"model.text_pretrained={clip_dir}")
-    assert tokenizer_source(cfg, "/no/shards") == str(clip_dir)  # not the shards' WordPiece
+    assert tokenizer_source(cfg, "/no/shards") == str(clip_dir)  # not the shards' own tokenizer
     assert tokenizer_source(tiny("data.tokenizer=/x"), "/no/shards") == "/x"
     tok = load_tokenizer(tokenizer_source(cfg, "/no/shards"))
     assert tok.mask_token == ADDED_MASK and tok.mask_token_id == len(vocab) and len(tok) == len(vocab) + 1

@@ -86,6 +86,23 @@ def test_identical_samples_give_identical_shards(tmp_path):
     assert (tmp_path / "a/train-000000.tar").read_bytes() == (tmp_path / "b/train-000000.tar").read_bytes()
 
 
+def test_tokenizer_training_gives_the_same_file_in_every_process(tmp_path):
+    """Report-like texts with their perturbed variants (many equally frequent merges): three
+    processes with different hash seeds write the same tokenizer.json. (tokenizers' WordPiece
+    trainer gave three different ones here: huggingface/tokenizers#1794.)"""
+    code = (
+        "import sys; from raymmr.data.tokenizer import train_tokenizer; "
+        "texts = [f'the {o} shows a {s} lesion on the {side} side, approximately {n} mm, history of cardiomegaly' "
+        "for o in ('chest', 'abdomen', 'head') for s in ('small', 'large', 'hyperdense') for side in ('left', 'right') "
+        "for n in range(1, 30)]; train_tokenizer(texts, sys.argv[1], vocab_size=8192)"
+    )
+    for seed in ("1", "2", "3"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+    files = [(tmp_path / seed / "tokenizer.json").read_bytes() for seed in ("1", "2", "3")]
+    assert files[0] == files[1] == files[2]
+
+
 def test_single_stream_is_routed_by_split_and_vocab_over_all_splits(tmp_path):
     samples = hand_samples("train", 6) + hand_samples("test", 4, answers=("maybe",), start=50)
     manifest = write_shards(iter(samples), tmp_path, image_size=16, samples_per_shard=4, vocab_splits=("all",),

@@ -44,8 +44,10 @@ def _intact(out: Path, manifest: dict) -> bool:
 def synthrad_config(data_cfg, image_format: str = "jpg") -> dict:
     """Everything the SynthRad shard bytes depend on; a set is reused only when this matches."""
     from raymmr.data import synthrad
+    from raymmr.data.tokenizer import TOKENIZER_VERSION
 
-    return {"generator": "synthrad", "generator_version": synthrad.GENERATOR_VERSION, "seed": data_cfg.seed,
+    return {"generator": "synthrad", "generator_version": synthrad.GENERATOR_VERSION,
+            "tokenizer_version": TOKENIZER_VERSION, "seed": data_cfg.seed,
             "image_size": data_cfg.image_size, "image_format": image_format,
             "samples_per_shard": data_cfg.samples_per_shard, "domains": data_cfg.synthrad_domains,
             "test_domain": data_cfg.synthrad_test_domain, **{f"images_{k}": v for k, v in synthrad.split_sizes(data_cfg).items()}}

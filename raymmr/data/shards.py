@@ -6,7 +6,7 @@ Layout of a shard set directory::
     OUT/train-000000.tar ...   standard tar: {key}.jpg|png (image, image_size²) + {key}.json (Sample.record())
     OUT/val-000000.tar ...
     OUT/test-000000.tar ...
-    OUT/tokenizer.json         WordPiece trained on the train texts (raymmr.data.tokenizer)
+    OUT/tokenizer.json         BPE tokenizer trained on the train texts (raymmr.data.tokenizer)
     OUT/manifest.json          written last: its presence means the set is complete
 
 ``manifest.json``::

@@ -1,4 +1,4 @@
-"""WordPiece tokenizer trained on the shard texts, saved as ``tokenizer.json`` beside them.
+"""A subword (BPE) tokenizer trained on the shard texts, saved as ``tokenizer.json`` beside them.
 
 A randomly initialised text tower needs a vocabulary that fits its corpus: a general BERT
 vocabulary splits "pneumothorax" into five pieces and wastes most of its 30k rows. The texts
@@ -10,6 +10,13 @@ Special tokens are fixed: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, ``[SEP]``
 (``model.text_pretrained``) brings its own tokenizer (``tokenizer_source``): its rows of the
 token embedding table belong to its ids. CLIP's tokenizer has no mask token; ``load_tokenizer``
 adds one (``ADDED_MASK``, the next id) and the tower grows one row for it, its trained rows kept.
+
+Training is deterministic: the same texts give the same ``tokenizer.json`` byte for byte in any
+process. (``tokenizers``' WordPiece trainer is not: it numbers its ``##`` continuation pieces in
+hash-map order, which breaks ties between equally frequent merges differently in each process —
+huggingface/tokenizers#1794 — so two SynthRad sets from one config got different vocabularies and
+the demo's VQA accuracy moved by 3 points between them.) BPE without a continuation prefix has
+only its sorted alphabet as initial pieces; words are split on whitespace and punctuation first.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_VERSION = 2  # 1: WordPiece (not reproducible), 2: deterministic BPE
 ADDED_MASK = "<|mask|>"  # the mask token given to a pretrained tokenizer that has none (CLIP)
 
 
@@ -58,22 +66,23 @@ def train_tokenizer(
     texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 8192, *, min_frequency: int = 1,
     add_perturbed: bool = True, seed: int = 0,
 ) -> Path:
-    """Train a lower-casing WordPiece tokenizer on ``texts``; write ``out_dir/tokenizer.json``.
+    """Train a lower-casing BPE tokenizer on ``texts`` (deterministic: see the module's note);
+    write ``out_dir/tokenizer.json``.
 
     ``add_perturbed`` adds ``perturbed_variants(texts)`` so abbreviations get their own tokens.
     Returns the path of the written file.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("train_tokenizer: no non-empty text to train on (are the shards empty?)")
     corpus = texts + (perturbed_variants(texts, seed=seed) if add_perturbed else [])
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
+    # No continuing_subword_prefix / end_of_word_suffix: either adds pieces numbered in hash order.
+    trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False
     )
     tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
