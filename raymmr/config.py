@@ -120,6 +120,8 @@ class PerturbationConfig:
     image_ops: list = _f(["noise", "blur", "gamma", "cutout", "downsample"])
     text_ops: list = _f(["delete", "synonym", "sentence_drop", "shuffle"])
     in_finetune: bool = _f(True, help="also perturb inputs during fine-tuning")
+    finetune_share: float = _f(1.0, range=(0.0, 1.0),
+                               help="with in_finetune: the share of fine-tuning samples perturbed (the rest stay clean)")
 
 
 @dataclass
@@ -417,6 +419,9 @@ IDLE_MASK_KEYS = {
 def check_overrides_act(cfg: Config, given: dict) -> None:
     """Refuse a setting (an override, a search-space parameter) that the resolved config would
     silently ignore."""
+    if not cfg.perturbation.in_finetune and "perturbation.finetune_share" in given:
+        raise ConfigError("perturbation.finetune_share: no effect with perturbation.in_finetune=false (fine-tuning "
+                          "inputs are all clean); set perturbation.in_finetune=true to use it")
     idle = [k for k in IDLE_MASK_KEYS[cfg.masking.asymmetric] if k in given]
     if idle:
         how = ("the strongly perturbed side is masked at masking.mask_ratio_high and the other at mask_ratio_low"

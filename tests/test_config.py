@@ -146,6 +146,8 @@ def test_mask_overrides_that_would_be_ignored_are_refused():
         load_config("tiny", ["masking.mask_ratio_high=0.8"], method="cmdpi")
     assert load_config("tiny", ["masking.mask_ratio_img=0.5"], method="cmdpi").masking.mask_ratio_img == 0.5
     assert load_config("tiny", ["masking.asymmetric=false", "masking.mask_ratio_img=0.5"]).masking.mask_ratio_img == 0.5
+    with pytest.raises(ConfigError, match="perturbation.finetune_share: no effect with perturbation.in_finetune=false"):
+        load_config("tiny", ["perturbation.in_finetune=false", "perturbation.finetune_share=0.5"])
 
 
 def test_base_trains_on_gpus_and_compile_refuses_zero3():

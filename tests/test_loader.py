@@ -130,7 +130,7 @@ def test_corrupt_members_and_truncated_shards_are_skipped_counted_and_named(data
     full = (data[0] / "val-000000.tar").read_bytes()
     truncated = tmp_path / "trunc-000000.tar"
     truncated.write_bytes(full[: len(full) // 2])
-    with caplog.at_level(logging.WARNING, logger="raymmr.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="raymmr.data"):
         batches = list(loader([str(bad), str(truncated)], data, shuffle_buffer=0, batch_size=3))
     keys = [k for b in batches for k in b["key"]]
     assert keys[:3] == [good[0].key, good[1].key, good[3].key]
@@ -179,7 +179,7 @@ def test_clear_errors_for_unusable_arguments(data):
 
 def test_unreachable_shards_are_counted_not_fatal(data, tmp_path, caplog):
     urls = ["pipe:false", str(tmp_path / "missing-000000.tar")] + shard_urls(str(data[0]), "val")
-    with caplog.at_level(logging.WARNING, logger="raymmr.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="raymmr.data"):
         batches = list(loader(urls, data, manifest=None, shuffle_buffer=0))
     assert sum(len(b["key"]) for b in batches) == 9
     assert sum(int(b["skipped"]) for b in batches) == 2

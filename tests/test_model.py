@@ -155,6 +155,22 @@ def test_finetune_objective_is_cmdpi_eq13_by_default(model):
     assert plan_passes("finetune", no_pretrain_answer.loss) == plan_passes("finetune", cfg.loss)
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_finetune_share_leaves_the_other_samples_clean(model, share):
+    """With perturbation.in_finetune, a finetune_share of the samples enters the encoders
+    perturbed (one side strongly, the other lightly) and the rest exactly as loaded."""
+    cfg = tiny(f"perturbation.finetune_share={share}")
+    batch = with_partners(make_batch(cfg, n_caption=0))
+    seen = []
+    hook = model.image_encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        finetune_terms(model, batch, cfg, generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    clean = (seen[0] == model.normalize(model.to_unit(batch["image"]))).flatten(1).all(dim=1)  # the view pass
+    assert clean.all() if share == 0 else (not clean.any() if share == 1 else clean.any() and not clean.all())
+
+
 @pytest.mark.parametrize("weight,removed", [("w_diff", {"diff_img", "diff_txt"}), ("w_mix", {"mix"}),
                                             ("w_ans_finetune", {"rec_ans_global"})])
 def test_zero_weight_removes_its_finetune_term(model, weight, removed):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from raymmr.data.schema import IMAGE_EXTS
 from raymmr.data.shards import open_url
 
-logger = logging.getLogger("raymmr.data.loader")
+logger = logging.getLogger("raymmr.data.tario")
 
 KNOWN_EXTS = frozenset(IMAGE_EXTS + ("json", "txt"))
 

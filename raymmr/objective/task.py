@@ -29,8 +29,9 @@ The image-text contrastive terms (con_inter, con_intra) use caption samples only
 Fine-tuning (CMDPI §3.3, Eq. 13) optimises  w_mix * mix + w_diff * (diff_img + diff_txt)
 (+ w_ans_finetune * rec_ans_global, a direct answer CE that CMDPI does not have: 0 by default):
   view      encoders on the input, unmasked: h_I, H_I, h_T, H_T, h_F. With
-            ``perturbation.in_finetune`` each sample's image or question (drawn with
-            ``masking.p_img_side``) is strongly perturbed and the other lightly.
+            ``perturbation.in_finetune`` a share (``perturbation.finetune_share``) of the samples
+            has its image or question (drawn with ``masking.p_img_side``) strongly perturbed and
+            the other lightly; the rest are seen clean.
   answer    RecNet(h_F, H_I, H_T) -> rec_ans_global: the answer CE on exactly what inference sees.
   diff      RecNet(h_F, H~_I, H'_T), H~_I = eps * H_I + (1 - eps) * Ĥ_I (Eq. 8), eps ~ U(0, 1) per
             sample; Ĥ_I is the local features (an image-encoder pass) of the sample's partner: the
@@ -380,6 +381,11 @@ def finetune_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = i
         draw = asymmetric_draw(b, replace(cfg.masking, asymmetric=True), cfg.perturbation, generator, device)
         pixels = model.normalize(perturb_sides(images01, draw, cfg.perturbation.image_ops, generator))
         ids, mask = text_view(batch, draw)
+        if cfg.perturbation.finetune_share < 1.0:  # the other samples are seen clean
+            clean = uniform((b,), generator, device) >= cfg.perturbation.finetune_share
+            pixels = torch.where(clean[:, None, None, None], clean_pixels, pixels)
+            ids = torch.where(clean[:, None], batch["text_ids"], ids)
+            mask = torch.where(clean[:, None], batch["text_mask"], mask)
     else:
         pixels, ids, mask = clean_pixels, batch["text_ids"], batch["text_mask"]
     terms: dict[str, Tensor] = {}

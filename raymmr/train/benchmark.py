@@ -40,7 +40,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
     baseline raymmr's step is measured against (row ``zero_stage`` "plain")."""
     from raymmr.data.loader import make_loader
     from raymmr.objective.flops import training_flops_per_sample
-    from raymmr.train.engine import build_engine, build_optimizer, use_bf16
+    from raymmr.train.engine import build_engine, build_optimizer, precision_context, use_bf16
     from raymmr.train.metrics import measured_peak_flops
     from raymmr.train.momentum import MomentumEMA
     from raymmr.train.setup import compile_model, new_model, stage_loader_args, stage_task, stage_urls
@@ -78,8 +78,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
             if stage == "finetune":  # as training brings them: every sample with a partner image
                 batch["partner_image"] = batch["image"].roll(1, dims=0)
                 batch["has_partner"] = torch.ones(len(batch["key"]), dtype=torch.bool, device=device)
-            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-            with ctx:
+            with precision_context(bf16):
                 terms = task(engine.module, batch)
             engine.backward(terms["loss"])
             engine.step()

@@ -5,6 +5,7 @@ breaks CPU-only actors, ray#50406), so ``deepspeed`` is imported lazily here too
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 
@@ -16,6 +17,12 @@ def use_bf16(train_cfg: TrainConfig, on_gpu: bool) -> bool:
     if train_cfg.precision == "auto":
         return on_gpu
     return train_cfg.precision == "bf16"
+
+
+def precision_context(bf16: bool):
+    """bf16 autocast around the task on GPU (DeepSpeed keeps bf16 weights; losses run in fp32);
+    nothing in fp32. Training, validation and the benchmark all run their steps in it."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def deepspeed_config(train_cfg: TrainConfig, *, on_gpu: bool, load_universal: bool = False) -> dict:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -22,7 +21,7 @@ from raymmr.config import Config
 from raymmr.eval.metrics import retrieval_ranks, vqa_hits
 from raymmr.rundir import RunDir
 from raymmr.train import checkpoint as ckpt
-from raymmr.train.engine import skips_nonfinite_steps
+from raymmr.train.engine import precision_context, skips_nonfinite_steps
 from raymmr.train.job import TrainJob
 from raymmr.train.metrics import MetricsWriter, TermAccumulator, console
 from raymmr.train.setup import LOADER_STATE, WorkerContext, build_worker_context
@@ -100,8 +99,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def autocast(w: WorkerContext):
-    """bf16 autocast around the task on GPU (DeepSpeed keeps bf16 weights; losses run in fp32)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if w.bf16 else nullcontext()
+    return precision_context(w.bf16)
 
 
 def count_nonfinite(nonfinite: int, step: int, terms: dict, cfg: Config, timer) -> int:
