@@ -409,25 +409,24 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None,
     return cfg
 
 
-# masking.asymmetric -> the mask settings a masked view then never reads
-IDLE_MASK_KEYS = {
-    True: ("masking.mask_ratio_img",),
-    False: ("masking.mask_ratio_high", "masking.mask_ratio_low", "masking.p_img_side"),
-}
+# (switch, its value, the settings that value makes idle, what happens instead)
+IDLE_SETTINGS = (
+    ("perturbation.in_finetune", False, ("perturbation.finetune_share",), "fine-tuning inputs are all clean"),
+    ("masking.asymmetric", True, ("masking.mask_ratio_img",),
+     "the strongly perturbed side is masked at masking.mask_ratio_high and the other at mask_ratio_low"),
+    ("masking.asymmetric", False, ("masking.mask_ratio_high", "masking.mask_ratio_low", "masking.p_img_side"),
+     "each modality is masked at mask_ratio_img / mask_ratio_txt"),
+)
 
 
 def check_overrides_act(cfg: Config, given: dict) -> None:
     """Refuse a setting (an override, a search-space parameter) that the resolved config would
     silently ignore."""
-    if not cfg.perturbation.in_finetune and "perturbation.finetune_share" in given:
-        raise ConfigError("perturbation.finetune_share: no effect with perturbation.in_finetune=false (fine-tuning "
-                          "inputs are all clean); set perturbation.in_finetune=true to use it")
-    idle = [k for k in IDLE_MASK_KEYS[cfg.masking.asymmetric] if k in given]
-    if idle:
-        how = ("the strongly perturbed side is masked at masking.mask_ratio_high and the other at mask_ratio_low"
-               if cfg.masking.asymmetric else "each modality is masked at mask_ratio_img / mask_ratio_txt")
-        raise ConfigError(f"{', '.join(idle)}: no effect with masking.asymmetric={str(cfg.masking.asymmetric).lower()} "
-                          f"({how}); set masking.asymmetric={str(not cfg.masking.asymmetric).lower()} to use it")
+    for switch, value, keys, how in IDLE_SETTINGS:
+        idle = [k for k in keys if k in given]
+        if idle and get_value(cfg, switch) == value:
+            raise ConfigError(f"{', '.join(idle)}: no effect with {switch}={str(value).lower()} ({how}); "
+                              f"set {switch}={str(not value).lower()} to use it")
 
 
 def set_value(cfg: Config, path: str, value: Any) -> None:

@@ -353,9 +353,9 @@ def test_fine_tuning_init_carries_answer_rows_by_answer(tmp_path, cfg):
 
 def test_difference_reconstruction_reads_the_partner_image(model):
     """diff_img changes with a partner's pixels only where the sample has a partner; without
-    partners it reconstructs from the sample's own features. (Clean inputs: perturbation is not
-    what this looks at.)"""
-    cfg = tiny("perturbation.in_finetune=false")
+    partners it reconstructs from the sample's own features. (Every input perturbed, as this test
+    was written for: an untrained RecNet moves its reconstruction only a little with its input.)"""
+    cfg = tiny("perturbation.finetune_share=1.0")
     batch = make_batch(cfg, n_caption=0)
     g = torch.Generator().manual_seed
 
@@ -367,8 +367,7 @@ def test_difference_reconstruction_reads_the_partner_image(model):
     none = with_partners(batch)
     none["has_partner"] = torch.zeros_like(none["has_partner"])
     assert diff(none) == pytest.approx(own, rel=1e-6)
-    # An untrained RecNet moves its reconstruction only a little with its input (~7e-4 here).
-    assert diff(with_partners(batch)) != pytest.approx(own, rel=1e-4)
+    assert diff(with_partners(batch)) != pytest.approx(own, rel=1e-3)
     model.train()
 
 

@@ -53,7 +53,7 @@ def train_loop_per_worker(config: dict) -> None:
         while micro < cfg.train.grad_accum:
             batch = timer.next_batch(w.batches)
             record_keys(job, step, w.rank, batch)
-            with autocast(w):
+            with precision_context(w.bf16):
                 terms = w.task(engine.module, batch)
             if not engine_skips and not finite_on_all_ranks(terms["loss"], w.world_size):
                 nonfinite = count_nonfinite(nonfinite, step, terms, cfg, timer)
@@ -96,10 +96,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def autocast(w: WorkerContext):
-    return precision_context(w.bf16)
 
 
 def count_nonfinite(nonfinite: int, step: int, terms: dict, cfg: Config, timer) -> int:
@@ -267,7 +263,7 @@ def validate(w: WorkerContext) -> dict:
         batch.pop("skipped", None)
         batch.pop("position", None)
         batch = {k: v.to(w.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast(w):
+        with precision_context(w.bf16):
             acc.add(w.task(model, batch))
             logits = model.answer_logits(batch["image"], batch["text_ids"], batch["text_mask"])
         correct, answered = vqa_hits(logits, batch["answer"], ~batch["is_caption"])
@@ -276,7 +272,7 @@ def validate(w: WorkerContext) -> dict:
         # Whole batches through the towers on every rank (ZeRO-3 gathers parameters collectively,
         # so the number of forwards must not depend on how many captions a rank drew).
         cap = batch["is_caption"]
-        with autocast(w):
+        with precision_context(w.bf16):
             images.append(model.encode_image(batch["image"]).float()[cap])
             texts.append(model.encode_text(batch["text_ids"], batch["text_mask"]).float()[cap])
     if sum(len(x) for x in images) > 0:
@@ -302,7 +298,7 @@ def probe_live_model(w: WorkerContext, job: TrainJob) -> dict:
     was_training = model.training
     model.eval()
     inputs = probe_inputs(w.cfg, vocab_size=job.vocab_size, device=w.device)
-    with autocast(w):
+    with precision_context(w.bf16):
         out = probe_outputs(model, inputs)
     model.train(was_training)
     return {k: v.float().cpu().contiguous() for k, v in out.items()}
