@@ -116,3 +116,37 @@ def test_append_lines_continues_the_urls_log(url, tmp_path, monkeypatch):
     monkeypatch.setenv("RAYMMR_CACHE", str(tmp_path / "another-machine"))
     RunDir(f"{url}/run").append_lines("events.jsonl", ["b"])
     assert storage.read_text(f"{url}/run/events.jsonl") == "a\nb\n"
+
+
+def test_processes_fetching_one_remote_tokenizer_at_once_all_get_it(s3_server, monkeypatch):
+    """Ray workers starting together on one node each copy a remote shard set's tokenizer into the
+    node's cache; every one must get the whole file (one fixed temp name made all but the first fail)."""
+    import threading
+
+    from raymmr.data import shards
+
+    text, url = '{"model": "a tokenizer"}', s3_server.url("tokenizer-race")
+    storage.write_text(f"{url}/data/tokenizer.json", text)
+    opened = threading.Barrier(4)
+    real_open = shards.open_url
+
+    def open_together(u):  # every fetch is inside the copy before any one finishes it
+        f = real_open(u)
+        opened.wait(timeout=30)
+        return f
+
+    monkeypatch.setattr(shards, "open_url", open_together)
+    got, errors = [], []
+
+    def fetch():
+        try:
+            got.append(open(shards.shard_tokenizer(f"{url}/data")).read())
+        except Exception as e:  # noqa: BLE001 -- collected and shown by the assertion below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and got == [text] * 4, errors

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shlex
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -129,10 +130,10 @@ def shard_tokenizer(data: str) -> str:
     local = cache_dir() / "tokenizers" / digest / "tokenizer.json"
     if not local.exists():
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_suffix(".tmp")
+        tmp = local.with_name(f".tokenizer.json.tmp{os.getpid()}-{time.monotonic_ns()}")  # one per process
         with open_url(url) as src, open(tmp, "wb") as dst:
             dst.write(src.read())
-        tmp.rename(local)
+        os.replace(tmp, local)  # processes on one node fetching it at once: each replace is whole
     return str(local)
 
 
