@@ -23,11 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py --out runs/demo
 
-# Two test processes (pytest-xdist), given tests one at a time, slowest first (tests/conftest.py):
-# on 2 cores one fills the other's waits (Ray start-up, node launches, restarts). TEST_PROCS=0: one process.
-TEST_PROCS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_PROCS) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check raymmr jobs tests

@@ -11,35 +11,6 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("RAYMMR_CACHE", str(Path(os.environ.get("PYTEST_CACHE_ROOT", "/tmp")) / f"raymmr-test-cache-{os.getuid()}"))
 
 
-# The slowest tests, slowest first (2-core CPU, 2026-12-03: 250 to 60 s each). `make test` runs the
-# suite in two pytest-xdist processes that take tests one at a time from this order: the long
-# tests start first, one per process, and the short ones fill in around them, so one process is
-# not left running a long test alone at the end. A test missing here only runs later.
-SLOWEST_FIRST = (
-    "test_model_learns_synthrad",
-    "test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine",
-    "test_two_nodes_without_shared_disk",
-    "test_sweep_scales_the_cluster_up_then_idle_nodes_are_removed",
-    "test_zero2_sigkilled_workers_then_fewer_workers",
-    "test_compiled_step_equals_eager",
-    "test_readme_sweep_command_finishes_as_written",
-    "test_index_validate_and_pretrain_on_img2dataset_shards",
-    "test_benchmark_job_runs_and_appends_a_row",
-    "test_gpu_check_script_dry_runs_on_cpu",
-)
-
-
-def pytest_collection_modifyitems(items):
-    """Slowest first (SLOWEST_FIRST), then the other slow tests, then the rest, each in file order."""
-    def rank(item):
-        name = item.originalname or item.name
-        if name in SLOWEST_FIRST:
-            return SLOWEST_FIRST.index(name)
-        return len(SLOWEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
-
-    items.sort(key=rank)  # stable: file order within a rank
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the test item (``item.rep_call``) for fixtures that clean up."""
