@@ -119,12 +119,20 @@ def _apply_separable(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tenso
     return torch.matmul(out, cols.transpose(1, 2).unsqueeze(1))
 
 
+# Gaussian weights below this are set to exactly 0. Far out in the tail (beyond ~11.7 sigma)
+# they add under 1e-30 to a pixel in [0, 1], which no float32 sum of visible size can hold; but
+# as subnormal floats (below 1.2e-38), or multiplied by dark pixels into them, they made the
+# blur's CPU matmuls ~10x slower (3.1 ms against 0.3 ms per [96, 64, 64] bmm, 2026-12-05).
+_NEGLIGIBLE_WEIGHT = 1e-30
+
+
 def _gaussian_matrix(n: int, sigma: torch.Tensor) -> torch.Tensor:
     """[B, n, n] row-normalised Gaussian blur along one axis (renormalising at the borders
     avoids the dark frame that zero padding would add)."""
     pos = torch.arange(n, device=sigma.device, dtype=sigma.dtype)
     d2 = (pos[:, None] - pos[None, :]) ** 2  # [n, n]
     w = torch.exp(-d2[None] / (2 * sigma[:, None, None] ** 2))
+    w = w.masked_fill(w < _NEGLIGIBLE_WEIGHT, 0.0)
     return w / w.sum(-1, keepdim=True)
 
 
