@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import uuid
 
 import optuna
 import pytest
@@ -202,16 +203,9 @@ def test_sweep_fitted_to_an_embedded_machine():
 def test_resumed_search_closes_a_trial_the_lost_driver_never_recorded(tmp_path):
     """The journal can be newer than Tune's searcher snapshot: a trial asked in between was lost
     with the driver. Restoring closes it as FAIL (it would stay RUNNING in the study forever)."""
-    import optuna
-    import yaml
-
-    from raymmr.config import load_config
     from raymmr.tune.runner import load_study, study_search
-    from raymmr.tune.space import load_space
 
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({"objective": "pretrain", "params": {"loss.w_img": {"uniform": [0.5, 2.0]}}}))
-    space, t = load_space(str(path)), load_config("tiny", ["tune.metric=val_rec_txt_global", "tune.mode=min"]).tune
+    space, t = one_param_space(tmp_path)
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     first = study_search(space, t, str(sweep))
@@ -226,6 +220,63 @@ def test_resumed_search_closes_a_trial_the_lost_driver_never_recorded(tmp_path):
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
     second.on_trial_complete("b", {"val_rec_txt_global": 2.0})  # b, known to the snapshot, still reports
     assert load_study(str(sweep)).trials[1].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_resumed_search_keeps_the_outcome_of_a_trial_the_lost_driver_finished(tmp_path):
+    """The other way round: the lost driver finished trial a (the journal says so) after Tune's last
+    snapshot, which still has a running. Tune runs a on; its further results and its second
+    completion must not end the sweep (UpdateFinishedTrialError did), and the study keeps a's
+    first outcome. b goes on as usual."""
+    import optuna
+
+    from raymmr.tune.runner import load_study, study_search
+
+    space, t = one_param_space(tmp_path)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    first = study_search(space, t, str(sweep))
+    assert first.suggest("a") and first.suggest("b")
+    first.on_trial_result("a", {"val_rec_txt_global": 3.0, "training_iteration": 1})
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: a and b running
+    first.on_trial_result("a", {"val_rec_txt_global": 1.5, "training_iteration": 2})
+    first.on_trial_complete("a", {"val_rec_txt_global": 1.0})  # then the driver is lost
+
+    second = study_search(space, t, str(sweep))
+    second.restore(str(tmp_path / "searcher.pkl"))
+    second.on_trial_result("a", {"val_rec_txt_global": 0.5, "training_iteration": 2})
+    second.on_trial_complete("a", {"val_rec_txt_global": 0.5})
+    second.on_trial_result("b", {"val_rec_txt_global": 2.5, "training_iteration": 1})
+    second.on_trial_complete("b", {"val_rec_txt_global": 2.0})
+    a, b = load_study(str(sweep)).trials
+    assert (a.state, a.value, a.intermediate_values) == (optuna.trial.TrialState.COMPLETE, 1.0, {1: 3.0, 2: 1.5})
+    assert (b.state, b.value) == (optuna.trial.TrialState.COMPLETE, 2.0)
+
+
+def test_a_remote_sweeps_journal_reaches_the_url_before_each_searcher_snapshot(tmp_path, s3_server):
+    """Tune restores its searcher from a snapshot; the URL's journal must hold every trial that
+    snapshot knows (it was uploaded only when a trial finished: a trial asked since was missing)."""
+    from raymmr import storage
+    from raymmr.tune.runner import JOURNAL, optuna_storage, study_search
+
+    space, t = one_param_space(tmp_path)
+    sweep = s3_server.url("sweeps", uuid.uuid4().hex)  # not one whose journal a cache kept from an earlier run
+    search = study_search(space, t, sweep)
+    assert search.suggest("a")
+    search.save(str(tmp_path / "searcher.pkl"))
+    journal = tmp_path / "journal"
+    journal.write_bytes(storage.read_bytes(f"{sweep}/{JOURNAL}"))
+    study = optuna.load_study(study_name="raymmr", storage=optuna_storage(journal))
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.RUNNING]
+
+
+def one_param_space(tmp_path):
+    import yaml
+
+    from raymmr.tune.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"objective": "pretrain", "params": {"loss.w_img": {"uniform": [0.5, 2.0]}}}))
+    return load_space(str(path)), load_config("tiny", ["tune.metric=val_rec_txt_global", "tune.mode=min"]).tune
 
 
 def test_a_sampled_sweep_is_plotted_by_optuna_and_a_grid_by_raymmr(tmp_path):

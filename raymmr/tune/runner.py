@@ -152,7 +152,9 @@ def load_study(out: str):
 
 def study_search(space: SearchSpace, t, sweep_url: str):
     """Tune's OptunaSearch with its study in the sweep's journal, which reaches the sweep URL after
-    every finished trial; a sweep resumed on another machine reads the study from there."""
+    every finished trial and before every snapshot of Tune's searcher state (so the URL's journal
+    is never older than the snapshot a resumed sweep restores); a sweep resumed on another machine
+    reads the study from there."""
     import optuna as ot
     from ray.tune.search.optuna import OptunaSearch
 
@@ -162,6 +164,10 @@ def study_search(space: SearchSpace, t, sweep_url: str):
         def on_trial_complete(self, trial_id, result=None, error=False):
             super().on_trial_complete(trial_id, result=result, error=error)
             RunDir(sweep_url).upload(JOURNAL)
+
+        def save(self, checkpoint_path):
+            RunDir(sweep_url).upload(JOURNAL)
+            super().save(checkpoint_path)
 
         def restore(self, checkpoint_path):
             # The pickled study points at the journal path of the machine that wrote it.
@@ -180,6 +186,16 @@ def study_search(space: SearchSpace, t, sweep_url: str):
                 print(f"[tune] Optuna trial {orphan.number} was started by the lost driver and never recorded "
                       "by Tune: marked FAIL; Tune asks for a new one in its place")
                 self._ot_study.tell(orphan.number, state=ot.trial.TrialState.FAIL)
+            # And a trial the lost driver finished after that snapshot: Tune runs it on from its newest
+            # checkpoint, but the study already holds its outcome and refuses further reports
+            # (UpdateFinishedTrialError ended the resumed sweep). The study keeps the first outcome.
+            finished = {s.number: s.state.name for s in self._ot_study.get_trials(deepcopy=False)
+                        if s.state.is_finished()}
+            for trial_id, trial in self._ot_trials.items():
+                if trial.number in finished and trial_id not in self._completed_trials:
+                    print(f"[tune] trial {trial_id} (Optuna trial {trial.number}) ended as {finished[trial.number]} "
+                          "in the study before the driver was lost; Tune runs it on, the study keeps that outcome")
+                    self._completed_trials.add(trial_id)
 
     journal = RunDir(sweep_url).fetch(JOURNAL, keep_local=True)
     # With a define-by-run space, metric/mode must be given to OptunaSearch itself.
