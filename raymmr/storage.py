@@ -159,6 +159,16 @@ def put(local: str | os.PathLike, url: str) -> None:
         fs.put_file(str(local), path)
 
 
+def remove(url: str) -> None:
+    """Delete one file, local or in object storage; nothing to do when it is not there."""
+    if not is_remote(url):
+        Path(url).unlink(missing_ok=True)
+        return
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path)
+
+
 def move(src: str, dst: str) -> None:
     """Rename a file or directory (on object stores: copy, then delete)."""
     if not is_remote(src):

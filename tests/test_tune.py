@@ -99,6 +99,13 @@ def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
     assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}, states
     assert not (ROOT / "s3:").exists()
+    # The same command again without --resume is refused before it writes anything: it would have
+    # loaded this study and mixed its trials into a new sweep.
+    base_before = storage.read_bytes(f"{out}/base_config.yaml")
+    again = subprocess.run(sweep_cmd(tmp_path, s3_tiny_data, out), capture_output=True, text=True,
+                           env=node_env(tmp_path, "third", **s3_server.env), timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr, again.stdout[-2000:] + again.stderr[-2000:]
+    assert storage.read_bytes(f"{out}/base_config.yaml") == base_before
     # best_config.yaml is accepted as is by a training job's --config (what jobs/pretrain.py does with it).
     from raymmr.config import load_config
 

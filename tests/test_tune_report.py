@@ -269,6 +269,28 @@ def test_a_remote_sweeps_journal_reaches_the_url_before_each_searcher_snapshot(t
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.RUNNING]
 
 
+def test_a_new_sweep_starts_a_new_study_where_an_earlier_one_never_reached_tune(tmp_path, s3_server):
+    """A sweep that stopped before Tune's first snapshot left a study (a trial asked, in the bucket
+    and in this machine's cache) and nothing to resume: `--resume` is refused, and a new sweep in
+    the same --out starts an empty study (Optuna would otherwise load the old one and count its
+    trials as this sweep's)."""
+    from raymmr import storage
+    from raymmr.errors import JobError
+    from raymmr.tune.runner import JOURNAL, check_sweep_dir, load_study, study_search
+
+    space, t = one_param_space(tmp_path)
+    sweep = s3_server.url("sweeps", uuid.uuid4().hex)
+    assert study_search(space, t, sweep).suggest("a")
+    study_search(space, t, sweep).save(str(tmp_path / "searcher.pkl"))  # the journal reaches the bucket
+    assert storage.exists(f"{sweep}/{JOURNAL}")
+    with pytest.raises(JobError, match="no sweep to restore"):
+        check_sweep_dir(sweep, resume=True)
+    check_sweep_dir(sweep, resume=False)
+    assert not storage.exists(f"{sweep}/{JOURNAL}")
+    assert study_search(space, t, sweep).suggest("b")
+    assert len(load_study(sweep).trials) == 1
+
+
 def one_param_space(tmp_path):
     import yaml
 

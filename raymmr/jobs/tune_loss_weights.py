@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from raymmr.errors import JobError
     from raymmr.rundir import RunDir
     from raymmr.tune.report import write_report
-    from raymmr.tune.runner import check_metric, load_study, run_sweep, save_base
+    from raymmr.tune.runner import check_metric, check_sweep_dir, load_study, run_sweep, save_base
     from raymmr.tune.space import SpaceError, load_space
 
     overrides = [*args.overrides, *flag_overrides(args, {
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         check_metric(cfg, space)
     except SpaceError as e:
         raise JobError(str(e)) from None
+    check_sweep_dir(args.out, args.resume)  # before anything is made or written
     data = resolve_data(cfg, args.data)
     save_base(cfg, args.out)
     records = run_sweep(cfg, space, out=args.out, data=data, num_samples=cfg.tune.num_samples,

@@ -203,6 +203,30 @@ def study_search(space: SearchSpace, t, sweep_url: str):
                        study_name=STUDY_NAME, storage=optuna_storage(journal))
 
 
+def check_sweep_dir(out: str, resume: bool) -> None:
+    """A new sweep must not continue an earlier one in ``out`` by accident: Optuna would load that
+    study and sample as if its trials were this sweep's, and the report would mix both. ``--resume``
+    needs a sweep Tune can restore. A sweep that stopped before Tune's first snapshot holds nothing
+    to resume: its study (trials asked, none recorded) goes, here and in the cache, and the sweep
+    starts over."""
+    from ray import tune
+
+    from raymmr.errors import JobError
+    from raymmr.rundir import RunDir
+
+    out = storage.normalize(out)
+    experiment = storage.join(out, "tune")
+    restorable = tune.Tuner.can_restore(experiment)
+    if resume and not restorable:
+        raise JobError(f"--resume: no sweep to restore under {experiment}")
+    if not resume:
+        if restorable:
+            raise JobError(f"--out {out} already holds a sweep; pass --resume to continue it, or choose a new --out")
+        sweep = RunDir(out)
+        storage.remove(sweep.url_of(JOURNAL))
+        (sweep.local / JOURNAL).unlink(missing_ok=True)
+
+
 def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
     """An embedded Ray has no autoscaler: trials (each its own CPU + its workers) that do not fit
     the machine would wait forever. Share the machine's CPUs among ``tune.max_concurrent`` trials
@@ -249,12 +273,12 @@ def run_sweep(
     address: str | None = None,
 ) -> list[dict]:
     """Run (or resume) a sweep into ``out`` (a path or URL: Tune's experiment, the trials' runs and
-    the Optuna journal all live there); returns one record per trial for the report."""
+    the Optuna journal all live there; ``check_sweep_dir`` first); returns one record per trial for
+    the report."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raymmr.errors import JobError
     from raymmr.train.launch import connect_ray
 
     out = storage.normalize(out)
@@ -273,8 +297,6 @@ def run_sweep(
     max_rung = t.rungs * (2 if t.objective == "finetune" and shared is None else 1)
     experiment = storage.join(out, "tune")
     if resume:
-        if not tune.Tuner.can_restore(experiment):
-            raise JobError(f"--resume: no sweep to restore under {experiment}")
         # Experiment state is pickled by Ray; restore only sweeps this user wrote (trusted paths).
         # Errored trials run again: they continue from their checkpoints (see make_trainable).
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, restart_errored=True)
