@@ -227,8 +227,6 @@ def test_resumed_search_keeps_the_outcome_of_a_trial_the_lost_driver_finished(tm
     snapshot, which still has a running. Tune runs a on; its further results and its second
     completion must not end the sweep (UpdateFinishedTrialError did), and the study keeps a's
     first outcome. b goes on as usual."""
-    import optuna
-
     from raymmr.tune.runner import load_study, study_search
 
     space, t = one_param_space(tmp_path)
@@ -280,8 +278,9 @@ def test_a_new_sweep_starts_a_new_study_where_an_earlier_one_never_reached_tune(
 
     space, t = one_param_space(tmp_path)
     sweep = s3_server.url("sweeps", uuid.uuid4().hex)
-    assert study_search(space, t, sweep).suggest("a")
-    study_search(space, t, sweep).save(str(tmp_path / "searcher.pkl"))  # the journal reaches the bucket
+    search = study_search(space, t, sweep)
+    assert search.suggest("a")
+    search.save(str(tmp_path / "searcher.pkl"))  # the journal reaches the bucket
     assert storage.exists(f"{sweep}/{JOURNAL}")
     with pytest.raises(JobError, match="no sweep to restore"):
         check_sweep_dir(sweep, resume=True)
