@@ -4,6 +4,10 @@ fine-tuning group (difference reconstruction + head mixup, replaced by the plain
 reported side by side on clean, cross-domain and perturbed data, mean ± std over seeds. Each arm
 removes exactly its groups, as ``raymmr.config.METHOD_GROUPS`` defines them.
 
+The ablation is read on the validation split (its reading is a choice: SPEC §5); it never
+evaluates the test split. Each seed fine-tunes one text-only model (blank images, from the first
+variant's pre-training) that every variant of the seed is compared with.
+
 Variants that differ only in fine-tuning share one pre-training per seed. A rerun into the same
 directory reads back finished variants and reuses finished pre-trainings."""
 
@@ -51,7 +55,7 @@ def run_ablation(
     (a path or URL: every run of the ablation lives under it) and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
     from raymmr.data.sets import resolve_data
     from raymmr.errors import JobError
-    from raymmr.pipeline import run_pipeline
+    from raymmr.pipeline import SELECTION_SPLIT, run_pipeline
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -63,13 +67,17 @@ def run_ablation(
     data = resolve_data(configs[(variants[0], seeds[0])], data)
     out = storage.normalize(str(out))
     results, pretrained = {}, {}  # pretrained: (seed, pre-training overrides) -> export
+    text_only: dict[int, str] = {}  # seed -> the text-only model's export
     for (variant, seed), cfg in configs.items():
         shared = (seed, tuple(o for o in variant_overrides(variant) if not o.startswith(FINETUNE_ONLY_PREFIXES)))
         run = storage.join(out, variant, f"seed{seed}")
         own = storage.join(run, "pretrain", storage.EXPORT)
         if storage.exists(storage.join(own, storage.WEIGHTS)):
             pretrained.setdefault(shared, own)
-        done = storage.join(run, "eval", "results.json")
+        done = storage.join(run, "eval", SELECTION_SPLIT, "results.json")
+        own_text_only = storage.join(run, "finetune_text_only", storage.EXPORT)
+        if storage.exists(storage.join(own_text_only, storage.WEIGHTS)):
+            text_only.setdefault(seed, own_text_only)
         if storage.exists(done):
             log(f"[ablate] {variant} seed {seed}: done before, reading {done}")
             results[f"{variant}/seed{seed}"] = json.loads(storage.read_text(done))
@@ -79,9 +87,13 @@ def run_ablation(
             log(f"[ablate] {variant} seed {seed}: moved the unfinished attempt to {aside}")
             if pretrained.get(shared) == own:
                 del pretrained[shared]
+            if text_only.get(seed) == own_text_only:
+                del text_only[seed]
         log(f"[ablate] {variant} seed {seed}")
-        results[f"{variant}/seed{seed}"] = run_pipeline(cfg, run, data, pretrained=pretrained.get(shared))
+        results[f"{variant}/seed{seed}"] = run_pipeline(cfg, run, data, pretrained=pretrained.get(shared),
+                                                        text_only=text_only.get(seed, True))[SELECTION_SPLIT]
         pretrained.setdefault(shared, own)
+        text_only.setdefault(seed, own_text_only)
     mean = {v: mean_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
     std = {v: std_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
     report = {"per_run": results, "mean": mean, "std": std, "seeds": seeds}

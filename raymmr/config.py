@@ -33,7 +33,8 @@ METHOD_GROUPS: dict[str, dict[str, Any]] = {
     "robust_mmr": {"masking.asymmetric": False, "loss.w_dom_consist": 0.0, "loss.w_mod_resil": 0.0,
                    "perturbation.in_finetune": False},
     # CMDPI's fine-tuning (Eq. 13: difference reconstruction + head mixup). Without it a model is
-    # fine-tuned the plain way, with the answer CE alone.
+    # fine-tuned the plain way, with the answer CE alone (``validate`` refuses the answer CE beside
+    # mix or diff: Eq. 13 has no such term).
     "cmdpi_finetune": {"loss.w_mix": 0.0, "loss.w_diff": 0.0, "loss.w_ans_finetune": 1.0},
 }
 METHODS: dict[str, tuple[str, ...]] = {
@@ -61,6 +62,21 @@ def method_values(method: str) -> dict[str, Any]:
 
 class ConfigError(ValueError):
     """A config key, type or value that is not allowed; the message names it and the fix."""
+
+
+def check_synthrad_domains(num_domains: int, test_domain: int, val_domain: int = -1) -> None:
+    """SynthRad's held-out sites must exist, differ, and leave training at least one site."""
+    if not 0 <= test_domain < num_domains:
+        raise ConfigError(f"data.synthrad_test_domain={test_domain} must be in [0, {num_domains - 1}] "
+                          f"(data.synthrad_domains={num_domains})")
+    if val_domain != -1 and not 0 <= val_domain < num_domains:
+        raise ConfigError(f"data.synthrad_val_domain={val_domain} must be -1 (none) or in [0, {num_domains - 1}] "
+                          f"(data.synthrad_domains={num_domains})")
+    if val_domain == test_domain:
+        raise ConfigError(f"data.synthrad_val_domain={val_domain} is the test domain: choices made on it would be "
+                          "made on test (DomainBed); pick another site, or -1")
+    if num_domains - 1 - (val_domain != -1) < 1:
+        raise ConfigError(f"data.synthrad_domains={num_domains} leaves no training domain beside the held-out ones")
 
 
 def _f(default, *, range=None, choices=None, help=""):  # noqa: A002 - 'range' reads best here
@@ -137,7 +153,8 @@ class LossConfig:
     temperature: float = _f(0.07, range=(0.001, 10.0), help="tau of every InfoNCE")
     w_mix: float = _f(1.0, range=(0.0, 100.0), help="fine-tuning: mix")
     w_ans_finetune: float = _f(0.0, range=(0.0, 100.0),
-                               help="fine-tuning: a direct answer CE on the unmasked view (not in CMDPI Eq. 13: 0)")
+                               help="fine-tuning: a direct answer CE on the unmasked view, only without mix and diff "
+                                    "(the plain fine-tuning; CMDPI Eq. 13 has no such term)")
     w_diff: float = _f(1.0, range=(0.0, 100.0), help="fine-tuning: diff_img + diff_txt")
 
 
@@ -150,6 +167,9 @@ class FinetuneConfig:
     mixup_beta_a: float = _f(0.4, range=(0.01, 100.0))
     mixup_beta_b: float = _f(0.4, range=(0.01, 100.0))
     mixup_fixed: float = _f(0.5, range=(0.0, 1.0))
+    mix_source: str = _f("diff", choices=["diff", "whole_question"],
+                         help="head mixup's h_D: the difference pass (its question masked), or a RecNet pass over "
+                              "the same deviated image features and the whole question")
 
 
 @dataclass
@@ -162,6 +182,8 @@ class DataConfig:
     samples_per_epoch: int = _f(0, range=(0, 10**12), help="resampled mode; 0 = size of the train split")
     shuffle_buffer: int = _f(1000, range=(0, 10**7), help="encoded samples in the shuffle reservoir")
     loader_workers: int = _f(2, range=(0, 64), help="DataLoader worker processes per Ray Train worker")
+    blank_images: bool = _f(False, help="every image a flat grey (data.images.blank_image): the text-only "
+                                        "baseline, the same model fine-tuned without pixels (SPEC §5)")
     seed: int = _f(0, range=(0, 2**31 - 1))
     # SynthRad generation (used when no shards are given)
     synthrad_train: int = _f(20000, range=(1, 10**8))
@@ -170,6 +192,8 @@ class DataConfig:
     synthrad_pretrain: int = _f(20000, range=(1, 10**8), help="images of the pre-training corpus (disjoint from train/val/test)")
     synthrad_domains: int = _f(4, range=(2, 16))
     synthrad_test_domain: int = _f(3, range=(0, 15), help="held out of training for cross-domain tests")
+    synthrad_val_domain: int = _f(-1, range=(-1, 15), help="held out of training and test, seen only in val: "
+                                  "a shifted domain to choose on that is not the test domain (DomainBed); -1 none")
     samples_per_shard: int = _f(1000, range=(1, 10**7))
 
 
@@ -458,16 +482,25 @@ def validate(cfg: Config) -> None:
             f"data.image_size={cfg.data.image_size} is smaller than model.image_size={m.image_size}; "
             "shards must store images at least at the model's size"
         )
-    if cfg.data.synthrad_test_domain >= cfg.data.synthrad_domains:
-        raise ConfigError(
-            f"data.synthrad_test_domain={cfg.data.synthrad_test_domain} must be < data.synthrad_domains={cfg.data.synthrad_domains}"
-        )
+    check_synthrad_domains(cfg.data.synthrad_domains, cfg.data.synthrad_test_domain, cfg.data.synthrad_val_domain)
     if cfg.train.compile and cfg.train.zero_stage == 3:
         raise ConfigError("train.compile=true with train.zero_stage=3: ZeRO-3 gathers parameters in hooks "
                           "that torch.compile cannot trace here; use train.zero_stage=2 or train.compile=false")
     if cfg.masking.mask_ratio_low > cfg.masking.mask_ratio_high:
         raise ConfigError(
             f"masking.mask_ratio_low={cfg.masking.mask_ratio_low} must be <= masking.mask_ratio_high={cfg.masking.mask_ratio_high}"
+        )
+
+
+def check_finetune_objective(lc: LossConfig) -> None:
+    """CMDPI's fine-tuning is Eq. 13 (mix + diff) without a direct answer CE: the two are not mixed.
+    Checked where a fine-tuning is planned (``objective.task.plan_passes``, which the driver calls
+    before Ray starts), not in ``validate``: an export trained before this rule still loads."""
+    if lc.w_ans_finetune > 0 and (lc.w_mix > 0 or lc.w_diff > 0):
+        raise ConfigError(
+            f"loss.w_ans_finetune={lc.w_ans_finetune} with loss.w_mix={lc.w_mix}, loss.w_diff={lc.w_diff}: CMDPI's "
+            "fine-tuning is Eq. 13 (mix + diff) without a direct answer CE; set loss.w_ans_finetune=0, or "
+            "loss.w_mix=0 and loss.w_diff=0 for the plain answer-CE fine-tuning"
         )
 
 

@@ -13,16 +13,26 @@ from raymmr.errors import JobError
 
 @pytest.fixture
 def recorded(monkeypatch, tiny_data):
-    calls = []
+    class Calls(list):
+        pass
 
-    def fake_pipeline(cfg, out, data, *, pretrained=None, **_):
+    calls = Calls()
+
+    def fake_pipeline(cfg, out, data, *, pretrained=None, text_only=True, final_test=False, **_):
         calls.append((out.split("/")[-2], cfg.train.seed, pretrained))  # out: <ablation>/<variant>/seed<n>
+        text_only_calls.append((out.split("/")[-2], cfg.train.seed, text_only))
+        assert not final_test, "the ablation's reading is a choice: it never evaluates the test split"
         if pretrained is None:
             storage.write_text(storage.join(out, "pretrain", "export", "model.safetensors"), "weights")
+        if text_only is True:
+            storage.write_text(storage.join(out, "finetune_text_only", "export", "model.safetensors"), "weights")
         acc = 0.5 if cfg.loss.w_dom_consist > 0 else 0.4
-        results = {"vqa_overall": acc + cfg.train.seed / 100, "retrieval_mean_rank": 10.0}
-        storage.write_text(storage.join(out, "eval", "results.json"), json.dumps(results))
-        return results
+        results = {"vqa_overall": acc + cfg.train.seed / 100, "retrieval_mean_rank": 10.0, "split": "val"}
+        storage.write_text(storage.join(out, "eval", "val", "results.json"), json.dumps(results))
+        return {"val": results}
+
+    text_only_calls = []
+    calls.text_only = text_only_calls
 
     monkeypatch.setattr(raymmr.pipeline, "run_pipeline", fake_pipeline)
     return calls
@@ -40,6 +50,10 @@ def test_fine_tuning_only_variants_share_a_pre_training_and_seeds_average(record
     table = (tmp_path / "ablation.md").read_text()
     assert "| full | 51.0 ± 1.4% | — | — | — | — | 10.00 ± 0.00 | — |" in table
     assert report["std"]["full"]["vqa_overall"] == pytest.approx(0.01414, abs=1e-4)
+    # One text-only model per seed, fine-tuned by the seed's first variant, compared with by all.
+    text_only = {(v, s): t for v, s, t in recorded.text_only}
+    assert text_only[("full", 0)] is True and text_only[("full", 2)] is True
+    assert text_only[("neither", 2)] == str(tmp_path / "full" / "seed2" / "finetune_text_only" / "export")
     assert json.loads((tmp_path / "ablation.json").read_text())["mean"] == report["mean"]
 
 

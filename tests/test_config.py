@@ -105,21 +105,59 @@ def test_job_rejects_bad_config_before_ray(tmp_path, override, needle):
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
 
 
-def test_cmdpi_method_plans_exactly_cmdpis_terms():
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_cmdpi_method_plans_exactly_cmdpis_terms(preset):
     """CMDPI alone: Eq. 5-6 pre-training terms on symmetric random masks of clean input; Eq. 13
-    fine-tuning (mix + diff) on unperturbed input."""
+    fine-tuning (mix + diff, and nothing else) on unperturbed input, on every preset."""
     from raymmr.objective.task import plan_passes
 
-    cfg = load_config("base", method="cmdpi")
+    cfg = load_config(preset, method="cmdpi")
     assert cfg.method == "cmdpi"
     assert set(plan_passes("pretrain", cfg.loss).terms) == {
         "rec_img_global", "rec_txt_global", "rec_ans_global", "rec_img_local", "rec_txt_local", "rec_ans_local",
         "con_inter", "con_intra"}  # fmt: skip
-    assert set(plan_passes("finetune", cfg.loss).terms) == {"mix", "diff_img", "diff_txt"}
+    assert plan_passes("finetune", cfg.loss).terms == ("diff_img", "diff_txt", "mix")
+    assert plan_passes("finetune", load_config(preset).loss).terms == ("diff_img", "diff_txt", "mix")  # combined
     assert not cfg.masking.asymmetric and not cfg.perturbation.in_finetune
-    combined = load_config("base")
+    combined = load_config(preset)
     assert cfg.masking == dataclasses.replace(combined.masking, asymmetric=False)  # symmetric at mask_ratio_img/txt
     assert combined.method == "combined" and combined.masking.asymmetric and combined.loss.w_dom_consist > 0
+
+
+@pytest.mark.parametrize("overrides", [["loss.w_ans_finetune=1"], ["loss.w_ans_finetune=0.5", "loss.w_mix=0"],
+                                       ["loss.w_ans_finetune=1", "loss.w_diff=0"]])  # fmt: skip
+def test_answer_ce_beside_cmdpis_finetuning_is_refused(overrides):
+    """Eq. 13 has no direct answer CE: with mix or diff on, w_ans_finetune > 0 is refused in one line
+    that names the keys and both fixes."""
+    from raymmr.objective.task import plan_passes
+
+    cfg = load_config("tiny", overrides, method="cmdpi")  # loads: an export trained before the rule must
+    with pytest.raises(ConfigError) as e:  # but no fine-tuning is planned with it (the driver, before Ray)
+        plan_passes("finetune", cfg.loss, cfg.finetune)
+    message = str(e.value)
+    assert "\n" not in message
+    for words in ("loss.w_ans_finetune", "loss.w_mix", "loss.w_diff", "Eq. 13", "set loss.w_ans_finetune=0",
+                  "loss.w_mix=0 and loss.w_diff=0"):  # fmt: skip
+        assert words in message, message
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_the_plain_finetuning_arm_stays_valid(preset):
+    """METHOD_GROUPS["cmdpi_finetune"] removed: the answer CE alone."""
+    from raymmr.config import without_groups
+    from raymmr.objective.task import plan_passes
+
+    cfg = load_config(preset, without_groups(["cmdpi_finetune"]))
+    assert (cfg.loss.w_mix, cfg.loss.w_diff, cfg.loss.w_ans_finetune) == (0, 0, 1)
+    plan = plan_passes("finetune", cfg.loss, cfg.finetune)
+    assert plan.terms == ("rec_ans_global",) and plan.answer_pass and not plan.deviated
+
+
+def test_mix_source_choices():
+    assert load_config("tiny").finetune.mix_source == "diff"
+    assert load_config("tiny", ["finetune.mix_source=whole_question"]).finetune.mix_source == "whole_question"
+    with pytest.raises(ConfigError, match="finetune.mix_source"):
+        load_config("tiny", ["finetune.mix_source=answer"])
 
 
 def test_method_is_saved_and_a_saved_runs_own_values_win(tmp_path):

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow,
 def test_tiny_pipeline_on_one_gpu_in_bf16_with_nccl_and_zero2(ray_local, tiny_data, tmp_path):
     cfg = load_config("tiny", ["train.gpus_per_worker=1", "train.zero_stage=2", "train.steps=30",
                                "finetune.steps=20", "train.val_every=10", "train.checkpoint_every=10"])
-    results = run_pipeline(cfg, tmp_path / "run", tiny_data, severities=("strong",))
+    results = run_pipeline(cfg, tmp_path / "run", tiny_data, text_only=False, severities=("strong",))["val"]
     assert 0 <= results["vqa_overall"] <= 1 and results["retrieval_mean_rank"] > 0
     for stage in ("pretrain", "finetune"):
         events = [json.loads(line) for line in (tmp_path / "run" / stage / "events.jsonl").read_text().splitlines()]

@@ -1,6 +1,6 @@
 """The learning test: the demo pipeline on SynthRad (pre-train -> fine-tune -> evaluate, tiny
-preset, fixed seed) must beat the trivial baselines by a clear margin on held-out questions —
-and the same check must fail when nothing is learned (learning rate 0)."""
+preset, fixed seed) must beat the text-only baselines by a clear margin on held-out (validation)
+questions — and the same check must fail when nothing is learned (learning rate 0)."""
 
 import json
 
@@ -12,12 +12,14 @@ from raymmr.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
-MARGIN = 0.05  # absolute accuracy over the better text-only baseline (the demo: +11.7 points, 2026-12-03)
+MARGIN = 0.05  # absolute accuracy over the strongest baseline that needs no model (README, "What the demo shows")
+RULE_BASELINES = ("majority_baseline", "question_only_baseline", "type_prior_baseline")
 
 
 def learned(results: dict) -> bool:
-    floor = max(results["majority_baseline"], results["question_only_baseline"])
-    return results["vqa_overall"] >= floor + MARGIN
+    """The margin over the strongest baseline computed from the train split's text alone (the blank-image
+    model, a training run of its own, is the demo's; this test does not pay for it)."""
+    return results["vqa_overall"] >= max(results[k] for k in RULE_BASELINES) + MARGIN
 
 
 def test_model_learns_synthrad(ray_local, tiny_data, tmp_path):
@@ -25,11 +27,11 @@ def test_model_learns_synthrad(ray_local, tiny_data, tmp_path):
     # No validation and one checkpoint per stage: neither changes what is learned, and they cost
     # ~1 minute of this test on 2 cores.
     cfg = load_config("tiny", ["train.val_every=0", "train.checkpoint_every=1000"])
-    results = run_pipeline(cfg, tmp_path / "run", tiny_data, severities=())
+    results = run_pipeline(cfg, tmp_path / "run", tiny_data, text_only=False, severities=())["val"]
+    assert results["split"] == "val"
     assert learned(results), (
-        f"held-out VQA accuracy {results['vqa_overall']:.3f} does not beat the baselines "
-        f"(majority {results['majority_baseline']:.3f}, question-only {results['question_only_baseline']:.3f}) "
-        f"by {MARGIN}"
+        f"validation VQA accuracy {results['vqa_overall']:.3f} does not beat the baselines "
+        f"{ {k: round(results[k], 3) for k in RULE_BASELINES} } by {MARGIN}"
     )
     # Difference reconstruction found a similar image (the paper's threshold, the whole training
     # split) for nearly every fine-tuning sample.
@@ -52,6 +54,6 @@ def test_same_check_fails_without_learning(tiny_data, tmp_path):
     model, _, manifest = new_model(cfg, tiny_data)
     export = save_export(model.eval(), cfg, tmp_path / "export", tokenizer_dir=shard_tokenizer(tiny_data),
                          answers=manifest["answers"])
-    results = evaluate(str(export), tiny_data, str(tmp_path / "eval"), severities=())  # clean, as above
+    results = evaluate(str(export), tiny_data, str(tmp_path / "eval"), split="val", severities=())  # as above
     assert not learned(results), f"an untrained model 'learned': {results['vqa_overall']:.3f}"
     assert sum(v["n"] for v in results["vqa_by_question_type"].values()) == results["n_vqa"]

@@ -223,20 +223,27 @@ def test_a_restart_continues_the_exact_sample_sequence(data, mode, workers):
 
 
 def test_partner_images_ride_with_their_samples(data):
-    """Each sample's partner image (its encoded bytes from the shards) decoded beside it;
-    samples without one get their own image and has_partner False."""
+    """Each sample's drawn partner image (its encoded bytes from the shards) decoded beside it with
+    its cosine; samples without a candidate, or not in the index, get their own image,
+    has_partner False and partner_similarity 0."""
     from raymmr.data.loader import Partners, decode_image, read_images
 
     out, _, _ = data
     urls = shard_urls(str(out), "train")
-    images = read_images(urls, {"train-0005-q", "train-0039-cap"})
-    assert set(images) == {"train-0005-q", "train-0039-cap"}
-    partners = Partners(of={"train-0000-cap": "train-0039-cap", "train-0001-q": "train-0005-q",
-                            "train-0002-q": "missing"}, images=images)  # fmt: skip
+    keys = ["train-0000-cap", "train-0001-q", "train-0002-q", "train-0005-q", "train-0039-cap"]
+    image_of, encoded = read_images(urls, set(keys))
+    assert set(image_of) == set(keys) and len(encoded) == 5  # five different pictures
+    emb = torch.eye(5)  # nobody is similar ...
+    for a, b in [("train-0000-cap", "train-0039-cap"), ("train-0001-q", "train-0005-q")]:  # ... but two pairs
+        emb[image_of[b]] = 0.9 * emb[image_of[a]] + 0.1 * emb[image_of[b]]
+    emb = torch.nn.functional.normalize(emb, dim=-1)
+    partners = Partners(image_of=image_of, embeddings=emb, images=dict(enumerate(encoded)), threshold=0.75)
     b = next(iter(loader(urls[:1], data, shuffle_buffer=0, partners=partners)))
     assert b["key"][:4] == ["train-0000-cap", "train-0001-q", "train-0002-q", "train-0003-cap"]
     assert b["has_partner"].tolist() == [True, True, False, False]
-    assert torch.equal(b["partner_image"][0], torch.from_numpy(decode_image(images["train-0039-cap"], S)))
+    assert b["partner_similarity"].tolist() == pytest.approx([0.9 / 0.82**0.5] * 2 + [0.0, 0.0], abs=1e-6)
+    partner = torch.from_numpy(decode_image(encoded[image_of["train-0039-cap"]], S))
+    assert torch.equal(b["partner_image"][0], partner)
     assert torch.equal(b["partner_image"][2], b["image"][2]) and torch.equal(b["partner_image"][3], b["image"][3])
     assert "partner_image" not in next(iter(loader(urls[:1], data, shuffle_buffer=0)))
 

@@ -16,7 +16,7 @@ from raymmr.objective.masking import (
     max_masked_tokens,
     random_mask,
 )
-from raymmr.objective.task import mixup_partner, partner_rows
+from raymmr.objective.task import mixup_partner
 
 torch.set_num_threads(1)
 
@@ -339,25 +339,16 @@ def test_asymmetric_draw_sides_and_ratios():
 # --------------------------------------------------------------------------- partners
 
 
-def test_partner_rows_most_similar_other_image_above_threshold():
-    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.0], [0.8, 0.6]])
-    # cosines with row 0: row 1 0.9939, row 3 1.0 (the same image: never a partner), row 4 0.8;
-    # row 4: 0.8614 with row 1, 0.8 with rows 0/3, 0.6 with row 2; row 2: 0.6 with row 4, ~0 else
-    for block in (1, 2, 1024):  # the blocked product gives the same answer
-        assert partner_rows(emb, threshold=0.9, block=block).tolist() == [1, 0, -1, 1, -1]
-    assert partner_rows(emb, threshold=0.85).tolist() == [1, 0, -1, 1, 1]
-    assert partner_rows(emb, threshold=0.995).tolist() == [-1, -1, -1, -1, -1]
-    assert partner_rows(emb, threshold=0.5)[2].item() == 4
-
-
 def test_mixup_partner_prefers_same_organ_and_type():
     answers = torch.tensor([1, 2, 3, 4, -100])
     organ = torch.tensor([0, 0, 1, -1, 0])
     qtype = torch.tensor([5, 5, 5, 6, 5])
     for seed in range(10):
-        p = mixup_partner(answers, organ, qtype, torch.Generator().manual_seed(seed))
+        p, strict = mixup_partner(answers, organ, qtype, torch.Generator().manual_seed(seed))
         assert p[0].item() == 1 and p[1].item() == 0  # strict match
         assert p[2].item() in (0, 1, 3)  # no strict match: any answered sample, never the caption
         assert p[3].item() in (0, 1, 2)  # organ unknown: only the question type (6) counts; none -> any
         assert p[4].item() in (0, 1)  # an unanswered row still gets an answered partner
-    assert mixup_partner(torch.tensor([3, -100]), torch.tensor([0, 0]), torch.tensor([0, 0])).tolist() == [0, 0]
+        assert strict.tolist() == [True, True, False, False, True]
+    p, strict = mixup_partner(torch.tensor([3, -100]), torch.tensor([0, 0]), torch.tensor([0, 0]))
+    assert p.tolist() == [0, 0] and strict.tolist() == [False, True]  # alone: itself, not a strict match

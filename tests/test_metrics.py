@@ -2,20 +2,26 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from raymmr.eval.metrics import (
+    ImageBootstrap,
     accuracy_by_group,
     answer_type_name,
+    chance_mean_rank,
     degradation,
     degradation_table,
+    effect_shown,
+    format_interval,
     majority_answer,
     majority_baseline,
     markdown_table,
     question_only_baseline,
     retrieval_metrics,
     retrieval_ranks,
+    type_prior_baseline,
     vqa_accuracy,
 )
 
@@ -77,7 +83,7 @@ def test_accuracy_by_group():
 def test_majority_baseline():
     train = ["yes", "Yes", "no", "2", "two", "Two"]  # normalised: yes x2, no x1, 2 x3
     out = majority_baseline(train, ["2", "yes", "3"], ["open", "closed", "open"])
-    assert out["prediction"] == "2"
+    assert out["prediction"] == "2" and out["predictions"] == ["2", "2", "2"]
     assert out["overall"] == pytest.approx(1 / 3) and out["open"] == 0.5 and out["closed"] == 0.0
     assert majority_answer(["yes", "no"]) == "no"  # ties: alphabetically first, deterministic
 
@@ -98,9 +104,131 @@ def test_question_only_baseline_uses_per_question_majority_then_global_fallback(
         ("Is the heart enlarged?", "two"),  # unseen -> global "2": right
     ]
     out = question_only_baseline(train, test)
+    assert out["predictions"] == ["yes", "liver", "2"]
     assert out["overall"] == pytest.approx(2 / 3)
     assert out["coverage"] == pytest.approx(2 / 3)
     assert out["n"] == 3
+
+
+def test_type_prior_baseline_group_then_answer_type_then_global_majority():
+    train = [
+        {"question_type": "presence", "answer_type": "closed", "answer": "no"},
+        {"question_type": "presence", "answer_type": "closed", "answer": "No"},
+        {"question_type": "presence", "answer_type": "closed", "answer": "yes"},
+        {"question_type": "organ", "answer_type": "closed", "answer": "yes"},
+        {"question_type": "organ", "answer_type": "open", "answer": "liver"},
+        {"question_type": "organ", "answer_type": "OPEN", "answer": "lung"},
+        {"question_type": "organ", "answer_type": "open", "answer": "lung"},
+        {"question_type": "size", "answer_type": 0, "answer": "2 cm"},  # the loader's int answer type
+    ]  # closed: no 2, yes 2 -> "no" (alphabetical tie-break); open: lung 2, liver 1, 2 cm 1 -> "lung"; global "lung"
+    test = [
+        {"question_type": "presence", "answer_type": "closed", "answer": "no"},  # group -> "no": right
+        {"question_type": "presence", "answer_type": "closed", "answer": "yes"},  # group -> "no": wrong
+        {"question_type": "Organ ", "answer_type": "open", "answer": "lung"},  # group (spelling normalised) -> right
+        {"question_type": "size", "answer_type": "open", "answer": "2 cm"},  # group -> "2 cm": right
+        {"question_type": "side", "answer_type": "closed", "answer": "no"},  # unseen type -> closed majority: right
+        {"question_type": "side", "answer_type": "", "answer": "lung"},  # unknown answer type -> global: right
+        {"question_type": "", "answer_type": "open", "answer": "liver"},  # no type -> open majority "lung": wrong
+    ]
+    out = type_prior_baseline(train, test, [r["answer_type"] for r in test])
+    assert out["predictions"] == ["no", "no", "lung", "2 cm", "no", "lung", "lung"]
+    assert out["overall"] == pytest.approx(5 / 7)
+    assert out["closed"] == pytest.approx(2 / 3) and out["open"] == pytest.approx(2 / 3)
+    assert out["coverage"] == pytest.approx(4 / 7)
+    with pytest.raises(ValueError, match="no train records"):
+        type_prior_baseline([], test)
+
+
+def test_type_prior_baseline_reads_samples_too():
+    from types import SimpleNamespace
+
+    train = [SimpleNamespace(question_type="organ", answer_type="open", answer="heart")] * 2
+    test = [SimpleNamespace(question_type="organ", answer_type="open", answer="heart")]
+    assert type_prior_baseline(train, test)["overall"] == 1.0
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def _clustered(outcomes_per_image, questions_per_image):
+    """(image ids, hits): every question of image i has outcome outcomes_per_image[i]."""
+    ids = [i for i in range(len(outcomes_per_image)) for _ in range(questions_per_image)]
+    hits = [o for o in outcomes_per_image for _ in range(questions_per_image)]
+    return ids, np.array(hits, dtype=float)
+
+
+def test_bootstrap_degenerate_cases_are_exact():
+    ids, hits = _clustered([1, 0, 1, 1, 0], 3)
+    boot = ImageBootstrap(ids, n_boot=200)
+    assert boot.n_images == 5 and boot.weights.shape == (200, 5)
+    assert (boot.weights.sum(axis=1) == 5).all()  # each resample draws as many images as there are
+    assert boot.interval(np.ones(15)) == (1.0, 1.0)
+    assert boot.interval(np.zeros(15)) == (0.0, 0.0)
+    assert boot.interval(hits - hits) == (0.0, 0.0)  # a paired difference of identical predictors
+    assert boot.interval(hits, hits == 1) == (1.0, 1.0)  # a subset by mask: its own questions only
+    assert all(math.isnan(x) for x in boot.interval(hits, np.zeros(15, bool)))  # empty subset
+    with pytest.raises(ValueError, match="15 questions"):
+        boot.interval(np.ones(14))
+
+
+def test_bootstrap_is_deterministic_and_contains_the_estimate():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 60, 200).tolist()
+    hits = (rng.random(200) < 0.6).astype(float)
+    lo, hi = ImageBootstrap(ids, seed=3).interval(hits)
+    assert (lo, hi) == ImageBootstrap(ids, seed=3).interval(hits)
+    assert lo < hits.mean() < hi and 0.05 < hi - lo < 0.3
+
+
+def test_bootstrap_resamples_images_not_questions():
+    """10 images x 10 questions that share one outcome carry the information of 10 questions, not
+    100: the interval is as wide as for 10 independent questions and wider than for 100."""
+    outcomes = [1, 0, 1, 1, 0, 1, 0, 1, 1, 0]  # mean 0.6
+    ids, hits = _clustered(outcomes, 10)
+    clustered = ImageBootstrap(ids).interval(hits)
+    ids100, hits100 = _clustered(outcomes * 10, 1)  # 100 independent images, same mean
+    independent = ImageBootstrap(ids100).interval(hits100)
+    ids10, hits10 = _clustered(outcomes, 1)
+    ten = ImageBootstrap(ids10).interval(hits10)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(clustered) > 2 * width(independent)
+    assert width(clustered) == pytest.approx(width(ten), abs=0.05)
+
+
+def test_bootstrap_width_shrinks_like_one_over_root_n():
+    outcomes = [1, 0, 1, 1, 0] * 20  # 100 images, mean 0.6
+    widths = {}
+    for n in (100, 400, 1600):
+        ids, hits = _clustered(outcomes * (n // 100), 1)
+        lo, hi = ImageBootstrap(ids, n_boot=2000).interval(hits)
+        widths[n] = hi - lo
+    assert widths[100] / widths[400] == pytest.approx(2, rel=0.25)
+    assert widths[400] / widths[1600] == pytest.approx(2, rel=0.25)
+
+
+def test_bootstrap_paired_difference_keeps_the_pairing():
+    """b misses exactly one more question than a on every image (4 questions each): every resample
+    shows a difference of exactly 1/4, although each accuracy alone varies a lot between images."""
+    rng = np.random.default_rng(0)
+    ids = [i for i in range(50) for _ in range(4)]
+    a = np.ones(200)
+    for i in range(50):
+        a[4 * i + 1 : 4 * i + 1 + rng.integers(0, 4)] = 0  # image accuracy 1, 3/4, 1/2 or 1/4
+    b = a.copy()
+    b[0::4] = 0  # the first question of every image, which a always gets right
+    boot = ImageBootstrap(ids)
+    lo, hi = boot.interval(a - b)
+    assert lo == pytest.approx(0.25) and hi == pytest.approx(0.25)
+    assert boot.interval(a)[1] - boot.interval(a)[0] > 0.1
+
+
+def test_format_interval_and_effect_shown():
+    assert format_interval(0.531, (0.51, 0.552)) == "53.1% [51.0, 55.2]"
+    assert format_interval(0.042, (0.01, 0.073), signed=True) == "+4.2 points [1.0, 7.3]"
+    assert format_interval(float("nan"), (0.1, 0.2)) == "n/a"
+    assert format_interval(0.5, None) == "50.0%"
+    assert effect_shown((0.01, 0.07)) and effect_shown((-0.07, -0.01))
+    assert not effect_shown((-0.01, 0.07)) and not effect_shown((0.0, 0.07)) and not effect_shown(None)
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -151,6 +279,45 @@ def test_retrieval_identity_and_constant_matrices():
     assert ident["i2t_r1"] == ident["t2i_r1"] == 1.0 and ident["mean_rank"] == 1.0
     const = retrieval_metrics(torch.ones(4, 4))
     assert const["i2t_r1"] == 0.0 and const["i2t_mean_rank"] == 4.0 and const["t2i_mean_rank"] == 4.0
+
+
+def test_retrieval_identical_caption_counts_as_a_hit():
+    """Texts 0 and 1 are one caption: image 0 retrieving text 1 is a hit, text 1 retrieving image 0 too."""
+    sim = torch.tensor(
+        [
+            [0.2, 0.9, 0.5],  # its group's best is text 1 (0.9); only text 2 competes -> 1 (pairs only: 3)
+            [0.1, 0.3, 0.4],  # group best 0.3 < text 2's 0.4 -> 2
+            [0.6, 0.7, 0.5],  # a singleton: both others above -> 3
+        ]
+    )
+    groups = ["a chest ct", "a chest ct", "a head mr"]
+    i2t, t2i = retrieval_ranks(sim, groups)
+    assert i2t.tolist() == [1, 2, 3]
+    assert t2i.tolist() == [2, 1, 2]  # text 2: image 0 ties its 0.5 -> pessimistic 2
+    assert retrieval_ranks(sim)[0].tolist() == [3, 2, 3] and retrieval_ranks(sim)[1].tolist() == [2, 3, 2]
+    m = retrieval_metrics(sim, text_groups=groups)
+    assert m["i2t_r1"] == pytest.approx(1 / 3) and m["mean_rank"] == pytest.approx((6 / 3 + 5 / 3) / 2)
+    with pytest.raises(ValueError, match="2 text groups for 3"):
+        retrieval_ranks(sim, groups[:2])
+
+
+def test_retrieval_singleton_groups_give_the_pair_ranks_exactly():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 5, 40):
+        sim = torch.randint(0, 4, (n, n), generator=g).float()  # many ties
+        plain, grouped = retrieval_ranks(sim), retrieval_ranks(sim, [f"caption {i}" for i in range(n)])
+        assert torch.equal(plain[0], grouped[0]) and torch.equal(plain[1], grouped[1])
+
+
+def test_chance_mean_rank_matches_random_similarities():
+    """Random scores, identical captions scoring identically (a text encoder cannot do otherwise)."""
+    groups = ["a", "a", "b", "c", "c", "c"]
+    assert chance_mean_rank(["x", "y", "z", "w"]) == pytest.approx(2.5)  # (N + 1) / 2
+    block = torch.tensor([0, 0, 1, 2, 2, 2])
+    g = torch.Generator().manual_seed(0)
+    ranks = [retrieval_metrics(torch.rand(6, 3, generator=g)[:, block], text_groups=groups)["mean_rank"]
+             for _ in range(1000)]
+    assert sum(ranks) / len(ranks) == pytest.approx(chance_mean_rank(groups), rel=0.04)
 
 
 def test_retrieval_rejects_bad_input():
@@ -217,6 +384,7 @@ def test_accuracy_by_question_type_beside_the_question_only_baseline():
     from types import SimpleNamespace
 
     from raymmr.eval.evaluate import by_question_type
+    from raymmr.eval.metrics import ImageBootstrap
 
     def q(question, answer, qtype, atype):
         return SimpleNamespace(question=question, answer=answer, question_type=qtype, answer_type=atype)
@@ -227,7 +395,11 @@ def test_accuracy_by_question_type_beside_the_question_only_baseline():
             q("Which organ?", "chest", "organ", "open"), q("Which organ?", "head", "organ", "open"),
             q("A caption has no question type", "", "", "")]  # fmt: skip
     preds = ["yes", "yes", "chest", "chest", "x"]
-    got = by_question_type(test, preds, train)
+    blind = question_only_baseline(train, [(s.question, s.answer) for s in test])["predictions"]
+    got = by_question_type(test, preds, {"question_only": blind})
     assert set(got) == {"presence/closed", "organ/open"}  # untyped samples are left out
     assert got["presence/closed"] == {"n": 2, "accuracy": 0.5, "question_only": 0.5}  # the blind model says "no"
     assert got["organ/open"] == {"n": 2, "accuracy": 0.5, "question_only": 0.5}  # ... and "head"
+    boot = ImageBootstrap(["img0", "img0", "img1", "img2", "img3"])
+    with_ci = by_question_type(test, preds, {"question_only": blind}, boot)
+    assert with_ci["presence/closed"]["accuracy_ci"] == [0.5, 0.5]  # one image: its two questions go together

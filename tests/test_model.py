@@ -11,6 +11,8 @@ from raymmr.model.model import RaymmrModel
 from raymmr.objective.flops import training_flops_per_sample
 from raymmr.objective.task import (
     FINETUNE_TERMS,
+    MIX_FALLBACK_RATE,
+    PARTNER_COS,
     PARTNER_RATE,
     PRETRAIN_TERMS,
     finetune_terms,
@@ -34,6 +36,11 @@ FINETUNE_UNUSED = {
     "recnet.missing_image",
     "recnet.missing_text",
 }
+
+
+MEASURED = {PARTNER_RATE, PARTNER_COS, MIX_FALLBACK_RATE}  # returned beside the terms, not weighted
+EQ13 = {"mix", "diff_img", "diff_txt"}
+PLAIN_FINETUNE = ("loss.w_mix=0", "loss.w_diff=0", "loss.w_ans_finetune=1")  # the cmdpi_finetune arm's values
 
 
 def tiny(*overrides):
@@ -76,11 +83,12 @@ def make_batch(cfg, n_caption=4, seed=0):
 
 
 def with_partners(batch, seed=1):
-    """The loader's partner images: half the samples have one."""
+    """The loader's partner images: half the samples have one, at cosine 0.8."""
     g = torch.Generator().manual_seed(seed)
     batch = dict(batch)
     batch["partner_image"] = torch.randint(0, 256, batch["image"].shape, dtype=torch.uint8, generator=g)
     batch["has_partner"] = torch.arange(len(batch["key"])) % 2 == 0
+    batch["partner_similarity"] = torch.where(batch["has_partner"], 0.8, 0.0)
     return batch
 
 
@@ -112,18 +120,30 @@ def test_pretrain_step_produces_every_term_and_gradient(model, cfg):
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("momentum_"))
 
 
-def test_finetune_step_produces_every_term_and_gradient(model):
-    cfg = tiny("loss.w_ans_finetune=0.5")
+@pytest.mark.parametrize("mix_source", ["diff", "whole_question"])
+def test_finetune_step_produces_every_term_and_gradient(model, mix_source):
+    cfg = tiny("loss.w_mix=0.5", f"finetune.mix_source={mix_source}")
     model.zero_grad(set_to_none=True)
     batch = with_partners(make_batch(cfg, n_caption=0))
     terms = finetune_terms(model, batch, cfg, generator=torch.Generator().manual_seed(0))
-    assert set(terms) == set(FINETUNE_TERMS) | {"loss", PARTNER_RATE}
-    assert terms[PARTNER_RATE].item() == pytest.approx(0.5)
+    assert set(terms) == EQ13 | {"loss"} | MEASURED
+    assert terms[PARTNER_RATE].item() == pytest.approx(0.5) and terms[PARTNER_COS].item() == pytest.approx(0.8)
+    assert 0 <= terms[MIX_FALLBACK_RATE].item() <= 1
     assert all(torch.isfinite(v) for v in terms.values())
     expected = sum(getattr(cfg.loss, FINETUNE_TERMS[k]) * v for k, v in terms.items() if k in FINETUNE_TERMS)
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     terms["loss"].backward()
     assert missing_grads(model) == FINETUNE_UNUSED
+
+
+def test_plain_finetune_step_is_the_answer_ce_alone(model):
+    """The cmdpi_finetune ablation arm: rec_ans_global on the unmasked view, no partner image."""
+    cfg = tiny(*PLAIN_FINETUNE)
+    model.zero_grad(set_to_none=True)
+    terms = finetune_terms(model, with_partners(make_batch(cfg, n_caption=0)), cfg)
+    assert set(terms) == {"rec_ans_global", "loss"}
+    terms["loss"].backward()
+    assert "recnet.head_answer.0.weight" not in missing_grads(model)
 
 
 @pytest.mark.parametrize(
@@ -145,13 +165,12 @@ def test_zero_weight_removes_its_pretrain_term(model, weight, removed):
 
 
 def test_finetune_objective_is_cmdpi_eq13_by_default(model):
-    """L_ft = L_mix + L_diff (the base preset; tiny adds the answer CE, see its comment);
-    pre-training's answer weight does not reach fine-tuning."""
-    assert load_config("base").loss.w_ans_finetune == 0 and tiny().loss.w_ans_finetune == 1
-    cfg = tiny("loss.w_ans_finetune=0")
+    """L_ft = L_mix + L_diff on every preset; pre-training's answer weight does not reach fine-tuning."""
+    assert load_config("base").loss.w_ans_finetune == 0 and tiny().loss.w_ans_finetune == 0
+    cfg = tiny()
     terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg)
-    assert set(terms) == {"mix", "diff_img", "diff_txt", "loss"}
-    no_pretrain_answer = tiny("loss.w_ans_finetune=0", "loss.w_ans=0")
+    assert set(terms) - MEASURED == EQ13 | {"loss"}
+    no_pretrain_answer = tiny("loss.w_ans=0")
     assert plan_passes("finetune", no_pretrain_answer.loss) == plan_passes("finetune", cfg.loss)
 
 
@@ -171,12 +190,11 @@ def test_finetune_share_leaves_the_other_samples_clean(model, share):
     assert clean.all() if share == 0 else (not clean.any() if share == 1 else clean.any() and not clean.all())
 
 
-@pytest.mark.parametrize("weight,removed", [("w_diff", {"diff_img", "diff_txt"}), ("w_mix", {"mix"}),
-                                            ("w_ans_finetune", {"rec_ans_global"})])
-def test_zero_weight_removes_its_finetune_term(model, weight, removed):
-    cfg = tiny("loss.w_ans_finetune=1", f"loss.{weight}=0")
+@pytest.mark.parametrize("weight,kept", [("w_diff", {"mix"}), ("w_mix", {"diff_img", "diff_txt"})])
+def test_zero_weight_removes_its_finetune_term(model, weight, kept):
+    cfg = tiny(f"loss.{weight}=0")
     terms = finetune_terms(model, make_batch(cfg, n_caption=0), cfg)
-    assert set(terms) == (set(FINETUNE_TERMS) - removed) | {"loss"}
+    assert set(terms) - MEASURED == kept | {"loss"}
 
 
 def test_only_contrastive_and_mod_resil_weights_still_run(model):
@@ -235,8 +253,12 @@ def test_step_is_deterministic_given_the_generator(model, cfg):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_flops_per_sample_matches_flop_counter(model, cfg, stage):
+@pytest.mark.parametrize("stage,overrides", [("pretrain", ()), ("finetune", ()),
+                                             ("finetune", ("finetune.mix_source=whole_question",)),
+                                             ("finetune", ("finetune.mix_source=whole_question", "loss.w_diff=0")),
+                                             ("finetune", PLAIN_FINETUNE)])  # fmt: skip
+def test_flops_per_sample_matches_flop_counter(model, stage, overrides):
+    cfg = tiny(*overrides)
     batch = make_batch(cfg, n_caption=4 if stage == "pretrain" else 0)
     model.zero_grad(set_to_none=True)
     # The math SDPA backend decomposes attention into matmuls that FlopCounterMode sees on CPU.
@@ -247,8 +269,19 @@ def test_flops_per_sample_matches_flop_counter(model, cfg, stage):
             terms = finetune_terms(model, with_partners(batch), cfg)
         terms["loss"].backward()
     counted = counter.get_total_flops() / BATCH
-    analytic = training_flops_per_sample(model, stage, cfg.loss, cfg.masking)
+    analytic = training_flops_per_sample(model, stage, cfg.loss, cfg.masking, cfg.finetune)
     assert analytic == pytest.approx(counted, rel=0.10)
+
+
+def test_whole_question_mix_source_counts_one_more_recnet_pass(model):
+    """The FLOP count reads the plan: mix_source=whole_question adds one RecNet pass (forward + backward)."""
+    from raymmr.objective.flops import _Shapes
+
+    diff, whole = tiny(), tiny("finetune.mix_source=whole_question")
+    assert plan_passes("finetune", whole.loss, whole.finetune).whole_question_pass
+    assert not plan_passes("finetune", diff.loss, diff.finetune).whole_question_pass
+    flops = [training_flops_per_sample(model, "finetune", c.loss, c.masking, c.finetune) for c in (diff, whole)]
+    assert flops[1] - flops[0] == pytest.approx(3 * _Shapes(model).recnet())
 
 
 def test_flops_drop_when_terms_are_switched_off(model, cfg):

@@ -81,7 +81,7 @@ def test_evaluation_writes_its_numbers_into_the_card(trained, tmp_path):
     from raymmr.serve import Predictor
 
     _, _, data, export = trained
-    results = evaluate(str(export), str(data), str(tmp_path / "eval"), severities=("strong",), card=True)
+    results = evaluate(str(export), str(data), str(tmp_path / "eval"), split="test", severities=("strong",), card=True)
     card = (export / "README.md").read_text()
     assert "Not evaluated yet" not in card
     assert f"| VQA accuracy, overall | {100 * results['vqa_overall']:.1f}% |" in card
@@ -107,7 +107,8 @@ def test_evaluation_runs_through_the_predictor(trained, tmp_path):
     predicted = [a for a, _ in predictor.answer([s.image for s in users], [s.question for s in users])]
     test = load_split(str(data), "test", S)
     assert answers(predictor, test.vqa) == predicted
-    results = evaluate(str(export), str(data), str(tmp_path / "eval"), severities=("strong",), batch_size=5)
+    results = evaluate(str(export), str(data), str(tmp_path / "eval"), split="test", severities=("strong",),
+                       batch_size=5)
     golds, types = [s.answer for s in users], [s.answer_type for s in users]
     assert results["vqa_overall"] == M.vqa_accuracy(predicted, golds, types)["overall"]
 

@@ -97,6 +97,22 @@ def test_test_domain_is_held_out_of_train_and_val_but_in_test():
         _samples("train", 2, test_domain=4)
 
 
+def test_validation_domain_is_seen_only_in_val_and_is_never_the_test_domain():
+    """DomainBed: choices are made on a held-out domain that is not the test domain."""
+    kw = dict(num_domains=5, val_domain=4)
+    for split in ("train", "pretrain"):
+        assert {s.domain for s in _samples(split, 30, **kw)} == {"site0", "site1", "site2"}
+    assert {s.domain for s in _samples("val", 40, **kw)} == {"site0", "site1", "site2", "site4"}
+    assert {s.domain for s in _samples("test", 40, **kw)} == {"site0", "site1", "site2", "site3"}
+    # Train and test are the sets they were without a validation domain (only val changes).
+    assert [s.key for s in _samples("test", 8, **kw)] == [s.key for s in _samples("test", 8)]
+    assert [s.question for s in _samples("train", 8, **kw)] == [s.question for s in _samples("train", 8)]
+    with pytest.raises(ValueError, match="is the test domain"):
+        _samples("val", 2, num_domains=5, val_domain=3)
+    with pytest.raises(ValueError, match="synthrad_val_domain"):
+        _samples("val", 2, num_domains=5, val_domain=5)
+
+
 def test_sites_differ_in_image_statistics_and_reporting_style():
     styles = synthrad.domain_styles(6)
     assert len({s.name for s in styles}) == 6

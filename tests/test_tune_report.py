@@ -159,6 +159,24 @@ def test_tune_metric_must_be_reported_by_every_trial_in_its_direction(tmp_path):
         check("tune.metric=val_vqa_acc", "tune.mode=max")  # a typo
 
 
+def test_retrieval_refused_as_a_finetuning_sweep_metric(tmp_path):
+    """Fine-tuning validates on VQA samples only: it has no retrieval rank to report, so a sweep of
+    fine-tunings must not rank its trials on one (it used to read a constant 0)."""
+    import yaml
+
+    from raymmr.config import ConfigError, load_config
+    from raymmr.tune.runner import check_metric
+    from raymmr.tune.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"params": {"loss.w_mix": {"uniform": [0.5, 2.0]}}}))
+    space = load_space(str(path))
+    with pytest.raises(ConfigError, match="ranks no caption"):
+        check_metric(load_config("tiny", ["tune.metric=val_retrieval_mean_rank", "tune.mode=min"]), space)
+    check_metric(load_config("tiny", ["tune.objective=pretrain", "tune.metric=val_retrieval_mean_rank",
+                                      "tune.mode=min"]), space)  # pre-training ranks its captions
+
+
 def test_trial_records_status_from_the_rung_clock():
     from types import SimpleNamespace
 

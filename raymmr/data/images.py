@@ -65,3 +65,17 @@ def encode_image(image, image_size: int, image_format: str = "jpg", quality: int
     else:
         im.save(buf, "PNG", compress_level=3)
     return buf.getvalue()
+
+
+# The text-only baseline's image (SPEC §5: "the same model fine-tuned on blank images"): one flat
+# mid-grey, the same in its fine-tuning (``data.blank_images``) and in its evaluation, so the model
+# can learn nothing from pixels and whatever it scores comes from the question's wording.
+BLANK_LEVEL = 128
+
+
+def blank_image(size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The blank image: uint8 [3, size, size] filled with ``BLANK_LEVEL``, into ``out`` when given."""
+    if out is None:
+        out = np.empty((3, size, size), np.uint8)
+    out[:] = BLANK_LEVEL
+    return out

@@ -5,6 +5,7 @@ Pipeline per consumer (one consumer = one DataLoader worker of one Ray Train ran
     shard list (this consumer's share) -> tar members -> samples grouped by key
       -> shuffle buffer (encoded bytes: ~10 KB per sample, not decoded pixels)
       -> batches: decode image + JSON, perturb texts, tokenise all texts in one call
+         (fine-tuning: draw and decode each sample's similar image, ``Partners``)
 
 Epoch modes
 - ``exact``: the shard order is shuffled by (seed, epoch), identically on every rank; consumer
@@ -35,6 +36,7 @@ in the next batch's ``skipped`` and logs one warning per shard naming shard and 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -47,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from raymmr.data.images import image_array
+from raymmr.data.images import blank_image, image_array
 from raymmr.data.schema import IMAGE_EXTS, Sample
 from raymmr.data.shards import shard_counts
 from raymmr.data.tario import Problems, read_tar
@@ -177,27 +179,70 @@ def _new_images(batch: int, size: int, shared: bool) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.uint8).share_memory_()
 
 
+SAME_IMAGE_COS = 0.9999  # index cosine at or above which two images are the same picture: never a partner
+
+
 @dataclass
 class Partners:
-    """Difference reconstruction's partner images (CMDPI §3.3): each training sample's key -> the
-    key of its most similar other image (``of``), and those images' encoded bytes (``images``).
-    A batch then carries ``partner_image`` uint8 [B,3,S,S] and ``has_partner`` bool [B] (False:
-    the sample's own image stands in)."""
+    """Difference reconstruction's similar images (CMDPI §3.3: "we sample another similar image"),
+    drawn afresh for every sample at every epoch, uniformly among the images whose cosine with the
+    sample's image is in [threshold, SAME_IMAGE_COS), its own image excluded (``draw``).
 
-    of: dict[str, str]
-    images: dict[str, bytes]
+    One row per distinct image, not per sample: several questions about one image share its row,
+    so the candidates are images, not questions. A draw computes [B, M] cosines in the loader
+    worker instead of holding an [M, M] candidate table (M ~ 10^4-10^5 images). A batch then
+    carries ``partner_image`` uint8 [B,3,S,S], ``has_partner`` bool [B] (False: no candidate, the
+    sample's own image stands in) and ``partner_similarity`` float32 [B] (the drawn partner's
+    cosine; 0 without one)."""
+
+    image_of: dict[str, int]  # sample key -> its image's row
+    embeddings: torch.Tensor  # [M, D] fp32, unit rows: the pre-trained model's global image embeddings
+    images: dict[int, bytes]  # row -> encoded image, for every image that is some image's candidate
+    threshold: float
+
+    def candidates(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cosines of images ``rows`` [B] with every image, and which are their candidates.
+        -> (sim [B, M] fp32, candidate [B, M] bool)"""
+        sim = self.embeddings[rows] @ self.embeddings.t()
+        candidate = (sim >= self.threshold) & (sim < SAME_IMAGE_COS)
+        candidate[torch.arange(len(rows), device=rows.device), rows] = False  # never the own image
+        return sim, candidate
+
+    def draw(self, keys: list[str], seed_prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's partner row (-1: none) and its cosine (0: none), uniform among its
+        candidates; seeded per sample by ``seed_prefix`` + key (the loader's (seed, epoch, key)), so
+        a restarted run draws the same partners whatever the worker count.  -> ([B] int64, [B] fp32)"""
+        rows = torch.tensor([self.image_of.get(k, -1) for k in keys], dtype=torch.long)
+        partner = torch.full_like(rows, -1)
+        if not len(self.embeddings):
+            return partner, torch.zeros(len(keys))
+        sim, candidate = self.candidates(rows.clamp_min(0))
+        for i, key in enumerate(keys):  # per row: half the time of a cumsum over [B, M] at M = 10^5
+            found = candidate[i].nonzero().squeeze(1) if rows[i] >= 0 else []  # ascending; none outside the index
+            if len(found):
+                partner[i] = found[int(random.Random(f"{seed_prefix}{key}/partner").random() * len(found))]
+        has = partner >= 0
+        return partner, torch.where(has, sim.gather(1, partner.clamp_min(0)[:, None]).squeeze(1), 0.0)
 
 
-def read_images(urls: list[str], keys: set[str]) -> dict[str, bytes]:
-    """The encoded image of each of ``keys`` found in the shards (tar members only, nothing decoded)."""
+def read_images(urls: list[str], keys: set[str]) -> tuple[dict[str, int], list[bytes]]:
+    """The encoded images of ``keys`` found in the shards, one entry per distinct image (samples
+    that show the same image, e.g. several questions about it, share one entry: by the bytes'
+    hash). Tar members only, nothing decoded.  -> (key -> entry, entries in reading order)"""
     problems = Problems()
-    found = {}
+    image_of: dict[str, int] = {}
+    entry: dict[bytes, int] = {}
+    images: list[bytes] = []
     for url in urls:
         for raw in read_tar(url, problems):
             ext = _image_member(raw)
             if raw["__key__"] in keys and ext is not None:
-                found[raw["__key__"]] = raw[ext]
-    return found
+                digest = hashlib.blake2b(raw[ext], digest_size=16).digest()
+                if digest not in entry:
+                    entry[digest] = len(images)
+                    images.append(raw[ext])
+                image_of[raw["__key__"]] = entry[digest]
+    return image_of, images
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -209,7 +254,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, urls, *, tokenizer, answers, max_text_len, batch_size, rank, world_size, epoch_mode,
                  samples_per_epoch, shuffle_buffer, seed, epoch, perturbation, image_size, manifest,
                  num_workers, start=None, phase=0, partners: Partners | None = None,
-                 kinds: tuple[str, ...] | None = None):
+                 kinds: tuple[str, ...] | None = None, blank_images: bool = False):
         from raymmr.data.answers import normalize_answer
 
         self.urls, self.counts = list(urls), shard_counts(list(urls), manifest)
@@ -222,6 +267,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.phase = phase
         self.partners = partners
         self.kinds = frozenset(kinds) if kinds else None
+        self.blank_images = blank_images
         self.answer_ids = {a: i for i, a in enumerate(answers)}
         self._normalize = normalize_answer
         manifest = manifest or {}
@@ -300,6 +346,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                     if ext is None:
                         raise ValueError("no image member (.jpg/.jpeg/.png/.webp)")
                     decode_image(raw[ext], S, pixels[len(records)])
+                    if self.blank_images:  # decoded all the same: a bad image is skipped as in the real run
+                        blank_image(S, pixels[len(records)])
                 except Exception as e:  # noqa: BLE001 - PIL raises SyntaxError, struct.error, ... on bad bytes
                     problems.skip(raw["__url__"], f"{raw['__key__']} ({', '.join(k for k in raw if not k.startswith('__'))})",
                                   str(e))
@@ -340,7 +388,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         ids, mask = encode_texts(self.tokenizer, texts + strong + light, self.max_text_len)  # one Rust call
         n = len(records)
         is_caption = [r["kind"] == "caption" for r in records]
-        partners = self._partner_images(keys, images) if self.partners is not None else {}
+        partners = self._partner_images(keys, images, base) if self.partners is not None else {}
         return {
             **partners,
             "image": images,
@@ -355,21 +403,21 @@ class ShardStream(torch.utils.data.IterableDataset):
             "key": keys,
         }
 
-    def _partner_images(self, keys: list[str], images: torch.Tensor) -> dict:
+    def _partner_images(self, keys: list[str], images: torch.Tensor, seed_prefix: str) -> dict:
+        """Each sample's partner, drawn for this epoch (``Partners.draw``), decoded beside it."""
+        row, similarity = self.partners.draw(keys, seed_prefix)
         out = _new_images(len(keys), self.image_size, torch.utils.data.get_worker_info() is not None)
         pixels = out.numpy()
-        has = []
-        for i, key in enumerate(keys):
-            data = self.partners.images.get(self.partners.of.get(key, ""))
+        has = row >= 0
+        for i in range(len(keys)):
             try:
-                if data is None:
+                if not has[i]:
                     raise ValueError
-                decode_image(data, self.image_size, pixels[i])
-                has.append(True)
+                decode_image(self.partners.images[int(row[i])], self.image_size, pixels[i])
             except Exception:  # noqa: BLE001 - no partner, or bytes PIL cannot read: the own image stands in
                 out[i] = images[i]
-                has.append(False)
-        return {"partner_image": out, "has_partner": torch.tensor(has, dtype=torch.bool)}
+                has[i] = False
+        return {"partner_image": out, "has_partner": has, "partner_similarity": similarity.float().masked_fill(~has, 0.0)}
 
     def _answer_id(self, answer) -> int:
         if answer is None or answer == "":
@@ -384,17 +432,18 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
                 world_size: int, epoch_mode: str, samples_per_epoch: int, shuffle_buffer: int, loader_workers: int,
                 seed: int, epoch: int, perturbation, image_size: int, manifest: dict | None = None, pin_memory: bool = False, start: dict | None = None,
                 phase: int = 0, partners: Partners | None = None,
-                kinds: tuple[str, ...] | None = None) -> torch.utils.data.DataLoader:
+                kinds: tuple[str, ...] | None = None, blank_images: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader of batch dicts for rank ``rank`` of ``world_size`` (see the module docstring).
 
     Batch: image uint8 [B,3,S,S]; text_ids/text_mask (+ _strong, _light) int64 [B,L]; answer,
     answer_type, question_type, organ, domain int64 [B]; is_caption bool [B]; with
-    ``partners``: partner_image uint8 [B,3,S,S], has_partner bool [B];
+    ``partners``: partner_image uint8 [B,3,S,S], has_partner bool [B], partner_similarity float32 [B];
     skipped int64 []; key list[str]; position int64 [3] (worker role, samples drawn, batches: where
     the role stands after this batch). ``samples_per_epoch`` = 0 in resampled mode means the
     manifest's sample count of ``urls``. ``start`` (role -> the position of the last batch consumed)
     and ``phase`` (the role whose batch came next) continue an epoch where a checkpoint left it
-    (see ``LoaderPosition``). ``kinds``: only samples of these kinds (None: all).
+    (see ``LoaderPosition``). ``kinds``: only samples of these kinds (None: all). ``blank_images``:
+    every image is ``data.images.blank_image`` (the text-only baseline, ``data.blank_images``).
     """
     if not urls:
         raise ValueError("make_loader: no shard URL given (is the split empty?)")
@@ -420,7 +469,7 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
         world_size=world_size, epoch_mode=epoch_mode, samples_per_epoch=samples_per_epoch,
         shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch, perturbation=perturbation, image_size=image_size,
         manifest=manifest, num_workers=loader_workers, start=start, phase=phase,
-        partners=partners, kinds=kinds,
+        partners=partners, kinds=kinds, blank_images=blank_images,
     )
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,

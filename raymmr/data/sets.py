@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from raymmr.config import Config
+from raymmr.config import Config, ConfigError, check_synthrad_domains
 from raymmr.data.images import encode_image
 from raymmr.data.schema import Sample
 from raymmr.data.shards import MANIFEST, ShardError, read_manifest, shard_urls
@@ -50,7 +50,7 @@ def synthrad_config(data_cfg, image_format: str = "jpg") -> dict:
             "tokenizer_version": TOKENIZER_VERSION, "seed": data_cfg.seed,
             "image_size": data_cfg.image_size, "image_format": image_format,
             "samples_per_shard": data_cfg.samples_per_shard, "domains": data_cfg.synthrad_domains,
-            "test_domain": data_cfg.synthrad_test_domain, **{f"images_{k}": v for k, v in synthrad.split_sizes(data_cfg).items()}}
+            "test_domain": data_cfg.synthrad_test_domain, "val_domain": data_cfg.synthrad_val_domain, **{f"images_{k}": v for k, v in synthrad.split_sizes(data_cfg).items()}}
 
 
 def _synthrad_block(args) -> list[Sample]:
@@ -111,9 +111,11 @@ def make_synthrad_shards(out_dir: str | os.PathLike, data_cfg, *, progress: bool
             pixels = sum(sizes.values()) * data_cfg.image_size**2
             workers = 0 if pixels < 50e6 else min(4, os.cpu_count() or 1)
         kw = dict(image_size=data_cfg.image_size, num_domains=data_cfg.synthrad_domains,
-                  test_domain=data_cfg.synthrad_test_domain, seed=data_cfg.seed)
-        if not 0 <= kw["test_domain"] < kw["num_domains"]:
-            raise ShardError(f"data.synthrad_test_domain={kw['test_domain']} must be < data.synthrad_domains={kw['num_domains']}")
+                  test_domain=data_cfg.synthrad_test_domain, val_domain=data_cfg.synthrad_val_domain, seed=data_cfg.seed)
+        try:
+            check_synthrad_domains(kw["num_domains"], kw["test_domain"], kw["val_domain"])
+        except ConfigError as e:
+            raise ShardError(str(e)) from None
         with tqdm(total=sum(sizes.values()), unit="image", desc=f"SynthRad -> {out}", disable=not progress) as bar:
             streams = {split: _synthrad_stream(split, n, kw, "jpg", workers, bar) for split, n in sizes.items()}
             return write_shards(streams, out, image_size=data_cfg.image_size, samples_per_shard=data_cfg.samples_per_shard,

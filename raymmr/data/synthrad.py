@@ -19,7 +19,10 @@ right.
 
 *Domains* behave like hospitals: each has an image style (noise, blur, gamma/contrast,
 down-up resolution, vignetting) and a reporting style (templates, abbreviations, word order).
-``test_domain`` is held out of train/val/pretrain and appears only in test, which holds every domain.
+``test_domain`` is held out of train/val/pretrain and appears only in test. ``val_domain`` (optional,
+-1 for none) is held out of train/pretrain/test and appears only in val: a shifted domain to make
+choices on that is not the test domain (DomainBed's held-out validation domain). Test holds every
+domain but the validation one, val the training domains and its own.
 
 The ``pretrain`` split is the pre-training corpus, from images of its own (a caption and one of
 the image's questions each, ``PRETRAIN_QUESTIONS``): pre-training reads it,
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from raymmr.config import check_synthrad_domains
 from raymmr.data.schema import Sample
 
 ORGANS = ("head", "chest", "abdomen")
@@ -498,16 +502,16 @@ def apply_image_style(img: np.ndarray, style: ImageStyle, rng: np.random.Generat
 # --------------------------------------------------------------------------- samples
 
 
-def split_domains(split: str, num_domains: int, test_domain: int) -> list[int]:
-    """Sites a split draws from: every site in test, all but ``test_domain`` elsewhere."""
-    if split == "test":
-        return list(range(num_domains))
-    return [d for d in range(num_domains) if d != test_domain]
+def split_domains(split: str, num_domains: int, test_domain: int, val_domain: int = -1) -> list[int]:
+    """Sites a split draws from: test every site but ``val_domain``, val every site but
+    ``test_domain``, train and pretrain neither of the two."""
+    held_out = {"test": {val_domain}, "val": {test_domain}}.get(split, {test_domain, val_domain})
+    return [d for d in range(num_domains) if d not in held_out]
 
 
 def generate_image_samples(
     split: str, index: int, *, image_size: int, num_domains: int, test_domain: int, seed: int,
-    styles: list[DomainStyle] | None = None,
+    styles: list[DomainStyle] | None = None, val_domain: int = -1,
 ) -> list[Sample]:
     """The caption sample and the 3-4 VQA samples (``PRETRAIN_QUESTIONS`` in ``pretrain``) of
     image ``index`` of ``split``.
@@ -520,7 +524,7 @@ def generate_image_samples(
     styles = styles or domain_styles(num_domains)
     rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 99, index])
     text_rng = random.Random(int(rng.integers(2**63)))
-    domains = split_domains(split, num_domains, test_domain)
+    domains = split_domains(split, num_domains, test_domain, val_domain)
     style = styles[domains[index % len(domains)]]
     f = sample_findings(rng)
     pixels = apply_image_style(render_image(f, image_size, rng), style.image, rng)
@@ -540,16 +544,18 @@ def generate_image_samples(
 
 
 def generate_split(
-    split: str, num_images: int, *, image_size: int, num_domains: int, test_domain: int, seed: int, start: int = 0
+    split: str, num_images: int, *, image_size: int, num_domains: int, test_domain: int, seed: int, start: int = 0,
+    val_domain: int = -1,
 ) -> Iterator[Sample]:
     """All samples of images ``start .. num_images-1`` of ``split``, image by image."""
-    if not 0 <= test_domain < num_domains:
-        raise ValueError(f"synthrad: test_domain={test_domain} must be in [0, {num_domains - 1}] (data.synthrad_test_domain)")
+    check_synthrad_domains(num_domains, test_domain, val_domain)
     styles = domain_styles(num_domains)
     for i in range(start, num_images):
         yield from generate_image_samples(
-            split, i, image_size=image_size, num_domains=num_domains, test_domain=test_domain, seed=seed, styles=styles
+            split, i, image_size=image_size, num_domains=num_domains, test_domain=test_domain, seed=seed, styles=styles,
+            val_domain=val_domain,
         )
+
 
 
 def split_sizes(data_cfg) -> dict[str, int]:
@@ -561,6 +567,6 @@ def split_sizes(data_cfg) -> dict[str, int]:
 def generate_splits(data_cfg) -> dict[str, Iterator[Sample]]:
     """Lazy sample streams for every split as configured by ``data_cfg`` (a DataConfig)."""
     kw = dict(image_size=data_cfg.image_size, num_domains=data_cfg.synthrad_domains,
-              test_domain=data_cfg.synthrad_test_domain, seed=data_cfg.seed)
+              test_domain=data_cfg.synthrad_test_domain, val_domain=data_cfg.synthrad_val_domain, seed=data_cfg.seed)
     return {split: generate_split(split, n, **kw) for split, n in split_sizes(data_cfg).items()}
 

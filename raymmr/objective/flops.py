@@ -10,7 +10,7 @@ matrix, as SDPA computes it (causal CLIP text included). Checked against
 
 from __future__ import annotations
 
-from raymmr.config import LossConfig, MaskingConfig
+from raymmr.config import FinetuneConfig, LossConfig, MaskingConfig
 from raymmr.objective.masking import max_masked_tokens, max_text_ratio
 from raymmr.objective.task import plan_passes
 
@@ -56,8 +56,11 @@ class _Shapes:
         return sum(self.head(*sizes[h]) for h in names)
 
 
-def training_flops_per_sample(model, stage: str, loss_cfg: LossConfig, masking_cfg: MaskingConfig) -> float:
-    plan = plan_passes(stage, loss_cfg)
+def training_flops_per_sample(model, stage: str, loss_cfg: LossConfig, masking_cfg: MaskingConfig,
+                              finetune_cfg: FinetuneConfig | None = None) -> float:
+    """FLOPs per sample of one ``stage`` step (``finetune_cfg``: which passes head mixup adds; None:
+    its defaults)."""
+    plan = plan_passes(stage, loss_cfg, finetune_cfg)
     s = _Shapes(model)
     grad = 0.0  # forward FLOPs of passes that are back-propagated
     no_grad = 0.0
@@ -86,8 +89,12 @@ def training_flops_per_sample(model, stage: str, loss_cfg: LossConfig, masking_c
         grad += s.image(local=True, proj=False) + s.text(local=True, proj=False) + s.fusion()
         if plan.answer_pass:
             grad += s.recnet() + s.heads(("ans",), k)
-        if plan.diff_pass:  # the masked question, the partner image, RecNet
-            grad += s.text(local=True, proj=False) + s.image(local=True, proj=False) + s.recnet()
+        if plan.deviated:  # the partner image
+            grad += s.image(local=True, proj=False)
+        if plan.diff_pass:  # the masked question, RecNet
+            grad += s.text(local=True, proj=False) + s.recnet()
             grad += s.heads(("img", "txt"), k) if "diff_img" in plan.terms else 0.0
-            grad += s.heads(("ans",), k) if "mix" in plan.terms else 0.0
+        if plan.whole_question_pass:  # RecNet again, on the whole question
+            grad += s.recnet()
+        grad += s.heads(("ans",), k) if "mix" in plan.terms else 0.0
     return float(3 * grad + no_grad)

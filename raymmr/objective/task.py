@@ -26,24 +26,31 @@ Pre-training (CMDPI §3.2 + Robust-MMR), per batch:
             reconstructing all of it, at the cost of one masked view).
 The image-text contrastive terms (con_inter, con_intra) use caption samples only (CMDPI §3.2.3). Negatives are the local micro batch.
 
-Fine-tuning (CMDPI §3.3, Eq. 13) optimises  w_mix * mix + w_diff * (diff_img + diff_txt)
-(+ w_ans_finetune * rec_ans_global, a direct answer CE that CMDPI does not have: 0 by default):
+Fine-tuning (CMDPI §3.3) optimises Eq. 13, w_mix * mix + w_diff * (diff_img + diff_txt), or,
+without both (the plain fine-tuning of the ``cmdpi_finetune`` ablation arm), w_ans_finetune *
+rec_ans_global; the config refuses the answer CE beside mix or diff (Eq. 13 has no such term):
   view      encoders on the input, unmasked: h_I, H_I, h_T, H_T, h_F. With
             ``perturbation.in_finetune`` a share (``perturbation.finetune_share``) of the samples
             has its image or question (drawn with ``masking.p_img_side``) strongly perturbed and
             the other lightly; the rest are seen clean.
   answer    RecNet(h_F, H_I, H_T) -> rec_ans_global: the answer CE on exactly what inference sees.
-  diff      RecNet(h_F, H~_I, H'_T), H~_I = eps * H_I + (1 - eps) * Ĥ_I (Eq. 8), eps ~ U(0, 1) per
-            sample; Ĥ_I is the local features (an image-encoder pass) of the sample's partner: the
-            most similar other image of the whole training split by the pre-trained model's index
-            (cosine >= ``similarity_threshold``, below SAME_IMAGE_COS; ``partner_rows``), which the
-            loader brings as ``partner_image``. A sample without one reconstructs from its own
-            features (H~_I = H_I); ``diff_partner_rate`` is the share that had one.
-            The question is masked at ``masking.mask_ratio_txt`` for this pass (H'_T) so that
-            diff_txt is a real prediction: the unmasked text would be copied through.
+  deviated  H~_I = eps * H_I + (1 - eps) * Ĥ_I (Eq. 8), eps ~ U(0, 1) per sample; Ĥ_I is the local
+            features (an image-encoder pass) of the sample's partner, which the loader draws afresh
+            every epoch, uniformly among the other images of the training split whose cosine with
+            the sample's image in the pre-trained model's index is in [``similarity_threshold``,
+            SAME_IMAGE_COS) (``data.loader.Partners``), and brings as ``partner_image``. A sample
+            without one reconstructs from its own features (H~_I = H_I). Measured, not losses:
+            ``diff_partner_rate`` (the share that had one), ``diff_partner_cos`` (their mean cosine).
+  diff      RecNet(h_F, H~_I, H'_T): the question is masked at ``masking.mask_ratio_txt`` (H'_T) so
+            that diff_txt is a real prediction (the unmasked text would be copied through).
             diff_img = MSE over all patches of the clean current image (Eq. 10), diff_txt = masked CE.
-  mix       head mixup (Eq. 11-12) on the diff pass's answer slot h_D, partner in the batch with
-            the same organ and question type where known (else any VQA sample), lam ~ mixup_dist.
+  mix       head mixup (Eq. 11-12) on an answer slot h_D, with a mate in the batch of the same organ
+            and question type where known (else any VQA sample: ``mix_fallback_rate`` is the share
+            of answered samples whose mate was such a fallback), lam ~ mixup_dist. h_D comes from
+            ``finetune.mix_source``: "diff", the diff pass (its question masked), or
+            "whole_question", one more RecNet pass over the same H~_I and the unmasked question,
+            RecNet(h_F, H~_I, H_T) as Eq. 8 writes it: under Eq. 13 mix is the only answer
+            supervision, and with "diff" the answer head never sees a whole question.
 
 ``mean_count`` is a collective (all-reduce); every rank calls it the same number of times in the
 same order, because which terms and passes run depends only on the config.
@@ -54,10 +61,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from raymmr.config import Config, LossConfig
+from raymmr.config import Config, FinetuneConfig, LossConfig, check_finetune_objective
 from raymmr.objective.losses import (
     MeanCount,
     answer_ce,
@@ -101,8 +107,10 @@ PRETRAIN_TERMS = {
 }
 FINETUNE_TERMS = {"rec_ans_global": "w_ans_finetune", "diff_img": "w_diff", "diff_txt": "w_diff", "mix": "w_mix"}
 DOMAIN_SECOND_SEVERITY = "medium"  # the domain view's image is perturbed at perturbation.light or this
-SAME_IMAGE_COS = 0.9999  # index cosine above which two samples show the same image
-PARTNER_RATE = "diff_partner_rate"  # share of fine-tuning samples whose diff pass had a similar image
+# Fine-tuning measurements, returned beside the terms (averaged and logged like them, never weighted):
+PARTNER_RATE = "diff_partner_rate"  # share of samples whose deviated features had a similar image
+PARTNER_COS = "diff_partner_cos"  # mean index cosine of those partners (per batch, over samples with one)
+MIX_FALLBACK_RATE = "mix_fallback_rate"  # share of answered samples whose mixup mate was not a strict match
 
 
 @dataclass(frozen=True)
@@ -120,13 +128,23 @@ class Plan:
     recnet_local: bool
     domain_view: bool
     dropped: bool
-    answer_pass: bool  # fine-tuning
-    diff_pass: bool  # fine-tuning (also carries head mixup)
+    answer_pass: bool  # fine-tuning: RecNet(h_F, H_I, H_T)
+    diff_pass: bool  # fine-tuning: RecNet(h_F, H~_I, H'_T), the question masked (also mix with mix_source "diff")
+    whole_question_pass: bool  # fine-tuning: RecNet(h_F, H~_I, H_T) for mix (mix_source "whole_question")
+
+    @property
+    def deviated(self) -> bool:
+        """Fine-tuning encodes the partner images for H~_I."""
+        return self.diff_pass or self.whole_question_pass
 
 
-def plan_passes(stage: str, loss: LossConfig) -> Plan:
+def plan_passes(stage: str, loss: LossConfig, finetune: FinetuneConfig | None = None) -> Plan:
+    """The passes of one ``stage`` step with these loss weights; ``finetune`` (None: its defaults)
+    says which pass head mixup reads."""
     if stage not in ("pretrain", "finetune"):
         raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
+    if stage == "finetune":
+        check_finetune_objective(loss)
     table = PRETRAIN_TERMS if stage == "pretrain" else FINETUNE_TERMS
     terms = tuple(t for t, w in table.items() if getattr(loss, w) > 0)
     heads = frozenset(h for h, w in (("img", loss.w_img), ("txt", loss.w_txt), ("ans", loss.w_ans)) if w > 0)
@@ -135,8 +153,11 @@ def plan_passes(stage: str, loss: LossConfig) -> Plan:
     if stage == "finetune":
         no = dict(masked=False, momentum=False, recnet_global=False, recnet_global_grad=False, recnet_local=False,
                   domain_view=False, dropped=False)  # fmt: skip
-        diff = "diff_img" in terms or "mix" in terms
-        return Plan(stage, terms, frozenset(), clean=True, answer_pass="rec_ans_global" in terms, diff_pass=diff, **no)
+        mix_source = (finetune or FinetuneConfig()).mix_source
+        mix = "mix" in terms
+        return Plan(stage, terms, frozenset(), clean=True, answer_pass="rec_ans_global" in terms,
+                    diff_pass="diff_img" in terms or (mix and mix_source == "diff"),
+                    whole_question_pass=mix and mix_source == "whole_question", **no)  # fmt: skip
     dropped = "mod_resil" in terms and loss.p_drop > 0
     rec = bool(heads)
     return Plan(
@@ -153,6 +174,7 @@ def plan_passes(stage: str, loss: LossConfig) -> Plan:
         dropped=dropped,
         answer_pass=False,
         diff_pass=False,
+        whole_question_pass=False,
     )
 
 
@@ -335,26 +357,12 @@ def pretrain_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = i
 # --------------------------------------------------------------------------- fine-tuning
 
 
-@torch.no_grad()
-def partner_rows(embeddings: Tensor, threshold: float, block: int = 1024) -> Tensor:
-    """Difference reconstruction's partner of every row of the similar-image index (CMDPI §3.3):
-    the most similar other image, cosine in [threshold, SAME_IMAGE_COS) (above that it is the same
-    image, e.g. another question about it); -1 where there is none.  [N, D] -> [N] int64"""
-    emb = F.normalize(embeddings.float(), dim=-1)
-    out = torch.full((emb.shape[0],), -1, dtype=torch.long, device=emb.device)
-    for start in range(0, emb.shape[0], block):  # [block, N] at a time: the index may be large
-        sim = emb[start : start + block] @ emb.t()
-        sim = sim.masked_fill((sim < threshold) | (sim >= SAME_IMAGE_COS), float("-inf"))
-        sim[torch.arange(sim.shape[0]), torch.arange(start, start + sim.shape[0])] = float("-inf")
-        best, row = sim.max(dim=1)
-        out[start : start + sim.shape[0]] = torch.where(torch.isfinite(best), row, -1)
-    return out
-
-
-def mixup_partner(answers: Tensor, organ: Tensor, question_type: Tensor, generator=None) -> Tensor:
-    """For each sample, a random other VQA sample with a known answer, preferring the same organ
-    and question type (each compared only where the sample's own is known); itself when the
-    batch has no other answered sample.  -> [B] int64"""
+def mixup_partner(answers: Tensor, organ: Tensor, question_type: Tensor, generator=None) -> tuple[Tensor, Tensor]:
+    """For each sample, its head-mixup mate: a random other VQA sample with a known answer,
+    preferring the same organ and question type (each compared only where the sample's own is
+    known; CMDPI keeps both equal); itself when the batch has no other answered sample. Also
+    whether the mate is such a strict match (False: a fallback, ``mix_fallback_rate``).
+    -> (mate [B] int64, strict [B] bool)"""
     b, device = answers.shape[0], answers.device
     eye = torch.eye(b, dtype=torch.bool, device=device)
     anyone = (answers >= 0)[None, :] & ~eye
@@ -363,15 +371,18 @@ def mixup_partner(answers: Tensor, organ: Tensor, question_type: Tensor, generat
     strict = anyone & same_organ & same_type
     score = uniform((b, b), generator, device) + 2.0 * strict + 1.0 * anyone  # strict in [3,4), any in [1,2)
     score = score.masked_fill(~anyone, float("-inf")).masked_fill(eye, 0.5)
-    return score.argmax(dim=1)
+    mate = score.argmax(dim=1)
+    return mate, strict.gather(1, mate[:, None]).squeeze(1)
 
 
 def finetune_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = identity_count,
                    generator: torch.Generator | None = None) -> dict[str, Tensor]:  # fmt: skip
-    """CMDPI fine-tuning (difference reconstruction + head mixup; with ``loss.w_ans_finetune`` > 0
-    also a direct answer CE); see the module docstring. The batch's ``partner_image`` and
-    ``has_partner`` (the loader's ``Partners``) give each sample's similar image."""
-    plan = plan_passes("finetune", cfg.loss)
+    """CMDPI fine-tuning (difference reconstruction + head mixup), or the plain answer CE
+    (``loss.w_ans_finetune``); see the module docstring. The batch's ``partner_image``,
+    ``has_partner`` and ``partner_similarity`` (the loader's ``Partners``) give each sample's
+    similar image; besides the terms, the measurements PARTNER_RATE, PARTNER_COS and
+    MIX_FALLBACK_RATE."""
+    plan = plan_passes("finetune", cfg.loss, cfg.finetune)
     lc, ft = cfg.loss, cfg.finetune
     images01 = model.to_unit(batch["image"])
     b, device = images01.shape[0], images01.device
@@ -396,16 +407,23 @@ def finetune_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = i
     if plan.answer_pass:
         out = model.recnet(h_fused, local_img, local_txt, mask)
         terms["rec_ans_global"] = answer_ce(answer_of(model, out), answers, mean_count=mean_count)
-    if plan.diff_pass:  # Eq. 8-10
+    measured: dict[str, Tensor] = {}
+    if plan.diff_pass:  # the masked question H'_T
         token_mask = random_mask(maskable_tokens(ids, mask), cfg.masking.mask_ratio_txt, generator)
         _, local_txt_masked = model.text_encoder(apply_token_mask(ids, token_mask, model.mask_token_id), mask)
+    if plan.deviated:  # Eq. 8: H~_I
         partner_local, has_partner = local_img, torch.zeros(b, dtype=torch.bool, device=device)
         if "partner_image" in batch:  # training batches; validation's split is not in the index
             has_partner = batch["has_partner"].bool()
             _, partner_local = model.image_encoder(model.preprocess(batch["partner_image"]))
             partner_local = torch.where(has_partner[:, None, None], partner_local, local_img)
-        eps = uniform((b,), generator, device)
-        out = model.recnet(h_fused, deviate_features(local_img, partner_local, eps), local_txt_masked, mask)
+            measured[PARTNER_RATE] = has_partner.float().mean()
+            if "partner_similarity" in batch:
+                cos = (batch["partner_similarity"].float() * has_partner).sum()
+                measured[PARTNER_COS] = cos / has_partner.sum().clamp_min(1)
+        deviated = deviate_features(local_img, partner_local, uniform((b,), generator, device))  # [B, N, d]
+    if plan.diff_pass:  # Eq. 8-10
+        out = model.recnet(h_fused, deviated, local_txt_masked, mask)
         if "diff_img" in plan.terms:
             every_patch = torch.ones(b, model.num_patches, dtype=torch.bool, device=device)
             terms["diff_img"] = masked_patch_mse(
@@ -417,15 +435,18 @@ def finetune_terms(model, batch: dict, cfg: Config, *, mean_count: MeanCount = i
                 model.recnet.predict_tokens(out, index), ids.gather(1, index).masked_fill(~valid, -100),
                 mean_count=mean_count,
             )  # fmt: skip
-        if "mix" in plan.terms:  # Eq. 11-12
-            unknown = torch.full_like(answers, -1)
-            mate = mixup_partner(answers, batch.get("organ", unknown), batch.get("question_type", unknown), generator)
-            lam = sample_lambda(ft.mixup_dist, b, ft.mixup_beta_a, ft.mixup_beta_b, ft.mixup_fixed, generator, device)
-            logits = model.recnet.predict_answer(mix_heads(model.recnet.answer_hidden(out), mate, lam))
-            terms["mix"] = head_mixup_ce(logits, answers, mate, lam, mean_count=mean_count)
+    if "mix" in plan.terms:  # Eq. 11-12
+        if plan.whole_question_pass:  # the same deviated image features, the whole question
+            out = model.recnet(h_fused, deviated, local_txt, mask)
+        unknown = torch.full_like(answers, -1)
+        mate, strict = mixup_partner(answers, batch.get("organ", unknown), batch.get("question_type", unknown),
+                                     generator)  # fmt: skip
+        answered = answers >= 0
+        measured[MIX_FALLBACK_RATE] = (answered & ~strict).sum() / answered.sum().clamp_min(1)
+        lam = sample_lambda(ft.mixup_dist, b, ft.mixup_beta_a, ft.mixup_beta_b, ft.mixup_fixed, generator, device)
+        logits = model.recnet.predict_answer(mix_heads(model.recnet.answer_hidden(out), mate, lam))
+        terms["mix"] = head_mixup_ce(logits, answers, mate, lam, mean_count=mean_count)
 
     terms = {name: terms[name] for name in plan.terms}
     terms["loss"] = _total(terms, FINETUNE_TERMS, lc)
-    if plan.diff_pass and "partner_image" in batch:
-        terms[PARTNER_RATE] = has_partner.float().mean()  # a measurement, not a loss term
-    return terms
+    return {**terms, **measured}  # measurements after the loss: not loss terms

@@ -52,7 +52,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
     model, tokenizer, manifest = new_model(cfg, data)
     compile_model(model.to(device), cfg)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    flops = training_flops_per_sample(model, stage, cfg.loss, cfg.masking)
+    flops = training_flops_per_sample(model, stage, cfg.loss, cfg.masking, cfg.finetune)
     if plain:
         engine = PlainStep(model, build_optimizer(model, cfg.train, cfg.train.lr, on_gpu), cfg.train)
     else:
@@ -78,6 +78,8 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
             if stage == "finetune":  # as training brings them: every sample with a partner image
                 batch["partner_image"] = batch["image"].roll(1, dims=0)
                 batch["has_partner"] = torch.ones(len(batch["key"]), dtype=torch.bool, device=device)
+                batch["partner_similarity"] = torch.full((len(batch["key"]),), cfg.finetune.similarity_threshold,
+                                                         device=device)  # a stand-in cosine
             with precision_context(bf16):
                 terms = task(engine.module, batch)
             engine.backward(terms["loss"])

@@ -190,6 +190,7 @@ def run_training(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raymmr.objective.task import plan_passes
     from raymmr.train.worker import train_loop_per_worker
 
     run = RunDir(out)
@@ -201,6 +202,8 @@ def run_training(
         if found is None:
             raise JobError(f"--init {init_from}: no {storage.WEIGHTS} there or in its export/ folder")
         init_from = found
+    # Before Ray starts: a step with nothing to train, or CMDPI's Eq. 13 mixed with the plain answer CE.
+    plan_passes(stage, cfg.loss, cfg.finetune)
     generated = not (data or cfg.data.train_shards)  # SynthRad, made on this machine
     data = resolve_data(cfg, data)
     check_has_samples(data, stage)

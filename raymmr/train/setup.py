@@ -153,7 +153,7 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         val_batches=functools.partial(validation_batches, cfg, shard_urls(cfg.data.val_shards or data, "val"),
                                       loader_args, world_size=world_size),
         total_steps=steps,
-        flops_per_sample=training_flops_per_sample(model, stage, cfg.loss, cfg.masking),
+        flops_per_sample=training_flops_per_sample(model, stage, cfg.loss, cfg.masking, cfg.finetune),
         peak_flops=measured_peak_flops(device),
         momentum=MomentumEMA(model, zero3=cfg.train.zero_stage == 3),
         resume=resume,
@@ -243,6 +243,7 @@ def stage_loader_args(cfg: Config, stage: str, tokenizer, manifest: dict, *, ran
         image_size=cfg.data.image_size,
         manifest=manifest,
         kinds=STAGE_KINDS[stage],
+        blank_images=cfg.data.blank_images,
     )
 
 
@@ -259,7 +260,7 @@ def training_batches(cfg: Config, stage: str, manifest: dict, urls: list[str], l
             urls,
             epoch_mode=cfg.data.epoch_mode,
             samples_per_epoch=samples_per_epoch,
-            seed=cfg.data.seed,
+            seed=stream_seed(cfg),
             epoch=epoch,
             start=start,
             phase=phase,
@@ -271,6 +272,14 @@ def training_batches(cfg: Config, stage: str, manifest: dict, urls: list[str], l
         device=device,
         position=position,
     )
+
+
+def stream_seed(cfg: Config) -> int:
+    """The training stream's seed (shard order, shuffle, text perturbations, partner draws): a run's
+    seed, ``train.seed``, varies the data order and every draw, not only the initialisation, so the
+    spread over seeds is the run-to-run spread (``data.seed`` fixes the data itself: SynthRad's
+    images). ``train.seed=0`` keeps the stream of ``data.seed`` alone."""
+    return cfg.data.seed + 1_000_003 * cfg.train.seed
 
 
 def validation_batches(cfg: Config, urls: list[str], loader_args: dict, *, world_size: int):
@@ -396,21 +405,38 @@ def load_initial_weights(model, init_from: str, rank: int, answers: list[str]) -
 
 
 def find_partners(key_to_row: dict[str, int], embeddings: torch.Tensor, train_urls: list[str], threshold: float,
-                  rank: int):
-    """Each training sample's difference-reconstruction partner over the whole training split
-    (``task.partner_rows`` on the similar-image index) and the partners' encoded images, read from
-    the shards; the same on every rank (the index is), and again after a restart."""
-    from raymmr.data.loader import Partners, read_images
-    from raymmr.objective.task import partner_rows
+                  rank: int, block: int = 1024):
+    """What the loader draws each sample's difference-reconstruction partner from (``Partners``):
+    the similar-image index with one row per distinct image (the samples' images read from the
+    shards and deduplicated by their bytes; each image's embedding is its first sample's row) and
+    the encoded bytes of every image that is some image's candidate (candidacy is symmetric: those
+    with a candidate of their own). The same on every rank (the index is), and again after a
+    restart. Rank 0 reports the split-wide coverage, the mean number of candidates per image and
+    the memory the partners take in every loader worker."""
+    import torch.nn.functional as F
 
-    rows = partner_rows(embeddings, threshold).tolist()
-    key_of = {row: key for key, row in key_to_row.items()}
-    of = {key: key_of[rows[row]] for key, row in key_to_row.items() if rows[row] >= 0}
-    partners = Partners(of=of, images=read_images(train_urls, set(of.values())))
+    from raymmr.data.loader import SAME_IMAGE_COS, Partners, read_images
+
+    image_of, encoded = read_images(train_urls, set(key_to_row))
+    first: dict[int, int] = {}  # image -> its first sample's index row
+    for key, image in image_of.items():
+        first.setdefault(image, key_to_row[key])
+    rows = torch.tensor([first[i] for i in range(len(encoded))], dtype=torch.long, device=embeddings.device)
+    unit = F.normalize(embeddings[rows].float(), dim=-1)  # [M, D]
+    index = Partners(image_of=image_of, embeddings=unit, images={}, threshold=threshold)
+    blocks = torch.arange(len(rows), device=rows.device).split(block)  # [block, M] at a time: M may be large
+    counts = torch.cat([index.candidates(b)[1].sum(dim=1) for b in blocks]).cpu() if blocks else torch.zeros(0)  # [M]
+    partners = Partners(image_of=image_of, embeddings=unit.cpu(), threshold=threshold,
+                        images={i: encoded[i] for i in (counts > 0).nonzero().flatten().tolist()})
     if rank == 0:
-        console(f"[finetune] difference reconstruction: {len(of)} of {len(key_to_row)} training samples have a "
-                f"similar image (cosine >= {threshold}); {len(partners.images)} partner images in memory, "
-                f"{sum(map(len, partners.images.values())) / 2**20:.1f} MiB")
+        covered = sum(int(counts[image_of[k]] > 0) for k in key_to_row if k in image_of)
+        mean_candidates = counts.float().mean().item() if len(counts) else 0.0
+        mib = sum(map(len, partners.images.values())) / 2**20
+        console(f"[finetune] difference reconstruction: {covered} of {len(key_to_row)} training samples "
+                f"({covered / max(1, len(key_to_row)):.1%}) have a similar image (cosine in [{threshold}, "
+                f"{SAME_IMAGE_COS})); {len(encoded)} distinct images, {mean_candidates:.1f} candidates per image "
+                f"on average; in each loader worker: {len(partners.images)} partner images ({mib:.1f} MiB encoded) "
+                f"+ embeddings {list(unit.shape)} fp32 ({unit.numel() * 4 / 2**20:.1f} MiB)")
     return partners
 
 

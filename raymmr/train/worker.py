@@ -258,7 +258,7 @@ def validate(w: WorkerContext) -> dict:
     model.eval()
     acc = TermAccumulator()
     sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # correct, answered, rank sum, ranked
-    images, texts = [], []  # caption pairs' embeddings, pair i <-> i
+    images, texts, captions = [], [], []  # caption pairs' embeddings, pair i <-> i, and their token ids
     for batch in w.val_batches():
         batch.pop("skipped", None)
         batch.pop("position", None)
@@ -275,8 +275,10 @@ def validate(w: WorkerContext) -> dict:
         with precision_context(w.bf16):
             images.append(model.encode_image(batch["image"]).float()[cap])
             texts.append(model.encode_text(batch["text_ids"], batch["text_mask"]).float()[cap])
+        captions += [tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["text_ids"][cap], batch["text_mask"][cap])]
     if sum(len(x) for x in images) > 0:
-        i2t, t2i = retrieval_ranks(torch.cat(images) @ torch.cat(texts).T)
+        # Identical captions (a template set repeats them) are one text: retrieving any of them is a hit.
+        i2t, t2i = retrieval_ranks(torch.cat(images) @ torch.cat(texts).T, text_groups=caption_groups(captions))
         sums[2] += (i2t.sum() + t2i.sum()).item() / 2
         sums[3] += i2t.numel()
     terms = acc.reduce(w.world_size)
@@ -284,9 +286,19 @@ def validate(w: WorkerContext) -> dict:
         dist.all_reduce(sums)
     model.train(was_training)
     out = {f"val_{k}": v for k, v in terms.items()}
-    out["val_vqa_accuracy"] = float(sums[0] / sums[1]) if sums[1] > 0 else 0.0
-    out["val_retrieval_mean_rank"] = float(sums[2] / sums[3]) if sums[3] > 0 else 0.0
+    # A metric this split cannot give (no VQA sample; no caption, as in fine-tuning, which reads VQA
+    # only) is absent, never 0: a sweep must not rank trials on a constant.
+    if sums[1] > 0:
+        out["val_vqa_accuracy"] = float(sums[0] / sums[1])
+    if sums[3] > 0:
+        out["val_retrieval_mean_rank"] = float(sums[2] / sums[3])
     return out
+
+
+def caption_groups(captions: list[tuple]) -> list[int]:
+    """One group id per caption, equal for identical token sequences (``retrieval_ranks``' text_groups)."""
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault(c, len(ids)) for c in captions]
 
 
 @torch.no_grad()

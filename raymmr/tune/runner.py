@@ -53,6 +53,14 @@ def check_metric(base: Config, space: SearchSpace) -> None:
     terms = set.intersection(*({term for term, w in s.items()
                                 if f"loss.{w}" not in searched and getattr(base.loss, w) > 0} for s in stages))
     better = {"val_vqa_accuracy": "max", "val_retrieval_mean_rank": "min", **{f"val_{x}": "min" for x in terms}}
+    if t.objective == "finetune":
+        # Fine-tuning reads VQA samples only (train.setup.STAGE_KINDS), validation included: it ranks
+        # no caption, and a trial's last reports would carry no retrieval metric at all.
+        del better["val_retrieval_mean_rank"]
+        if t.metric == "val_retrieval_mean_rank":
+            raise ConfigError("tune.metric=val_retrieval_mean_rank with tune.objective=finetune: fine-tuning "
+                              "validates on VQA samples only, so it ranks no caption; use val_vqa_accuracy, or "
+                              "tune.objective=pretrain to search pre-training on retrieval")
     if t.metric not in better:
         raise ConfigError(f"tune.metric={t.metric!r} is not reported at every rung of these trials; "
                           f"choose from {sorted(better)}")
