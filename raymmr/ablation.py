@@ -17,8 +17,11 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 from raymmr import storage
 from raymmr.config import load_config, without_groups
+from raymmr.pipeline import SELECTION_SPLIT
 from raymmr.rundir import set_aside
 from raymmr.tune.space import FINETUNE_ONLY_PREFIXES
 
@@ -37,8 +40,16 @@ def variant_overrides(variant: str) -> list[str]:
 COLUMNS = [("vqa_overall", "clean"), ("vqa_in_domain", "train domains"), ("vqa_cross_domain", "unseen domain"),
            ("vqa_overall_perturbed_medium", "perturbed (medium)"),
            ("vqa_overall_perturbed_strong", "perturbed (strong)"),
+           ("vqa_overall_unseen_jpeg_bias", "unseen: JPEG + bias field"),
+           ("vqa_overall_unseen_typos", "unseen: typos"),
            ("retrieval_mean_rank", "retrieval mean rank"),
            ("retrieval_mean_rank_perturbed_strong", "mean rank, perturbed (strong)")]  # fmt: skip
+# The paired comparisons, question by question (the evaluation's questions.jsonl): column -> (the
+# set whose correctness is compared, the questions it is compared on).
+PAIRED = {"clean": ("clean", None), "train domains": ("clean", True), "unseen domain": ("clean", False),
+          "perturbed (strong)": ("strong", None), "unseen: JPEG + bias field": ("jpeg_bias", None),
+          "unseen: typos": ("typos", None)}
+REFERENCE = "full"  # every other variant is paired against it
 
 
 def run_ablation(
@@ -55,7 +66,7 @@ def run_ablation(
     (a path or URL: every run of the ablation lives under it) and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
     from raymmr.data.sets import resolve_data
     from raymmr.errors import JobError
-    from raymmr.pipeline import SELECTION_SPLIT, run_pipeline
+    from raymmr.pipeline import run_pipeline
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -96,10 +107,76 @@ def run_ablation(
         text_only.setdefault(seed, own_text_only)
     mean = {v: mean_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
     std = {v: std_columns([results[f"{v}/seed{s}"] for s in seeds]) for v in variants}
-    report = {"per_run": results, "mean": mean, "std": std, "seeds": seeds}
+    paired = paired_differences(out, variants, seeds)
+    report = {"per_run": results, "mean": mean, "std": std, "seeds": seeds, "split": SELECTION_SPLIT,
+              "paired": paired}
     storage.write_text(storage.join(out, "ablation.json"), json.dumps(report, indent=1))
-    storage.write_text(storage.join(out, "ablation.md"), markdown(mean, std))
+    storage.write_text(storage.join(out, "ablation.md"), markdown(mean, std) + paired_markdown(paired, seeds))
     return report
+
+
+def read_questions(run: str) -> dict[str, dict] | None:
+    """A run's validation questions by key (``eval.evaluate.QUESTIONS``); None when it has none."""
+    from raymmr.eval.evaluate import QUESTIONS
+
+    path = storage.join(run, "eval", SELECTION_SPLIT, QUESTIONS)
+    if not storage.exists(path):
+        return None
+    return {q["key"]: q for q in map(json.loads, storage.read_text(path).splitlines())}
+
+
+def paired_differences(out: str, variants: list[str], seeds: list[int], n_boot: int = 1000) -> dict:
+    """Each variant minus ``REFERENCE`` on the same questions, per ``PAIRED`` column: the mean over
+    seeds of the per-question difference (each seed's two arms trained with that seed), with a 95%
+    interval that resamples images and seeds (``ImageBootstrap.seeded_interval``). Empty when the
+    reference or the questions files are missing (runs evaluated before they were written)."""
+    from raymmr.eval.metrics import ImageBootstrap
+
+    if REFERENCE not in variants:
+        return {}
+    runs = {(v, s): read_questions(storage.join(out, v, f"seed{s}")) for v in variants for s in seeds}
+    if any(q is None for q in runs.values()):
+        return {}
+    keys = sorted(runs[(REFERENCE, seeds[0])])
+    rows = [runs[(REFERENCE, seeds[0])][k] for k in keys]
+    boot = ImageBootstrap([q["image"] for q in rows], n_boot=n_boot)
+    in_domain = np.array([q["in_domain"] for q in rows])
+    out_table: dict = {}
+    for variant in variants:
+        if variant == REFERENCE:
+            continue
+        cells = {}
+        for column, (name, domain) in PAIRED.items():
+            if name not in rows[0]["correct"] or (domain is not None and not (in_domain == domain).any()):
+                continue
+            diffs = [[runs[(variant, s)][k]["correct"][name] - runs[(REFERENCE, s)][k]["correct"][name] for k in keys]
+                     for s in seeds]
+            mean, ci = boot.seeded_interval(diffs, None if domain is None else in_domain == domain)
+            cells[column] = {"mean": mean, "ci": list(ci)}
+        out_table[variant] = cells
+    return out_table
+
+
+def paired_markdown(paired: dict, seeds: list[int]) -> str:
+    """The paired table: each variant minus the reference, in accuracy points, with its interval;
+    "no effect shown" where the interval holds 0."""
+    if not paired:
+        return ""
+    columns = [c for c in PAIRED if any(c in cells for cells in paired.values())]
+    lines = ["", f"Paired against `{REFERENCE}` on the same validation questions (accuracy points, mean over "
+             f"{len(seeds)} seed(s); 95% interval resampling images and seeds):", "",
+             "| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+
+    def cell(d: dict | None) -> str:
+        if d is None:
+            return "—"
+        m, (lo, hi) = d["mean"], d["ci"]
+        shown = "" if lo > 0 or hi < 0 else " (no effect shown)"
+        return f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{shown}"
+
+    for variant, cells in paired.items():
+        lines.append(f"| {variant} − {REFERENCE} | " + " | ".join(cell(cells.get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def mean_columns(runs: list[dict]) -> dict:

@@ -29,6 +29,13 @@ def recorded(monkeypatch, tiny_data):
         acc = 0.5 if cfg.loss.w_dom_consist > 0 else 0.4
         results = {"vqa_overall": acc + cfg.train.seed / 100, "retrieval_mean_rank": 10.0, "split": "val"}
         storage.write_text(storage.join(out, "eval", "val", "results.json"), json.dumps(results))
+        # 20 questions about 10 images, 2 per image: the Robust-MMR arms answer image 0-4's right,
+        # the others image 0-3's (one image more right: +10 points, in the training domains only).
+        right = 5 if cfg.loss.w_dom_consist > 0 else 4
+        rows = [{"key": f"q{i:02d}", "image": i // 2, "in_domain": i < 10,
+                 "correct": {"clean": int(i // 2 < right), "strong": int(i // 2 < right)}} for i in range(20)]
+        storage.write_text(storage.join(out, "eval", "val", "questions.jsonl"),
+                           "".join(json.dumps(r) + "\n" for r in rows))
         return {"val": results}
 
     text_only_calls = []
@@ -48,7 +55,16 @@ def test_fine_tuning_only_variants_share_a_pre_training_and_seeds_average(record
     assert report["mean"]["full"]["vqa_overall"] == pytest.approx(0.51)  # (0.50 + 0.52) / 2
     assert report["mean"]["neither"]["vqa_overall"] == pytest.approx(0.41)
     table = (tmp_path / "ablation.md").read_text()
-    assert "| full | 51.0 ± 1.4% | — | — | — | — | 10.00 ± 0.00 | — |" in table
+    assert "| full | 51.0 ± 1.4% | — | — | — | — | — | — | 10.00 ± 0.00 | — |" in table
+    # Paired on the same questions, over both seeds: without Robust-MMR one image fewer is right.
+    paired = report["paired"]
+    assert set(paired) == {"no_robust_mmr", "no_cmdpi_finetune", "neither"}
+    assert paired["no_robust_mmr"]["clean"]["mean"] == pytest.approx(-0.1)
+    assert paired["no_robust_mmr"]["train domains"]["mean"] == pytest.approx(-0.2)
+    assert paired["no_robust_mmr"]["unseen domain"]["ci"] == [0.0, 0.0]  # no question there differs
+    assert paired["no_cmdpi_finetune"]["clean"] == {"mean": 0.0, "ci": [0.0, 0.0]}
+    assert "| no_robust_mmr − full | -10.0 [" in table and "(no effect shown)" in table
+    assert report["split"] == "val"
     assert report["std"]["full"]["vqa_overall"] == pytest.approx(0.01414, abs=1e-4)
     # One text-only model per seed, fine-tuned by the seed's first variant, compared with by all.
     text_only = {(v, s): t for v, s, t in recorded.text_only}

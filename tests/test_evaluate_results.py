@@ -179,6 +179,11 @@ def test_evaluate_end_to_end_with_the_blank_image_model(export_and_data, tmp_pat
     md = (tmp_path / "eval" / "results.md").read_text()
     assert "role **final**" in md and "| jpeg_bias | unseen |" in md and "| strong | seen |" in md
     assert "over the text-only baseline" in md
+    # One row per question, so two models can be compared question by question (the ablation's pairs).
+    rows = [json.loads(x) for x in (tmp_path / "eval" / E.QUESTIONS).read_text().splitlines()]
+    assert len(rows) == r["n_vqa"] and len({q["key"] for q in rows}) == len(rows)
+    assert sum(q["correct"]["clean"] for q in rows) / len(rows) == pytest.approx(r["vqa_overall"])
+    assert sum(q["correct"]["strong"] for q in rows) / len(rows) == pytest.approx(r["vqa_overall_perturbed_strong"])
 
 
 def test_evaluate_clean_only_and_roles(export_and_data, tmp_path):

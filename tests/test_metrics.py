@@ -403,3 +403,21 @@ def test_accuracy_by_question_type_beside_the_question_only_baseline():
     boot = ImageBootstrap(["img0", "img0", "img1", "img2", "img3"])
     with_ci = by_question_type(test, preds, {"question_only": blind}, boot)
     assert with_ci["presence/closed"]["accuracy_ci"] == [0.5, 0.5]  # one image: its two questions go together
+
+
+def test_seeded_interval_resamples_seeds_as_well_as_images():
+    """Arms compared over several seeds: the interval must hold the run-to-run spread. One seed, or
+    seeds that agree, give the image interval; seeds that disagree widen it around the same mean."""
+    ids = np.repeat(np.arange(100), 3)
+    boot = ImageBootstrap(ids, n_boot=500)
+    hits = (np.random.default_rng(0).random(300) < 0.6).astype(float)
+    mean, ci = boot.seeded_interval([hits])
+    assert mean == pytest.approx(hits.mean()) and ci == pytest.approx(boot.interval(hits))
+    assert boot.seeded_interval([hits, hits, hits])[1] == pytest.approx(boot.interval(hits))
+    mean, (lo, hi) = boot.seeded_interval([hits - 0.2, hits, hits + 0.2])
+    base_lo, base_hi = boot.interval(hits)
+    assert mean == pytest.approx(hits.mean()) and lo < base_lo - 0.05 and hi > base_hi + 0.05
+    closed = np.arange(300) % 3 == 0
+    assert boot.seeded_interval([hits], closed)[1] == pytest.approx(boot.interval(hits, closed))
+    with pytest.raises(ValueError, match="expected"):
+        boot.seeded_interval([hits[:10]])

@@ -184,16 +184,17 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str, role: str | No
                                                   "ops": BENCHMARK_SETS[s].describe()} for s in shifts}}
     if blank_export is not None:
         results["blank_model"] = blank_export
+    questions: list[dict] = []
     if test.vqa:
         results.update(vqa_results(predictor, test.vqa, train_vqa_records(data, manifest.get("fields")),
                                    train_domains, shifts, blank_predictor=blank_predictor, n_boot=n_boot,
-                                   progress=progress))
+                                   progress=progress, questions=questions))
     if len(test.captions) >= 2:
         results.update(retrieval_results(predictor, test.captions[:retrieval_size], shifts, n_boot=n_boot,
                                          progress=progress))
 
     run = RunDir(out)
-    write_results(results, str(run.local))
+    write_results(results, str(run.local), questions)
     run.upload()
     if card:
         from raymmr.model.export import write_model_card
@@ -225,11 +226,14 @@ def _hits(preds, golds) -> np.ndarray:
 
 
 def vqa_results(predictor, samples, train_records: list[dict], train_domains: set, shifts=(), *,
-                blank_predictor=None, n_boot: int = 1000, progress: bool = False) -> dict:
+                blank_predictor=None, n_boot: int = 1000, progress: bool = False,
+                questions: list | None = None) -> dict:
     """The VQA part of the results: the model's accuracy per subset, the text-only baselines on the
     same questions, the margin over the strongest of them, per question type and domain, and on
     every robustness set; each with its image-bootstrap interval (``key_ci``), margins and drops
-    paired (one set of resampled images for all)."""
+    paired (one set of resampled images for all). ``questions``: a list that receives one row per
+    question (``QUESTIONS``: its key, image, subsets, answer, prediction and correctness clean and on
+    every set), so that two models evaluated on one split can be compared question by question."""
     golds = [s.answer for s in samples]
     boot = M.ImageBootstrap(image_ids(samples), n_boot=n_boot)
     masks = subset_masks(samples, train_domains)
@@ -269,10 +273,18 @@ def vqa_results(predictor, samples, train_records: list[dict], train_domains: se
         out["vqa_by_domain"][d], out["vqa_by_domain_ci"][d] = _mean(hits, mask), list(boot.interval(hits, mask))
     out["vqa_by_question_type"] = by_question_type(samples, preds, baselines, boot)
 
+    per_set = {"clean": hits}
     for shift in shifts:
-        h = _hits(answers(predictor, samples, shift, progress), golds)
+        h = per_set[shift] = _hits(answers(predictor, samples, shift, progress), golds)
         put(robustness_key("accuracy", shift), h, masks[""])
         put(robustness_key("drop", shift), hits - h, masks[""])
+    if questions is not None:
+        ids = boot.image_index
+        questions += [{"key": q.key, "image": int(ids[i]), "domain": q.domain, "in_domain": q.domain in train_domains,
+                       "question_type": q.question_type, "answer_type": M.answer_type_name(q.answer_type),
+                       "answer": q.answer, "prediction": preds[i],
+                       "correct": {name: int(h[i]) for name, h in per_set.items()}}
+                      for i, q in enumerate(samples)]
     return out
 
 
@@ -345,10 +357,15 @@ def by_question_type(samples, preds: list[str], baselines: dict[str, list[str]],
     return out
 
 
-def write_results(results: dict, out: str) -> None:
+QUESTIONS = "questions.jsonl"  # beside results.json: one row per VQA question (``vqa_results``)
+
+
+def write_results(results: dict, out: str, questions: list[dict] | None = None) -> None:
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     (outp / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    if questions:
+        (outp / QUESTIONS).write_text("".join(json.dumps(q) + "\n" for q in questions))
     (outp / "results.md").write_text(results_markdown(results))
     plot_results(results, outp)
 

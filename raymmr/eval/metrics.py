@@ -251,13 +251,39 @@ class ImageBootstrap:
 
         ``values`` are per-question hits (bool / 0-1) for an accuracy, or ``hits_a - hits_b`` for a
         paired difference of two predictors on the same questions. (nan, nan) for an empty subset."""
-        stats = self._per_draw(values, mask)
+        return self._percentiles(self._per_draw(values, mask))
+
+    def _percentiles(self, stats: np.ndarray) -> tuple[float, float]:
         stats = stats[~np.isnan(stats)]
         if not len(stats):
             return NAN, NAN
         tail = 100 * (1 - self.level) / 2
         lo, hi = np.percentile(stats, [tail, 100 - tail])
         return float(lo), float(hi)
+
+    def seeded_interval(self, per_seed: Sequence[Sequence[float]], mask: Sequence[bool] | None = None
+                        ) -> tuple[float, tuple[float, float]]:
+        """The mean over seeds of a per-question quantity (``per_seed`` [S, Q]: e.g. each seed's
+        ``hits_a - hits_b`` of two arms trained with that seed) and its interval, resampling the seeds
+        as well as the images (a two-level bootstrap): the interval holds the run-to-run spread, not
+        only which questions were drawn. One seed gives the plain image interval.
+        -> (mean, (lo, hi))"""
+        v = np.asarray(per_seed, dtype=np.float64)  # [S, Q]
+        if v.ndim != 2 or v.shape[1] != len(self.image_index) or not len(v):
+            raise ValueError(f"ImageBootstrap.seeded_interval: values of shape {v.shape}, expected "
+                             f"[seeds, {len(self.image_index)}]")
+        m = np.ones(v.shape[1]) if mask is None else np.asarray(mask, dtype=np.float64)
+        mean = float((v.mean(0) * m).sum() / m.sum()) if m.sum() else NAN
+        seeds = v.shape[0]
+        rng = np.random.default_rng(self.seed + 1)  # independent of the image draws
+        picks = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=self.n_boot) if seeds > 1 else np.ones((self.n_boot, 1))
+        drawn = (picks @ v) / seeds * m  # [B, Q] the seed-resampled mean, masked
+        per_image = np.zeros((self.n_boot, self.n_images))
+        np.add.at(per_image.T, self.image_index, drawn.T)  # [B, I]
+        count = np.bincount(self.image_index, weights=m, minlength=self.n_images)  # [I]
+        num, den = (self.weights * per_image).sum(1), self.weights.astype(np.float64) @ count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return mean, self._percentiles(np.where(den > 0, num / den, NAN))
 
 
 # --------------------------------------------------------------------------- retrieval
