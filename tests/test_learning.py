@@ -12,26 +12,30 @@ from raymmr.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
-MARGIN = 0.05  # absolute accuracy over the strongest baseline that needs no model (README, "What the demo shows")
+# Over the strongest baseline that needs no training (the blank-image model, a training run of its own,
+# is the demo's; this test does not pay for it). The demo's pipeline gives +6.9 points [+4.3, +9.4] on
+# validation; the same config with another random stream (no in-run validation, whose passes draw from
+# the global RNG) gave +3.7 (2026-12-05): the floor sits below both, and the margin's interval must
+# exclude 0 (an effect shown, README "How results are measured").
+MARGIN = 0.03
 RULE_BASELINES = ("majority_baseline", "question_only_baseline", "type_prior_baseline")
 
 
 def learned(results: dict) -> bool:
-    """The margin over the strongest baseline computed from the train split's text alone (the blank-image
-    model, a training run of its own, is the demo's; this test does not pay for it)."""
-    return results["vqa_overall"] >= max(results[k] for k in RULE_BASELINES) + MARGIN
+    strongest = max(results[k] for k in RULE_BASELINES)
+    return results["vqa_overall"] >= strongest + MARGIN and results["margin_over_text_only_ci"][0] > 0
 
 
 def test_model_learns_synthrad(ray_local, tiny_data, tmp_path):
-    # The demo's pipeline; its evaluation on clean inputs only (the perturbed ones measure robustness).
-    # No validation and one checkpoint per stage: neither changes what is learned, and they cost
-    # ~1 minute of this test on 2 cores.
-    cfg = load_config("tiny", ["train.val_every=0", "train.checkpoint_every=1000"])
+    # The demo's pipeline, bit for bit (in-run validation included: its passes draw from the random
+    # stream); its evaluation on clean inputs only (the perturbed ones measure robustness).
+    cfg = load_config("tiny")
     results = run_pipeline(cfg, tmp_path / "run", tiny_data, text_only=False, severities=())["val"]
     assert results["split"] == "val"
     assert learned(results), (
         f"validation VQA accuracy {results['vqa_overall']:.3f} does not beat the baselines "
-        f"{ {k: round(results[k], 3) for k in RULE_BASELINES} } by {MARGIN}"
+        f"{ {k: round(results[k], 3) for k in RULE_BASELINES} } by {MARGIN} with an effect shown "
+        f"(margin {results['margin_over_text_only']:+.3f}, interval {results['margin_over_text_only_ci']})"
     )
     # Difference reconstruction found a similar image (the paper's threshold, the whole training
     # split) for nearly every fine-tuning sample.
