@@ -33,8 +33,8 @@ METHOD_GROUPS: dict[str, dict[str, Any]] = {
     "robust_mmr": {"masking.asymmetric": False, "loss.w_dom_consist": 0.0, "loss.w_mod_resil": 0.0,
                    "perturbation.in_finetune": False},
     # CMDPI's fine-tuning (Eq. 13: difference reconstruction + head mixup). Without it a model is
-    # fine-tuned the plain way, with the answer CE alone (``validate`` refuses the answer CE beside
-    # mix or diff: Eq. 13 has no such term).
+    # fine-tuned the plain way, with the answer CE alone (``check_finetune_objective`` refuses the
+    # answer CE beside mix or diff: Eq. 13 has no such term).
     "cmdpi_finetune": {"loss.w_mix": 0.0, "loss.w_diff": 0.0, "loss.w_ans_finetune": 1.0},
 }
 METHODS: dict[str, tuple[str, ...]] = {

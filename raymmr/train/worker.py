@@ -258,7 +258,7 @@ def validate(w: WorkerContext) -> dict:
     model.eval()
     acc = TermAccumulator()
     sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # correct, answered, rank sum, ranked
-    images, texts, captions = [], [], []  # caption pairs' embeddings, pair i <-> i, and their token ids
+    images, texts, captions = [], [], []  # caption pairs' embeddings, pair i <-> i, and their token ids (a group each)
     for batch in w.val_batches():
         batch.pop("skipped", None)
         batch.pop("position", None)
@@ -278,7 +278,7 @@ def validate(w: WorkerContext) -> dict:
         captions += [tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["text_ids"][cap], batch["text_mask"][cap])]
     if sum(len(x) for x in images) > 0:
         # Identical captions (a template set repeats them) are one text: retrieving any of them is a hit.
-        i2t, t2i = retrieval_ranks(torch.cat(images) @ torch.cat(texts).T, text_groups=caption_groups(captions))
+        i2t, t2i = retrieval_ranks(torch.cat(images) @ torch.cat(texts).T, text_groups=captions)
         sums[2] += (i2t.sum() + t2i.sum()).item() / 2
         sums[3] += i2t.numel()
     terms = acc.reduce(w.world_size)
@@ -293,12 +293,6 @@ def validate(w: WorkerContext) -> dict:
     if sums[3] > 0:
         out["val_retrieval_mean_rank"] = float(sums[2] / sums[3])
     return out
-
-
-def caption_groups(captions: list[tuple]) -> list[int]:
-    """One group id per caption, equal for identical token sequences (``retrieval_ranks``' text_groups)."""
-    ids: dict[tuple, int] = {}
-    return [ids.setdefault(c, len(ids)) for c in captions]
 
 
 @torch.no_grad()
