@@ -45,7 +45,8 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 def add_training_args(p: argparse.ArgumentParser) -> None:
     add_cluster_args(p)
     p.add_argument("--steps", type=int, help="optimizer steps (overrides train.steps / finetune.steps)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (the default when --out holds one: "
+                   "the same command starts a run and continues it)")
 
 
 # Flags that set one config key, flag -> key (--num-workers is read by the training launch itself).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,6 +65,26 @@ class ConfigError(ValueError):
     """A config key, type or value that is not allowed; the message names it and the fix."""
 
 
+def worker_count(text: str | int) -> int | tuple[int, int]:
+    """``train.num_workers`` as Ray Train takes it: ``"4"`` -> 4, ``"2:8"`` -> (2, 8), an elastic group."""
+    parts = str(text).strip().split(":")
+    try:
+        if len(parts) > 2 or isinstance(text, (bool, float)):
+            raise ValueError
+        lo, hi = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a worker count: expected N or MIN:MAX, e.g. 4 or 2:8") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{text!r}: expected N >= 1, or MIN:MAX with 1 <= MIN <= MAX")
+    return lo if len(parts) == 1 else (lo, hi)
+
+
+def worker_text(value: str | int) -> str:
+    """The canonical text of a worker count (checked): "4" or "2:8"."""
+    n = worker_count(value)
+    return f"{n[0]}:{n[1]}" if isinstance(n, tuple) else str(n)
+
+
 def check_synthrad_domains(num_domains: int, test_domain: int, val_domain: int = -1) -> None:
     """SynthRad's held-out sites must exist, differ, and leave training at least one site."""
     if not 0 <= test_domain < num_domains:
@@ -79,8 +100,10 @@ def check_synthrad_domains(num_domains: int, test_domain: int, val_domain: int =
         raise ConfigError(f"data.synthrad_domains={num_domains} leaves no training domain beside the held-out ones")
 
 
-def _f(default, *, range=None, choices=None, help=""):  # noqa: A002 - 'range' reads best here
+def _f(default, *, range=None, choices=None, parse=None, help=""):  # noqa: A002 - 'range' reads best here
     meta = {"help": help}
+    if parse is not None:
+        meta["parse"] = parse
     if range is not None:
         meta["range"] = range
     if choices is not None:
@@ -218,9 +241,11 @@ class TrainConfig:
     val_batches: int = _f(20, range=(1, 10**7))
     checkpoint_every: int = _f(1000, range=(1, 10**7))
     num_to_keep: int = _f(2, range=(1, 1000))
-    max_failures: int = _f(3, range=(-1, 1000), help="-1 = retry forever")
+    max_failures: int = _f(3, range=(-1, 1000), help="failures in a row without a new checkpoint before the run gives up "
+                           "(progress resets the count; -1 = retry forever; preemptions Ray is told of never count)")
     max_nonfinite_steps: int = _f(10, range=(1, 10**6), help="stop after this many consecutive NaN/inf losses")
-    num_workers: int = _f(1, range=(1, 100000))
+    num_workers: str = _f("1", parse=worker_text,
+                          help="Ray Train workers: N, or MIN:MAX for an elastic group (worker_count reads it)")
     cpus_per_worker: float = _f(1.0, range=(0.0, 1024.0))
     gpus_per_worker: float = _f(0.0, range=(0.0, 16.0))
     tracker: str = _f("tensorboard", choices=["tensorboard", "mlflow"],
@@ -323,6 +348,11 @@ def check_value(path: str, value: Any) -> Any:
             raise ConfigError(f"config key '{path}': {value!r} is out of range; allowed {lo} <= {path} <= {hi}")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"config key '{path}': {value!r} is not allowed; choose one of {list(meta['choices'])}")
+    if "parse" in meta:
+        try:
+            value = meta["parse"](value)
+        except ValueError as e:
+            raise ConfigError(f"config key '{path}': {e}") from None
     return value
 
 
@@ -336,6 +366,9 @@ def _coerce(typ, value):
             return bool(value)
         raise TypeError
     if typ is int:
+        if isinstance(value, str):
+            value = value.strip()
+            value = int(value) if value.lstrip("+-").isdigit() else float(value)
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise TypeError
         return int(value)
@@ -374,9 +407,47 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+class TextLoader(yaml.SafeLoader):
+    """Config YAML with every plain scalar read as text: ``check_value`` then reads each value by
+    its field's own type. YAML 1.1's guesses never apply (``2:4`` is the base-60 number 124 there,
+    the country code ``no`` is False, ``1e3`` a float in a text field)."""
+
+
+TextLoader.yaml_implicit_resolvers = {}
+
+
+class CoreLoader(yaml.SafeLoader):
+    """YAML 1.2's core schema, for files whose numbers are not config fields themselves (search
+    spaces): no base-60 numbers and no yes/no/on/off booleans; ``1e-3`` is a float."""
+
+
+CoreLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (
+        "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("tag:yaml.org,2002:float",
+     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+     "-+.0123456789"),
+):
+    CoreLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
+def parse_override(path: str, raw: str) -> Any:
+    """One ``--set KEY=VALUE`` value, as text for ``check_value`` to read by the field's type; a list
+    field also takes a YAML flow list (``[a, b]``) besides ``a,b``."""
+    _, typ = field_spec(path)
+    if (typ is list or isinstance(typ, types.GenericAlias)) and raw.strip().startswith("["):
+        return yaml.load(raw, Loader=TextLoader)  # noqa: S506 - a SafeLoader subclass
+    return raw
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=TextLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -423,7 +494,7 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None,
             if "=" not in item:
                 raise ConfigError(f"--set '{item}': expected key=value, e.g. --set loss.w_img=0.5")
             key, raw = item.split("=", 1)
-            given[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            given[key.strip()] = parse_override(key.strip(), raw)
     values.update(given)
     cfg = Config(preset=name, method=method)
     for key, value in values.items():

@@ -392,6 +392,8 @@ def test_rayjobs_clean_up_and_carry_a_runtime_env(manifests):
         assert runtime_env.get("working_dir"), f"{name}: the job's code comes from runtime_env.working_dir"
         assert isinstance(runtime_env.get("env_vars"), dict), name
         assert all(isinstance(v, str) for v in runtime_env["env_vars"].values()), f"{name}: env values are strings"
+        # Relaunched by KubeRay after a lost head or driver, the same entrypoint continues the run.
+        assert spec["backoffLimit"] >= 1 and "--resume" not in spec["entrypoint"], name
 
 
 # --------------------------------------------------------------------------- entrypoints and README
@@ -458,7 +460,8 @@ def test_readme_explains_placeholders_auth_and_elastic_checkpoints():
     placeholders = {m for p in configs for m in re.findall(r"CHANGE_ME\w*", p.read_text())}
     undocumented = sorted(p for p in placeholders if p not in readme)
     assert not undocumented, f"cluster/README.md does not explain {undocumented}"
-    for needed in ("RAY_AUTH_MODE=token", "ds_to_universal", "load_universal", "max_workers", "FailureConfig"):
+    for needed in ("RAY_AUTH_MODE=token", "ds_to_universal", "load_universal", "max_workers", "train.max_failures",
+                   "backoffLimit"):
         assert needed in readme, needed
 
 

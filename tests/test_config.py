@@ -25,6 +25,77 @@ def test_overrides_are_typed():
     assert cfg.masking.asymmetric is False and cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
 
 
+def test_min_max_workers_is_an_elastic_range_not_base_60(tmp_path):
+    """YAML 1.1 reads 2:4 as the base-60 number 124: on a cluster, each trial would ask for 124 workers."""
+    from raymmr.config import worker_count
+
+    cfg = load_config("tiny", ["train.num_workers=2:4"])
+    assert worker_count(cfg.train.num_workers) == (2, 4)
+    (tmp_path / "elastic.yaml").write_text("preset: tiny\ntrain:\n  num_workers: 2:4\n")  # unquoted, in a file
+    assert worker_count(load_config(str(tmp_path / "elastic.yaml")).train.num_workers) == (2, 4)
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(str(tmp_path / "saved.yaml")) == cfg
+    assert worker_count(load_config("tiny", ["train.num_workers=3"]).train.num_workers) == 3
+    (tmp_path / "old.yaml").write_text("preset: tiny\ntrain:\n  num_workers: 2\n")  # a run saved as an int
+    assert worker_count(load_config(str(tmp_path / "old.yaml")).train.num_workers) == 2
+    for bad in ("0", "4:2", "2:x", "1:2:3", "1.5"):
+        with pytest.raises(ConfigError, match="train.num_workers"):
+            load_config("tiny", [f"train.num_workers={bad}"])
+
+
+# Texts YAML 1.1 would turn into something else: base-60 ints and floats, yes/no/on/off booleans,
+# null, a bare number.
+TRICKY_TEXTS = ("2:4", "1:30:00", "no", "off", "Yes", "null", "~", "1e3", "0x10", "")
+
+
+def field_sample(typ, current):
+    """A value of the field's type to write as text: (text, the value the field must hold)."""
+    if typ is bool:
+        return ("false", False) if current else ("true", True)
+    if typ is int:
+        return "7", 7
+    if typ is float:
+        return "1e-3", 0.001
+    return None
+
+
+def test_every_field_reads_its_own_type_from_set_and_from_yaml():
+    """Each config field, written as text by --set and in a YAML file, comes back as its own type;
+    a free-text field keeps any text verbatim (YAML 1.1 would read 'no' as False, '2:4' as 124)."""
+    import yaml
+
+    from raymmr.config import TextLoader, field_spec, parse_override
+
+    cfg = load_config("base")
+    checked = set()
+    for path in all_paths():
+        section, name = path.split(".", 1)
+        f, typ = field_spec(path)
+        current = getattr(getattr(cfg, section), name)
+        if typ is str and not f.metadata.get("choices") and not f.metadata.get("parse"):
+            cases = [(text, text) for text in TRICKY_TEXTS]
+        elif (sample := field_sample(typ, current)) is not None:
+            cases = [sample]
+        else:
+            continue
+        for text, want in cases:
+            from_file = yaml.load(f"{name}: '{text}'" if text in ("", "~", "null") else f"{name}: {text}",
+                                  Loader=TextLoader)[name]
+            for how, raw in (("--set", parse_override(path, text)), ("yaml", from_file)):
+                try:
+                    got = check_value(path, raw)
+                except ConfigError as e:  # out of this field's range: the error names the key
+                    assert path in str(e) and typ is not str, (path, text, how)
+                    continue
+                assert got == want and type(got) is type(want), (path, text, how, got)
+                checked.add(path)
+    assert len(checked) > 60, len(checked)  # the loop saw the config's fields, not an empty list
+    assert load_config("tiny", ["data.tokenizer=no"]).data.tokenizer == "no"
+    with pytest.raises(ConfigError, match="train.steps.*'2:4'"):
+        load_config("tiny", ["train.steps=2:4"])
+    assert load_config("tiny", ["perturbation.image_ops=[noise, blur]"]).perturbation.image_ops == ["noise", "blur"]
+
+
 def test_unknown_key_names_key_and_closest():
     with pytest.raises(ConfigError, match="no_such_weight") as e:
         load_config("tiny", ["loss.no_such_weight=1"])

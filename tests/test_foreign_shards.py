@@ -157,6 +157,38 @@ def test_index_validate_and_pretrain_on_img2dataset_shards(tmp_path):
     assert "export/model.safetensors" in [f.path for f in client.list_artifacts(run_id, "export")]
 
 
+def test_a_set_without_val_is_refused_before_ray_naming_both_fixes(tmp_path):
+    """`make_shards.py index` puts every shard in train by default: in-run validation would fail in
+    every worker and every retry. The job refuses it before Ray starts, naming --val-fraction and
+    train.val_every=0."""
+    data = img2dataset_set(tmp_path / "set", shards=2, per_shard=6)
+    index_shards(str(data))
+    proc = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", "tiny", "--data", str(data), "--steps", "2",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    err = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "has no split 'val' (it has train)" in err, err[-3000:]
+    assert "--val-fraction" in err and "train.val_every=0" in err and "Traceback" not in err, err[-3000:]
+    assert "Ray runtime started" not in err and not list((tmp_path / "run").glob("ray-*")), err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_caption_corpus_of_one_split_pretrains_without_in_run_validation(tmp_path):
+    """The same set pre-trains with train.val_every=0: no validation loader is built, and the job
+    says that nothing is validated during the run."""
+    data = img2dataset_set(tmp_path / "set", shards=2, per_shard=6)
+    index_shards(str(data))
+    proc = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", "tiny", "--data", str(data), "--steps", "2",
+                           "--out", str(tmp_path / "run"), "--set", "train.val_every=0", "--set", "train.batch_size=4",
+                           "--set", "train.checkpoint_every=2", "--set", "data.loader_workers=0",
+                           "--set", "train.cpus_per_worker=1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "train.val_every=0: no validation during the run" in out
+    assert (tmp_path / "run" / "export" / "model.safetensors").exists()
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and not any(k.startswith("val_") for m in metrics for k in m), metrics
+
+
 def test_a_caption_only_model_has_an_empty_answer_head():
     """A shard set without VQA answers builds a model with 0 answer classes (not an error); its
     VQA accuracy counts nothing as right."""

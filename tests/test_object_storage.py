@@ -72,7 +72,7 @@ def submit(dashboard: str, *args: str, environ: dict) -> subprocess.CompletedPro
 def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
     """2 Ray nodes (one training worker each) and drivers on other "machines", sharing only the
     bucket: pre-train into the bucket, the driver killed after its first checkpoint and the run
-    resumed from the URL by a driver on a fresh machine; fine-tune from the bucket's export as a
+    continued from the URL by the same command on a fresh machine; fine-tune from the bucket's export as a
     job submitted with `ray job submit --working-dir`; evaluate the bucket's fine-tuned export.
     Export, metrics, events and TensorBoard files are in the bucket. Each node has its own Ray
     temp directory too (session files, runtime-env working directories)."""
@@ -105,9 +105,13 @@ def test_two_nodes_without_shared_disk(s3_server, s3_tiny_data, tmp_path):
             killed_at = kill_after_first_checkpoint(start_job("pretrain", *pretrain, environ=driver_env, log=log),
                                                     pt, log_path)
         assert killed_at < 12
-        again = job("pretrain", *pretrain, environ=second_driver_env)  # without --resume: refused, nothing lost
-        assert again.returncode == 2 and "--resume" in again.stderr, again.stderr[-2000:]
-        check(job("pretrain", *pretrain, "--resume", environ=second_driver_env))
+        # The same command continues the run (a RayJob relaunched after its driver was lost); one
+        # that would change the run is refused before Ray, naming the key, and loses nothing.
+        changed = job("pretrain", *pretrain, "--set", "train.batch_size=4", environ=second_driver_env)
+        assert changed.returncode == 2 and "train.batch_size: 32 -> 4" in changed.stderr, changed.stderr[-2000:]
+        again = job("pretrain", *pretrain, environ=second_driver_env)
+        check(again)
+        assert "[pretrain] continuing" in again.stdout + again.stderr, again.stdout[-2000:]
         submitted = submit(dashboard, "jobs/finetune.py", "--config", "tiny", "--steps", "4", "--set",
                            "train.checkpoint_every=4", *cluster, "--init", pt, "--out", ft, environ=driver_env)
         check(submitted)

@@ -94,21 +94,22 @@ def test_latest_complete_checkpoint_read_from_the_url(url):
     assert ckpt.latest_complete(url).endswith("ray-20261202-100000/step_0000004")
 
 
-def test_run_dir_guards_read_the_url(url):
+def test_one_command_starts_a_run_and_continues_it_reading_the_url(url, capsys):
+    """Whether a launch continues is read from the run's URL: nothing there (or a launch that failed
+    before its first checkpoint) starts; a checkpoint there continues, with or without --resume,
+    from any machine."""
     run = RunDir(f"{url}/run")
     assert run.local.is_dir() and run.remote
-    check_run_dir(run, resume=False)  # nothing there
-    with pytest.raises(JobError, match="no checkpoint"):
-        check_run_dir(run, resume=True)
+    assert check_run_dir(run) is False  # nothing there
+    assert check_run_dir(run, resume=True) is False  # a first launch with --resume starts, and says so
+    assert "no checkpoint there yet, so the run starts" in capsys.readouterr().out
     run.write_text("config.yaml", "a: 1")  # a launch that failed before training
     assert storage.read_text(f"{url}/run/config.yaml") == "a: 1"
-    check_run_dir(run, resume=False)  # may start over
+    assert check_run_dir(run) is False  # starts over
     write_checkpoint(run.url, "ray-x", 2, 1, 1)
     # A second machine (its own empty staging dir) sees the run through the URL.
     other = RunDir(f"{url}/run")
-    with pytest.raises(JobError, match="already holds a run"):
-        check_run_dir(other, resume=False)
-    check_run_dir(other, resume=True)
+    assert check_run_dir(other) is True and check_run_dir(other, resume=True) is True
 
 
 def test_append_lines_continues_the_urls_log(url, tmp_path, monkeypatch):
@@ -150,3 +151,130 @@ def test_processes_fetching_one_remote_tokenizer_at_once_all_get_it(s3_server, m
     for t in threads:
         t.join(timeout=60)
     assert not errors and got == [text] * 4, errors
+
+
+def test_a_checkpoints_random_states_continue_the_stream(url, tmp_path):
+    """What a rank saves beside its checkpoint part (JSON, no pickle) brings back the torch, numpy and
+    Python streams where they were; another world size or an older checkpoint keeps the fresh seed."""
+    import random
+
+    import numpy as np
+    import torch
+
+    part = tmp_path / "part"
+    part.mkdir()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    torch.rand(3), np.random.rand(2), random.random()  # somewhere mid-stream
+    ckpt.save_rng(part, rank=1)
+    want = (torch.rand(4), np.random.rand(3), [random.random() for _ in range(2)])
+    storage.put(part / ckpt.RNG_STATE.format(rank=1), storage.join(url, "ckpt", ckpt.RNG_STATE.format(rank=1)))
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)  # a restarted worker's fresh seed
+    assert not ckpt.restore_rng(storage.join(url, "ckpt"), rank=1, same_world=False)
+    assert not ckpt.restore_rng(storage.join(url, "ckpt"), rank=0, same_world=True)  # none saved for rank 0
+    assert not torch.equal(torch.rand(4), want[0])
+    assert ckpt.restore_rng(storage.join(url, "ckpt"), rank=1, same_world=True)
+    got = (torch.rand(4), np.random.rand(3), [random.random() for _ in range(2)])
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
+    assert json.loads((part / ckpt.RNG_STATE.format(rank=1)).read_text())["torch"]  # plain JSON
+
+
+def test_resume_refuses_a_config_or_data_that_changes_the_run(url, tiny_data, tmp_path):
+    """The run remembers its config and its shard set's fingerprint; `--resume` may lengthen it and
+    move it (steps, workers, logging), never change what it trains on or how."""
+    import shutil
+
+    from raymmr.config import load_config, to_yaml
+    from raymmr.train.launch import RUN_DATA, check_resume_matches, data_fingerprint
+
+    run = RunDir(storage.join(url, "run"))
+    cfg = load_config("tiny")
+    run.write_text("config.yaml", to_yaml(cfg))
+    run.write_text(RUN_DATA, json.dumps({"data": tiny_data, "fingerprint": data_fingerprint(tiny_data)}))
+    check_resume_matches(run, load_config("tiny", ["train.steps=900", "train.num_workers=2:4",
+                                                   "train.checkpoint_every=7"]), tiny_data)
+    with pytest.raises(JobError) as e:
+        check_resume_matches(run, load_config("tiny", ["train.batch_size=16", "train.seed=3", "train.steps=900"]),
+                             tiny_data)
+    assert "train.batch_size: 32 -> 16" in str(e.value) and "train.seed: 0 -> 3" in str(e.value)
+    assert "train.steps" not in str(e.value).split("A resume may change")[0]
+    moved = tmp_path / "moved"  # the same shard set elsewhere (another machine's cache): accepted
+    shutil.copytree(tiny_data, moved)
+    check_resume_matches(run, cfg, str(moved))
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["splits"]["train"]["count"] += 1  # another shard set
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(JobError, match="is not the shard set the run trained on"):
+        check_resume_matches(run, cfg, str(moved))
+
+
+class FakeTrainer:
+    """A Ray Train fit that writes a checkpoint at each step in ``steps`` (None: none) and then
+    fails with ``error`` (None: succeeds)."""
+
+    def __init__(self, run_url: str, launch: str, steps, error):
+        self.run_url, self.launch, self.steps, self.error = run_url, launch, steps, error
+
+    def fit(self):
+        from types import SimpleNamespace
+
+        for step in self.steps or ():
+            write_checkpoint(self.run_url, self.launch, step, 1, 1)
+        if self.error is not None:
+            raise self.error
+        return SimpleNamespace(error=None, metrics={"step": max(self.steps or [0])})
+
+
+def test_a_run_that_progresses_outlives_any_number_of_failures_and_a_stalled_one_stops(url):
+    """``fit_until_done``: every failure after a new checkpoint is retried at once, from that
+    checkpoint, under a fresh launch name; failures in a row without one wait longer each time and
+    stop after train.max_failures; a deterministic error (the input's fault) stops at once."""
+    import dataclasses
+
+    from raymmr.config import ConfigError
+    from raymmr.train.launch import RETRY_WAIT_S, fit_until_done
+
+    Job = dataclasses.make_dataclass("Job", ["stage", "launch", "resume_from"])  # what it reads of a TrainJob
+
+    run = RunDir(storage.join(url, "run"))
+    preempted = RuntimeError("node lost")
+
+    def play(script, max_stalled):
+        """Fit attempts as scripted [(checkpoint steps, error)]; returns (result or error, jobs seen, waits)."""
+        jobs, waits, plan = [], [], iter(script)
+
+        def trainer_for(job):
+            jobs.append(job)
+            steps, error = next(plan)
+            return FakeTrainer(run.url, job.launch, steps, error)
+
+        job = Job(stage="pretrain", launch="ray-first", resume_from=None)
+        try:
+            out = fit_until_done(trainer_for, job, run, max_stalled=max_stalled, sleep=waits.append)
+        except Exception as e:  # noqa: BLE001
+            out = e
+        return out, jobs, waits
+
+    # Ten failures, each after progress, with max_failures=1: the run finishes.
+    script = [([2 * i + 1, 2 * i + 2], preempted) for i in range(10)] + [([21, 22], None)]
+    out, jobs, waits = play(script, max_stalled=1)
+    assert out.metrics == {"step": 22} and len(jobs) == 11 and waits == [0] * 10
+    assert len({j.launch for j in jobs}) == 11  # a fresh Ray Train run name per attempt
+    assert jobs[-1].resume_from.endswith("step_0000020")  # from the newest complete checkpoint
+    retries = [json.loads(x) for x in storage.read_text(run.url_of("events.jsonl")).splitlines()]
+    assert [r["checkpoint_step"] for r in retries if r["event"] == "retry"] == list(range(2, 21, 2))
+
+    # No checkpoint between failures: retried max_failures times, each wait longer, then raised.
+    run = RunDir(storage.join(url, "stuck"))
+    out, jobs, waits = play([([1], preempted), (None, preempted), (None, preempted), (None, preempted)], max_stalled=2)
+    assert out is preempted and len(jobs) == 4 and waits == [0, RETRY_WAIT_S[1], RETRY_WAIT_S[2]]
+    assert 0 < RETRY_WAIT_S[1] < RETRY_WAIT_S[2]
+
+    # A deterministic error on a worker (wrapped as Ray wraps it) stops at its first occurrence.
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    run = RunDir(storage.join(url, "bad"))
+    bad = WorkerGroupError("rank 1 raised", {0: UserExceptionWithTraceback(RuntimeError("gloo: connection reset"), "tb"),
+                                             1: UserExceptionWithTraceback(ConfigError("bad key"), "tb")})
+    out, jobs, waits = play([(None, bad), (None, None)], max_stalled=5)
+    assert out is bad and len(jobs) == 1 and waits == []

@@ -54,10 +54,13 @@ def expected_keys(cfg, data: str, steps: int) -> dict[int, list[list[str]]]:
 
 def test_zero2_sigkilled_workers_then_fewer_workers(ray_local, tiny_data, tmp_path, monkeypatch):
     """Two ZeRO-2 workers learn (the loss falls, every pre-training term is logged).
-    Real failures: a Ray Train worker process is SIGKILLed (its PID from events.jsonl) at three
-    points of the run. The run finishes; the samples it trained on, step by step and rank by rank,
-    are exactly those of an uninterrupted run (mid-epoch resume: none replayed, none skipped), and
-    the logged steps are continuous.
+    Real failures: a Ray Train worker process is SIGKILLed (its PID from events.jsonl) at ten
+    points of the run, with train.max_failures=1: each failure follows a new checkpoint, so the run
+    goes on (a spot run outlives any number of preemptions). The run finishes; the samples it
+    trained on, step by step and rank by rank,
+    are exactly those of an uninterrupted run (mid-epoch resume: none replayed, none skipped), a
+    step redone after a restart draws its masks from the random state its first attempt had (the
+    checkpoint's RNG states continue the stream), and the logged steps are continuous.
     Then elastic training: its checkpoint resumes with one worker through ds_to_universal, with the
     optimizer state, and the loss continues from where it was (no jump back to its start value).
     (The two-node test resumes a run after its driver was killed.)"""
@@ -66,9 +69,10 @@ def test_zero2_sigkilled_workers_then_fewer_workers(ray_local, tiny_data, tmp_pa
 
     run, keys = tmp_path / "killed", tmp_path / "keys"
     monkeypatch.setenv("RAYMMR_KEY_LOG", str(keys))
-    steps = 24
+    steps = 36
     cfg = tiny("train.zero_stage=2", f"train.steps={steps}", "train.checkpoint_every=3", "train.log_every=1",
-               "train.max_failures=3", "data.loader_workers=2", "data.epoch_mode=exact")
+               "train.max_failures=1", "data.loader_workers=2", "data.epoch_mode=exact")
+    plan = [(5 + 3 * i, i % 2) for i in range(10)]  # (kill once this step is logged, rank): 2 steps past a checkpoint
     kills: list[tuple[int, int]] = []  # (step seen, rank killed)
 
     def progress() -> tuple[list[dict], int, int]:
@@ -83,7 +87,7 @@ def test_zero2_sigkilled_workers_then_fewer_workers(ray_local, tiny_data, tmp_pa
     def killer():
         # Kill a rank of the current worker group (generation g: the g-th pair of worker_started
         # events) once it has logged `after_step`, two steps past a checkpoint.
-        for generation, (after_step, rank) in enumerate([(5, 1), (11, 0), (17, 1)]):
+        for generation, (after_step, rank) in enumerate(plan):
             deadline = time.time() + 400
             while time.time() < deadline:
                 started, step, _ = progress()
@@ -99,21 +103,28 @@ def test_zero2_sigkilled_workers_then_fewer_workers(ray_local, tiny_data, tmp_pa
     thread.start()
     run_training(cfg, stage="pretrain", out=str(run), data=tiny_data)
     thread.join(timeout=10)
-    assert len(kills) == 3, f"not every kill happened: {kills}"
+    assert len(kills) == len(plan), f"not every kill happened: {kills}"
     # Ray restarts from the newest checkpoint its controller had registered when the worker died; a
     # kill right after a report may find the one before it. Most restarts resume mid-epoch.
     resumed = resumed_events(run)
-    assert len(resumed) >= 2 and all(e["step"] > 0 for e in resumed), (kills, resumed)
+    assert len(resumed) >= len(plan) - 2 and all(e["step"] > 0 for e in resumed), (kills, resumed)
+    assert len([e for e in events(run) if e["event"] == "retry"]) == len(plan)
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, steps + 1))
     want = expected_keys(cfg, tiny_data, steps)
     for rank in range(2):
-        got = {}
+        got, rng, redone = {}, {}, 0
         for line in (tmp_path / f"keys.rank{rank}").read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # cut short by a kill
                 continue
-            got[record["step"]] = record["keys"]  # a step redone after a restart: the last attempt counts
+            step = record["step"]
+            if step in rng:  # redone after a restart: the same random state as its first attempt
+                assert record["rng"] == rng[step], f"rank {rank} step {step}: the random stream restarted"
+                redone += 1
+            got[step], rng[step] = record["keys"], record["rng"]  # the last attempt counts
+        assert redone >= 2, f"rank {rank}: no step was redone after a restart, nothing compared"
+        assert len(set(rng.values())) == steps  # the state moves on every step
         assert sorted(got) == list(range(1, steps + 1))
         for step in range(1, steps + 1):
             assert got[step] == want[rank][step - 1], f"rank {rank} step {step}: not the uninterrupted sequence"

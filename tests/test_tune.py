@@ -47,7 +47,7 @@ def sweep_cmd(tmp_path, data, out, *extra):
 
 def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_tiny_data, tmp_path):
     """`--out s3://...`: the driver (and its embedded Ray) is SIGKILLed once a trial has exported;
-    `--resume` from a machine with an empty cache finishes the sweep without training completed
+    the same command on a machine with an empty cache finishes the sweep without training completed
     trials again, ASHA stops a weak trial, and the report, best_config.yaml (a valid config) and
     the Optuna study land in the bucket; best_config.yaml loads as a config with the best trial's values."""
     from raynodes import node_env
@@ -74,9 +74,10 @@ def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_
         proc.wait()
     done_before = exported()
     starts_before = {t: count_starts(out, t) for t in done_before}
-    resumed = subprocess.run(sweep_cmd(tmp_path, s3_tiny_data, out, "--resume"), capture_output=True, text=True,
+    resumed = subprocess.run(sweep_cmd(tmp_path, s3_tiny_data, out), capture_output=True, text=True,
                              env=node_env(tmp_path, "second", **s3_server.env), timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    assert "[tune] continuing the sweep" in resumed.stdout, resumed.stdout[-4000:]
     rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{out}/trials.csv"))))
     assert len(rows) == 4 and all(r["status"] in ("COMPLETED", "STOPPED_EARLY") for r in rows), rows
     assert any(r["status"] == "STOPPED_EARLY" for r in rows), rows  # ASHA stopped a trial
@@ -99,12 +100,13 @@ def test_sweep_in_a_bucket_killed_then_resumed_on_a_fresh_machine(s3_server, s3_
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
     assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}, states
     assert not (ROOT / "s3:").exists()
-    # The same command again without --resume is refused before it writes anything: it would have
-    # loaded this study and mixed its trials into a new sweep.
+    # A launch with another base config is refused before it writes anything: it would have loaded
+    # this study and mixed its trials into another sweep's.
     base_before = storage.read_bytes(f"{out}/base_config.yaml")
-    again = subprocess.run(sweep_cmd(tmp_path, s3_tiny_data, out), capture_output=True, text=True,
-                           env=node_env(tmp_path, "third", **s3_server.env), timeout=300)
-    assert again.returncode == 2 and "--resume" in again.stderr, again.stdout[-2000:] + again.stderr[-2000:]
+    again = subprocess.run(sweep_cmd(tmp_path, s3_tiny_data, out, "--set", "loss.w_txt=0.5"), capture_output=True,
+                           text=True, env=node_env(tmp_path, "third", **s3_server.env), timeout=300)
+    assert again.returncode == 2 and "another base config (loss.w_txt: 1.0 -> 0.5)" in again.stderr, \
+        again.stdout[-2000:] + again.stderr[-2000:]
     assert storage.read_bytes(f"{out}/base_config.yaml") == base_before
     # best_config.yaml is accepted as is by a training job's --config (what jobs/pretrain.py does with it).
     from raymmr.config import load_config

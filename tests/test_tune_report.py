@@ -80,6 +80,30 @@ def test_report_without_completed_trials_still_writes_tables_and_plots(tmp_path)
         assert paths[name].read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_sweep_whose_every_trial_failed_exits_non_zero_naming_them(tmp_path, monkeypatch, capsys):
+    """The job writes its report, then fails, naming each trial and its error; one failure among
+    finished trials is named without failing the sweep."""
+    import raymmr.tune.runner as runner
+    from raymmr.errors import JobError
+    from raymmr.jobs import tune_loss_weights
+    from raymmr.tune.report import check_some_finished
+
+    failed = [{"trial_id": f"t{i}", "params": {"loss.w_img": 1.0}, "objective": None, "iterations": 0,
+               "status": "ERROR", "error": f"ShardError: no manifest.json at /cache/{i}"} for i in range(2)]
+    monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: failed)
+    monkeypatch.setattr("raymmr.data.sets.resolve_data", lambda cfg, data: "unused")
+    argv = ["--config", "tiny", "--space", "mask_ratios", "--num-samples", "2", "--out", str(tmp_path / "sweep")]
+    with pytest.raises(JobError) as e:
+        tune_loss_weights.main(argv)
+    assert "no trial of the sweep finished (2 trial(s))" in str(e.value)
+    for i in range(2):
+        assert f"t{i}: ERROR: ShardError: no manifest.json at /cache/{i}" in str(e.value)
+    assert (tmp_path / "sweep" / "trials.md").exists()  # the report is written first
+    with pytest.raises(JobError, match="no objective reported"):
+        check_some_finished([{**failed[0], "status": "COMPLETED", "error": ""}])
+    check_some_finished([*failed, {**failed[0], "trial_id": "ok", "objective": 0.5, "status": "COMPLETED"}])
+
+
 def test_rank_correlation_fallback():
     records = [
         {"trial_id": str(i), "params": {"x": float(i), "noise": [3.0, 1.0, 4.0, 1.5, 5.0, 9.0][i], "flag": i % 2 == 0}, "objective": float(i), "iterations": 1, "status": "TERMINATED"}
@@ -194,6 +218,7 @@ def test_trial_records_status_from_the_rung_clock():
     assert (early["status"], early["iterations"]) == ("STOPPED_EARLY", 1)
     assert (mid["status"], mid["iterations"]) == ("STOPPED_EARLY", 2.5)
     assert failed["status"] == "ERROR" and done["objective"] == 0.5
+    assert failed["error"] == "boom" and done["error"] == ""
 
 
 def test_sweep_fitted_to_an_embedded_machine():
@@ -214,6 +239,17 @@ def test_sweep_fitted_to_an_embedded_machine():
     assert crowded.tune.max_concurrent == 1 and 0.5 <= crowded.train.cpus_per_worker <= 0.995
     with pytest.raises(ConfigError, match="GPU"):
         fit_to_machine(load_config("tiny", ["train.gpus_per_worker=1"]), {"CPU": 2.0}, log=quiet)
+    # One GPU, a GPU per worker: one trial at a time (four at once would leave three waiting for it).
+    one_gpu = fit_to_machine(load_config("tiny", ["train.gpus_per_worker=1", "tune.max_concurrent=4"]),
+                             {"CPU": 16.0, "GPU": 1.0}, log=quiet)
+    assert one_gpu.tune.max_concurrent == 1
+    halves = fit_to_machine(load_config("tiny", ["train.gpus_per_worker=0.5", "tune.max_concurrent=4"]),
+                            {"CPU": 16.0, "GPU": 1.0}, log=quiet)
+    assert halves.tune.max_concurrent == 2
+    # An elastic group is fitted at its minimum.
+    elastic = fit_to_machine(load_config("tiny", ["train.num_workers=2:4", "train.gpus_per_worker=1",
+                                                  "tune.max_concurrent=4"]), {"CPU": 16.0, "GPU": 4.0}, log=quiet)
+    assert elastic.tune.max_concurrent == 2
     with pytest.raises(ConfigError, match="8 workers"):
         fit_to_machine(load_config("tiny", ["train.num_workers=8"]), {"CPU": 2.0}, log=quiet)
 
@@ -287,11 +323,10 @@ def test_a_remote_sweeps_journal_reaches_the_url_before_each_searcher_snapshot(t
 
 def test_a_new_sweep_starts_a_new_study_where_an_earlier_one_never_reached_tune(tmp_path, s3_server):
     """A sweep that stopped before Tune's first snapshot left a study (a trial asked, in the bucket
-    and in this machine's cache) and nothing to resume: `--resume` is refused, and a new sweep in
-    the same --out starts an empty study (Optuna would otherwise load the old one and count its
+    and in this machine's cache) and nothing to continue: the launch (with or without `--resume`)
+    starts an empty study in the same --out (Optuna would otherwise load the old one and count its
     trials as this sweep's)."""
     from raymmr import storage
-    from raymmr.errors import JobError
     from raymmr.tune.runner import JOURNAL, check_sweep_dir, load_study, study_search
 
     space, t = one_param_space(tmp_path)
@@ -300,9 +335,7 @@ def test_a_new_sweep_starts_a_new_study_where_an_earlier_one_never_reached_tune(
     assert search.suggest("a")
     search.save(str(tmp_path / "searcher.pkl"))  # the journal reaches the bucket
     assert storage.exists(f"{sweep}/{JOURNAL}")
-    with pytest.raises(JobError, match="no sweep to restore"):
-        check_sweep_dir(sweep, resume=True)
-    check_sweep_dir(sweep, resume=False)
+    assert check_sweep_dir(sweep, resume=True, base=load_config("tiny"), space=space) is False
     assert not storage.exists(f"{sweep}/{JOURNAL}")
     assert study_search(space, t, sweep).suggest("b")
     assert len(load_study(sweep).trials) == 1

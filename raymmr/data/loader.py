@@ -475,6 +475,10 @@ def make_loader(urls: list[str], *, tokenizer, answers: list[str], max_text_len:
         dataset, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
         worker_init_fn=_worker_init if loader_workers > 0 else None,
         prefetch_factor=4 if loader_workers > 0 else None, persistent_workers=False,
+        # Its own generator: an iterator would otherwise draw its workers' base seed from the global
+        # torch RNG, so when a loader starts (a resume starts one at once) would shift the model's
+        # random stream (masks, mixup draws), which a checkpoint restores exactly.
+        generator=torch.Generator().manual_seed(seed * 1009 + epoch * 7919 + rank),
     )
 
 

@@ -5,10 +5,11 @@ objective needs; the objective is a fixed validation metric (tune.metric), never
     python jobs/tune_loss_weights.py --space search_spaces/loss_weights.yaml --num-samples 20 --out runs/sweep
     raymmr tune --space loss_weights --num-samples 20 --out runs/sweep     # installed: a shipped space by name
     python jobs/tune_loss_weights.py --space search_spaces/cmdpi_table5.yaml --out runs/table5   # a paper grid
-    python jobs/tune_loss_weights.py --space ... --out runs/sweep --resume                     # after an interruption
+    python jobs/tune_loss_weights.py --space ... --out runs/sweep          # the same command continues an interrupted sweep
 
 --out is a directory or a storage URL (s3://, gs://): Tune's experiment, every trial's runs and the
-Optuna study live there, so `--resume` works from any machine.
+Optuna study live there, so the same command continues the sweep from any machine (a base config or
+space that differs from the sweep's is refused, naming what differs).
 
 Outputs in --out: trials.csv, trials.md (ranked), best_config.yaml (accepted by
 jobs/pretrain.py --config as is), plots, and the Optuna study (optuna.journal, study "raymmr").
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", type=int, help="trials for a sampled space (default tune.num_samples)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default tune.max_concurrent)")
     parser.add_argument("--trial-cpus", type=float, help="CPUs the trial's driver function reserves")
-    parser.add_argument("--resume", action="store_true", help="resume the interrupted sweep in --out")
+    parser.add_argument("--resume", action="store_true", help="continue the sweep in --out (the default when --out "
+                        "holds one: the same command starts a sweep and continues it)")
     add_cluster_args(parser)
     args = parser.parse_args(argv)
 
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     from raymmr.data.sets import resolve_data
     from raymmr.errors import JobError
     from raymmr.rundir import RunDir
-    from raymmr.tune.report import write_report
+    from raymmr.train.launch import check_validation_split
+    from raymmr.tune.report import check_some_finished, write_report
     from raymmr.tune.runner import check_metric, check_sweep_dir, load_study, run_sweep, save_base
     from raymmr.tune.space import SpaceError, load_space
 
@@ -51,11 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         check_metric(cfg, space)
     except SpaceError as e:
         raise JobError(str(e)) from None
-    check_sweep_dir(args.out, args.resume)  # before anything is made or written
+    resume = check_sweep_dir(args.out, args.resume, cfg, space)  # before anything is made or written
     data = resolve_data(cfg, args.data)
-    save_base(cfg, args.out)
+    check_validation_split(cfg, data, "tune")  # every trial validates: known before Ray starts
+    save_base(cfg, args.out, space)
     records = run_sweep(cfg, space, out=args.out, data=data, num_samples=cfg.tune.num_samples,
-                        resume=args.resume, address=args.address)
+                        resume=resume, address=args.address)
     study = load_study(args.out)
     sweep = RunDir(args.out)
     paths = write_report(records, str(sweep.local), base_cfg=cfg, metric=cfg.tune.metric, mode=cfg.tune.mode,
@@ -66,4 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     if table.exists():
         print(table.read_text())
     print(f"report in {sweep.url}: {', '.join(sorted(p.name for p in paths.values()))}")
+    failed = [r for r in records if r["status"] == "ERROR"]
+    if failed:
+        print(f"{len(failed)} of {len(records)} trial(s) failed: " + ", ".join(r["trial_id"] for r in failed), flush=True)
+    check_some_finished(records)
 

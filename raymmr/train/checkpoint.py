@@ -27,6 +27,7 @@ TAG = "state"
 META = "raymmr_checkpoint.json"
 PROBE = "probe.safetensors"  # the final checkpoint's live-model outputs (worker.probe_live_model)
 DONE = "rank-{rank}.done"
+RNG_STATE = "rng-rank-{rank}.json"  # the rank's torch (CPU, CUDA), numpy and Python random states
 PART_PREFIX = "raymmr-ckpt-"  # + "<pid>-step<step>-r<rank>-": a rank's part in the node's temp dir
 
 
@@ -51,6 +52,56 @@ def save(engine, meta: CheckpointMeta, rank: int, client_state: dict) -> str:
     if rank == 0:
         (path / META).write_text(json.dumps(meta.__dict__))
     return str(path)
+
+
+def rng_state() -> dict:
+    """This process's random states as JSON-safe lists (no pickle): the global torch generator
+    (masks, head-mixup draws, model-side perturbations, dropout), the current CUDA device's, numpy's
+    and Python's ``random``."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state().tolist(),
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` saved (the CUDA state only where this process uses CUDA)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def save_rng(directory: str | Path, rank: int) -> None:
+    Path(directory, RNG_STATE.format(rank=rank)).write_text(json.dumps(rng_state()))
+
+
+def restore_rng(checkpoint: str, *, rank: int, same_world: bool) -> bool:
+    """After a resume from ``checkpoint`` (a directory or URL): continue this rank's random streams
+    where the checkpoint left them. Another world size has other ranks (no saved stream belongs to
+    this one) and an older checkpoint has none: those keep the fresh seed. Returns whether restored."""
+    saved = storage.join(checkpoint, RNG_STATE.format(rank=rank))
+    if not same_world or not storage.exists(saved):
+        return False
+    set_rng_state(json.loads(storage.read_bytes(saved)))
+    return True
 
 
 def remove_orphans() -> None:

@@ -5,15 +5,18 @@ for any resource."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from raymmr import storage
-from raymmr.config import Config, to_yaml
+from raymmr.config import Config, ConfigError, flatten, load_config, to_yaml, worker_count
 from raymmr.data.sets import resolve_data
 from raymmr.errors import Interrupted, JobError
 from raymmr.rundir import RunDir
@@ -37,21 +40,12 @@ class TrainResult:
 
 
 def parse_num_workers(spec: str | int) -> int | tuple[int, int]:
-    """``"4"`` -> 4; ``"2:8"`` -> (2, 8), Ray Train's elastic range."""
-    if isinstance(spec, int):
-        return spec
+    """``--num-workers`` / ``train.num_workers``: ``"4"`` -> 4; ``"2:8"`` -> (2, 8), Ray Train's
+    elastic range (``config.worker_count``)."""
     try:
-        if ":" in spec:
-            lo, hi = (int(x) for x in spec.split(":"))
-            if not 1 <= lo <= hi:
-                raise ValueError
-            return (lo, hi)
-        n = int(spec)
-        if n < 1:
-            raise ValueError
-        return n
-    except ValueError:
-        raise JobError(f"--num-workers {spec!r}: expected N or MIN:MAX with 1 <= MIN <= MAX") from None
+        return worker_count(spec)
+    except ValueError as e:
+        raise JobError(f"--num-workers: {e}") from None
 
 
 def connect_ray(address: str | None = None, **init_kwargs) -> bool:
@@ -106,17 +100,71 @@ def vocab_size(cfg: Config, data: str) -> int:
     return len(load_tokenizer(tokenizer_source(cfg, data)))
 
 
-def check_run_dir(run: RunDir, resume: bool) -> None:
-    """A new launch must not write over a run that trained; ``--resume`` needs a checkpoint. Both
-    are read from the run's storage (the URL), not from this machine's staging copy. A run that
-    stopped before its first checkpoint holds nothing to keep: launching again starts it over."""
+def check_run_dir(run: RunDir, resume: bool = False) -> bool:
+    """Whether this launch continues the run in ``run`` (read from the run's storage, the URL, not
+    from this machine's staging copy). One command starts a run and continues it (Ray Train V2's
+    convention: resubmitting a job continues it from its storage), so a RayJob or a person relaunches
+    after a lost driver or head without editing the command: a run that trained is continued
+    (``check_resume_matches`` refuses a config or data that would change it), anything else starts.
+    ``resume`` (``--resume``) only says the launch means to continue: it is told when there is
+    nothing to continue. A run that stopped before its first checkpoint holds nothing to keep."""
     trained = bool(ckpt.checkpoints(run.url)) or run.exists(f"{storage.EXPORT}/{storage.WEIGHTS}")
-    if trained and not resume:
-        raise JobError(
-            f"--out {run} already holds a run; pass --resume {run} to continue it, or choose a new --out"
-        )
     if resume and not trained:
-        raise JobError(f"--resume {run}: no checkpoint there; launch it again without --resume to start over")
+        print(f"note: --resume {run}: no checkpoint there yet, so the run starts", flush=True)
+    return trained
+
+
+# What ``--resume`` may change: how long the run is and where and how visibly it runs. Anything else
+# (batch, seeds, model, losses, data) would change the sample sequence or what is trained.
+RESUME_MAY_CHANGE = frozenset({
+    "train.steps", "finetune.steps", "train.num_workers", "train.cpus_per_worker", "train.gpus_per_worker",
+    "train.max_failures", "train.max_nonfinite_steps", "train.log_every", "train.checkpoint_every",
+    "train.num_to_keep", "train.tracker", "train.tracking_uri", "train.experiment",
+})
+RUN_DATA = "data.json"  # in the run: the shard set it trains on (location and fingerprint)
+
+
+def data_fingerprint(data: str) -> str:
+    """What identifies a shard set wherever it lies (SynthRad regenerated on another machine has
+    another path, the same manifest): its manifest's splits and answers, else its shard URLs."""
+    from raymmr.data.shards import ShardError, read_manifest, shard_urls
+
+    try:
+        manifest = read_manifest(data)
+        content = {"splits": manifest["splits"], "answers": manifest.get("answers")}
+    except ShardError:
+        content = {"urls": shard_urls(data, "train")}
+    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_resume_matches(run: RunDir, cfg: Config, data: str) -> None:
+    """``--resume`` continues the run in ``--out``: refuse a config or a shard set that would change
+    it, naming the keys (``RESUME_MAY_CHANGE`` lists what may change)."""
+    if run.exists("config.yaml"):
+        with tempfile.TemporaryDirectory() as tmp:
+            saved_path = Path(tmp) / "config.yaml"
+            saved_path.write_text(storage.read_bytes(run.url_of("config.yaml")).decode())
+            saved = flatten(load_config(str(saved_path)).to_dict())
+        now = flatten(cfg.to_dict())
+        changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+            raise JobError(f"--resume {run}: the config changes the run ({diffs}); resume with the run's own "
+                           f"config (--config {run.url_of('config.yaml')}) or start a new --out. A resume may change "
+                           f"only {', '.join(sorted(RESUME_MAY_CHANGE))}")
+    if run.exists(RUN_DATA):
+        before = json.loads(storage.read_bytes(run.url_of(RUN_DATA)))
+        if before["fingerprint"] != data_fingerprint(data):
+            raise JobError(f"--resume {run}: --data {data} is not the shard set the run trained on ({before['data']}, "
+                           f"fingerprint {before['fingerprint']}); resume with --data {before['data']}")
+
+
+def finished_export(run: RunDir, latest: str, steps: int) -> str | None:
+    """The run's export when the run already trained all ``steps`` and exported them (a relaunch
+    after the driver was lost past the end), else None."""
+    if ckpt.read_meta(latest).step >= steps and run.exists(f"{storage.EXPORT}/{storage.WEIGHTS}"):
+        return run.url_of(storage.EXPORT)
+    return None
 
 
 def check_has_samples(data: str, stage: str) -> None:
@@ -140,6 +188,32 @@ def check_has_samples(data: str, stage: str) -> None:
     if next(iter_records(urls, (manifest or {}).get("fields")), None) is None:
         raise JobError(f"--data {data}: no usable sample in the {len(urls)} shard(s) of split '{split}' (empty, "
                        "or every record failed to decode: see the warnings above); check the conversion that wrote them")
+
+
+def check_validation_split(cfg: Config, data: str, stage: str) -> None:
+    """In-run validation reads split 'val' (or ``data.val_shards``): a set without one would fail
+    every attempt in every worker, so refuse it before Ray starts, naming both fixes. Without
+    in-run validation (``train.val_every=0``) say that nothing is validated during the run."""
+    from raymmr.data.shards import ShardError, read_manifest
+
+    if cfg.train.val_every == 0:
+        print(f"[{stage}] note: train.val_every=0: no validation during the run (evaluate the export afterwards)",
+              flush=True)
+        return
+    if cfg.data.val_shards:
+        return
+    try:
+        manifest = read_manifest(data)
+    except ShardError:
+        return  # a shard pattern without a manifest: its 'val' is the same pattern
+    splits = sorted(manifest.get("splits", {}))
+    if "val" not in splits:
+        raise JobError(
+            f"--data {data}: the shard set has no split 'val' (it has {', '.join(splits) or 'none'}), which in-run "
+            f"validation (train.val_every={cfg.train.val_every}) reads. Index it with one: "
+            f"python jobs/make_shards.py index {data} --val-fraction 0.05; or give --set data.val_shards=<shards>; "
+            "or train without in-run validation: --set train.val_every=0"
+        )
 
 
 def share_generated_data(data: str, run_url: str) -> str:
@@ -191,10 +265,11 @@ def run_training(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raymmr.objective.task import plan_passes
+    from raymmr.train.setup import stage_schedule
     from raymmr.train.worker import train_loop_per_worker
 
     run = RunDir(out)
-    check_run_dir(run, resume)
+    resume = check_run_dir(run, resume)
     workers = parse_num_workers(num_workers if num_workers is not None else cfg.train.num_workers)
     if init_from:
         # An absolute path or URL: Ray workers run in another working directory, on other nodes.
@@ -207,17 +282,25 @@ def run_training(
     generated = not (data or cfg.data.train_shards)  # SynthRad, made on this machine
     data = resolve_data(cfg, data)
     check_has_samples(data, stage)
+    check_validation_split(cfg, data, stage)
     resume_from = None
     if resume:
+        check_resume_matches(run, cfg, data)
         resume_from = ckpt.latest_complete(run.url)
         if resume_from is None:
-            raise JobError(f"--resume {run}: no complete checkpoint under it (only partial ones); "
-                           "launch it again without --resume to start over")
-        print(f"[{stage}] resuming from {resume_from}", flush=True)
+            raise JobError(f"--out {run} holds only partial checkpoints (every one lacks a rank's part): nothing to "
+                           "continue from; remove it or choose a new --out")
+        done = finished_export(run, resume_from, stage_schedule(cfg, stage)[0])
+        if done is not None:
+            print(f"[{stage}] {run} finished its {stage_schedule(cfg, stage)[0]} steps before: its export is {done}",
+                  flush=True)
+            return TrainResult(run_dir=run.url, export_dir=done, last_metrics={})
+        print(f"[{stage}] continuing {run} from {resume_from}", flush=True)
     run.write_text("config.yaml", to_yaml(cfg))
     embedded = connect_ray(address) or local_cluster
     if generated and not embedded:
         data = share_generated_data(data, run.url)
+    run.write_text(RUN_DATA, json.dumps({"data": data, "fingerprint": data_fingerprint(data)}))
 
     # A Tune trial is tracked by the sweep's MLflowLoggerCallback, one MLflow run per trial.
     tracker = None if report_to_tune else tracking.start_run(cfg, stage, run)
@@ -231,8 +314,7 @@ def run_training(
         cfg=cfg,
         stage=stage,
         run_dir=run.url,
-        # A fresh name per launch: Ray Train V2 silently resumes a reused name.
-        launch=f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}" + ("-resume" if resume else ""),
+        launch=launch_name(resume),
         data=data,
         vocab_size=vocab_size(cfg, data),
         init_from=init_from,
@@ -248,37 +330,38 @@ def run_training(
         check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())
     else:
         warn_local_paths(stage, {"--data": data, "--out": run.url, "--init": init_from})
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": job},
-        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo", timeout_s=1800),
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=gpus > 0,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})},
-        ),
-        run_config=RunConfig(
-            storage_path=run.url,
-            name=job.launch,
-            # A worker group that can never start (too large for the cluster) fails the run
-            # instead of being retried without end.
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures,
-                                         controller_failure_limit=controller_failure_limit(embedded)),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker)))}},
-            callbacks=[TuneReportCallback()] if report_to_tune else None,
-        ),
-    )
+
+    def trainer_for(job: TrainJob) -> TorchTrainer:
+        return TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"job": job},
+            torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo", timeout_s=1800),
+            scaling_config=ScalingConfig(
+                num_workers=workers,
+                use_gpu=gpus > 0,
+                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})},
+            ),
+            run_config=RunConfig(
+                storage_path=run.url,
+                name=job.launch,
+                # Ray itself retries only preemptions it was told of (max_preemption_failures: no
+                # limit); every other failure comes back here (``fit_until_done``). A worker group
+                # that can never start (too large for the cluster) fails instead of waiting forever.
+                failure_config=FailureConfig(max_failures=0,
+                                             controller_failure_limit=controller_failure_limit(embedded)),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
+                worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker)))}},
+                callbacks=[TuneReportCallback()] if report_to_tune else None,
+            ),
+        )
+
     try:
         try:
-            result = trainer.fit()
+            result = fit_until_done(trainer_for, job, run, max_stalled=cfg.train.max_failures)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; the run keeps its checkpoints in {run}: continue it with the same "
-                              f"command and --resume") from None
-        if result.error:
-            raise result.error
+            raise Interrupted(f"interrupted; the run keeps its checkpoints in {run}: the same command continues it") from None
         export_dir = export_latest(cfg, run, data, stage)
-    except BaseException as e:  # the MLflow run is closed as killed or failed; --resume reopens it
+    except BaseException as e:  # the MLflow run is closed as killed or failed; a relaunch reopens it
         try:
             tracking.finish_run(tracker, export_dir=None, status="KILLED" if isinstance(e, Interrupted) else "FAILED")
         except Exception as closing:  # noqa: BLE001 - the training error is the one to report
@@ -286,6 +369,75 @@ def run_training(
         raise
     tracking.finish_run(tracker, export_dir=str(run.local / storage.EXPORT))
     return TrainResult(run_dir=run.url, export_dir=export_dir, last_metrics=dict(result.metrics or {}))
+
+
+def launch_name(resume: bool) -> str:
+    """A fresh Ray Train run name per launch and per retry: Ray Train V2 silently resumes a reused name."""
+    return f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}" + ("-resume" if resume else "")
+
+
+# Worker errors that fail every attempt the same way (the input's fault, not the cluster's).
+DETERMINISTIC_ERRORS = (JobError, ConfigError, ckpt.CheckpointError)
+RETRY_WAIT_S = (0, 15, 60, 300)  # before retry k of a run that made no progress since the last failure
+
+
+def deterministic(error: BaseException) -> bool:
+    """Whether a failed fit was a deterministic error on some worker (the others fail in its wake:
+    a collective aborted by the rank that raised). Follows Ray's wrappers down to the cause."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for e in [error, *failures.values()]:
+        seen: set[int] = set()
+        while e is not None and id(e) not in seen:
+            if isinstance(e, DETERMINISTIC_ERRORS):
+                return True
+            seen.add(id(e))
+            # Ray Train wraps a worker's exception (UserExceptionWithTraceback._base_exc); Ray's task
+            # errors keep theirs in .cause.
+            e = getattr(e, "_base_exc", None) or getattr(e, "cause", None) or e.__cause__
+    return False
+
+
+def fit_until_done(trainer_for, job, run: RunDir, *, max_stalled: int, sleep=time.sleep):
+    """Fit, and after a failure fit again from the newest complete checkpoint, as long as the run
+    makes progress: a week-long run on spot capacity outlives any fixed number of preemptions, and
+    a failure that recurs without a new checkpoint in between is retried at most ``max_stalled``
+    times in a row (-1: forever), waiting longer each time (``RETRY_WAIT_S``). A deterministic error
+    (``DETERMINISTIC_ERRORS``) stops the run at its first occurrence. Returns Ray's result."""
+    import dataclasses
+
+    def newest_step() -> tuple[str | None, int]:
+        latest = ckpt.latest_complete(run.url)
+        return latest, (ckpt.read_meta(latest).step if latest else 0)
+
+    _, reached = newest_step()
+    stalled = 0
+    while True:
+        try:
+            result = trainer_for(job).fit()
+            if result.error:
+                raise result.error
+            return result
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below, re-raised unless retried
+            if deterministic(e):
+                raise
+            latest, step = newest_step()
+            stalled = 0 if step > reached else stalled + 1
+            if max_stalled != -1 and stalled > max_stalled:
+                print(f"[{job.stage}] {stalled} failures in a row without a new checkpoint (train.max_failures="
+                      f"{max_stalled}): giving up", file=sys.stderr, flush=True)
+                raise
+            wait = RETRY_WAIT_S[min(stalled, len(RETRY_WAIT_S) - 1)]
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            print(f"[{job.stage}] training failed at checkpoint step {step} ({first.strip()[:200]}); continuing from "
+                  f"{latest or 'the start'}" + (f" in {wait} s" if wait else "")
+                  + f" ({stalled} failure(s) in a row without progress)", flush=True)
+            RunDir(run.url).append_lines("events.jsonl", [json.dumps(
+                {"event": "retry", "checkpoint_step": step, "stalled": stalled, "error": first.strip()[:500]})])
+            sleep(wait)
+            reached = step
+            job = dataclasses.replace(job, launch=launch_name(True), resume_from=latest or job.resume_from)
 
 
 def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:

@@ -34,7 +34,7 @@ class WorkerContext:
     engine: Any
     task: Callable
     batches: Iterator
-    val_batches: Callable[[], Any]
+    val_batches: Callable[[], Any] | None  # None without in-run validation (train.val_every=0)
     total_steps: int
     flops_per_sample: float
     peak_flops: float
@@ -150,8 +150,9 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         task=stage_task(cfg, stage, mean_count_across_ranks(world_size)),
         batches=training_batches(cfg, stage, manifest, train_urls, loader_args, partners=partners,
                                  world_size=world_size, device=device, position=position),
+        # No validation loader without in-run validation: its split may not exist (a pre-training corpus).
         val_batches=functools.partial(validation_batches, cfg, shard_urls(cfg.data.val_shards or data, "val"),
-                                      loader_args, world_size=world_size),
+                                      loader_args, world_size=world_size) if cfg.train.val_every else None,
         total_steps=steps,
         flops_per_sample=training_flops_per_sample(model, stage, cfg.loss, cfg.masking, cfg.finetune),
         peak_flops=measured_peak_flops(device),

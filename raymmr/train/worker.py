@@ -8,6 +8,7 @@ often. The loop is ``train_loop_per_worker``; everything it calls is a named hel
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -177,10 +178,12 @@ def restore(w: WorkerContext) -> int:
         raise ckpt.CheckpointError(f"checkpoint {point.source} is from {meta.stage}, not {w.stage}")
     step = int(state.get("step", meta.step))
     momentum = w.momentum.restore(point.source, rank=w.rank, same_world=meta.world_size == w.world_size)
+    # Masks, mixup draws and dropout continue their streams instead of replaying step 1's.
+    rng = ckpt.restore_rng(point.source, rank=w.rank, same_world=meta.world_size == w.world_size)
     if w.rank == 0:
         event = {"event": "resumed", "step": step, "checkpoint": point.source, "world_size": w.world_size,
                  "checkpoint_world_size": meta.world_size, "universal": point.universal is not None,
-                 "optimizer_steps": optimizer_steps(w.engine), "momentum_ema": momentum}
+                 "optimizer_steps": optimizer_steps(w.engine), "momentum_ema": momentum, "rng_restored": rng}
         how = f" via its universal conversion ({meta.world_size} -> {w.world_size} workers)" if point.universal else ""
         console(f"[{w.stage}] resumed from {point.source} at step {step}{how} "
                 f"(optimizer state at {event['optimizer_steps']} steps)")
@@ -235,6 +238,7 @@ def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint:
         if probe is not None and w.rank == 0:
             save_file(probe, os.path.join(path, ckpt.PROBE))
         w.momentum.save(path, w.rank)
+        ckpt.save_rng(path, w.rank)
         ckpt.seal(path, w.rank, step)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=f"step_{step:07d}")
     finally:
@@ -329,8 +333,10 @@ def probe_outputs(model, x: dict) -> dict:
 
 def record_keys(job: TrainJob, step: int, rank: int, batch: dict) -> None:
     """Testing hook: ``RAYMMR_KEY_LOG=PATH`` appends each consumed batch's sample keys to
-    ``PATH.rank<r>``, so a test can compare the sequence a killed-and-restarted run consumed."""
+    ``PATH.rank<r>``, with a digest of the global torch RNG state the step's masks and mixup draws
+    come from, so a test can compare the sequences a killed-and-restarted run consumed and drew."""
     path = job.key_log
     if path:
+        rng = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]
         with open(f"{path}.rank{rank}", "a") as f:  # a leading newline: a line cut by a kill stays alone
-            f.write("\n" + json.dumps({"step": step, "keys": batch["key"]}))
+            f.write("\n" + json.dumps({"step": step, "keys": batch["key"], "rng": rng}))

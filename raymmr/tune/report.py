@@ -44,6 +44,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from raymmr.config import Config, save_config
+from raymmr.errors import JobError
 from raymmr.eval.metrics import markdown_table
 from raymmr.tune.space import apply_params
 
@@ -73,6 +74,18 @@ def _check_records(records: Sequence[dict]) -> list[dict]:
 
 def _eligible(r: dict) -> bool:
     return math.isfinite(r["objective"]) and str(r["status"]).upper() != "ERROR"
+
+
+def check_some_finished(records: Sequence[dict]) -> None:
+    """A sweep none of whose trials finished with a finite objective has failed: raise ``JobError``
+    naming each trial, its status and its error (the report is written before this is called)."""
+    recs = _check_records(records)
+    if any(_eligible(r) for r in recs):
+        return
+    lines = [f"  {r['trial_id']}: {r['status']}" + (f": {r['error']}" if r.get("error") else " (no objective reported)")
+             for r in recs]
+    raise JobError(f"no trial of the sweep finished ({len(recs)} trial(s)):\n" + "\n".join(lines)
+                   if recs else "no trial of the sweep ran")
 
 
 def rank_trials(records: Sequence[dict], mode: str = "max") -> list[dict]:

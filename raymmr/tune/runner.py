@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from pathlib import Path
 
 from raymmr import storage
-from raymmr.config import Config, to_yaml
+from raymmr.config import Config, flatten, load_config, to_yaml
 from raymmr.train import tracking
 from raymmr.tune.space import SearchSpace, apply_params
 
@@ -211,35 +212,55 @@ def study_search(space: SearchSpace, t, sweep_url: str):
                        study_name=STUDY_NAME, storage=optuna_storage(journal))
 
 
-def check_sweep_dir(out: str, resume: bool) -> None:
-    """A new sweep must not continue an earlier one in ``out`` by accident: Optuna would load that
-    study and sample as if its trials were this sweep's, and the report would mix both. ``--resume``
-    needs a sweep Tune can restore. A sweep that stopped before Tune's first snapshot holds nothing
-    to resume: its study (trials asked, none recorded) goes, here and in the cache, and the sweep
-    starts over."""
+def check_sweep_dir(out: str, resume: bool, base: Config, space) -> bool:
+    """Whether this launch continues the sweep in ``out``. As for training jobs, one command starts
+    a sweep and continues it: a sweep Tune can restore is continued when its base config and search
+    space are this launch's (anything else would mix another sweep's trials into this one's study
+    and report: refused, naming what differs); else the sweep starts, and the study of one that
+    stopped before Tune's first snapshot (trials asked, none recorded) goes, here and in the cache.
+    ``resume`` (``--resume``) only says the launch means to continue."""
     from ray import tune
 
     from raymmr.errors import JobError
     from raymmr.rundir import RunDir
+    from raymmr.train.launch import RESUME_MAY_CHANGE
 
     out = storage.normalize(out)
     experiment = storage.join(out, "tune")
-    restorable = tune.Tuner.can_restore(experiment)
-    if resume and not restorable:
-        raise JobError(f"--resume: no sweep to restore under {experiment}")
-    if not resume:
-        if restorable:
-            raise JobError(f"--out {out} already holds a sweep; pass --resume to continue it, or choose a new --out")
-        sweep = RunDir(out)
-        storage.remove(sweep.url_of(JOURNAL))
-        (sweep.local / JOURNAL).unlink(missing_ok=True)
+    sweep = RunDir(out)
+    if tune.Tuner.can_restore(experiment):
+        if sweep.exists(BASE_CONFIG):
+            with tempfile.TemporaryDirectory() as tmp:
+                saved_path = Path(tmp) / BASE_CONFIG
+                saved_path.write_bytes(storage.read_bytes(sweep.url_of(BASE_CONFIG)))
+                saved = flatten(load_config(str(saved_path)).to_dict())
+            now = flatten(base.to_dict())
+            may_change = RESUME_MAY_CHANGE | {"tune.num_samples", "tune.max_concurrent", "tune.trial_cpus"}
+            changed = sorted(k for k in now if k not in may_change and saved.get(k) != now[k])
+            if changed:
+                raise JobError(f"--out {out} holds a sweep with another base config ("
+                               + ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+                               + "); continue it with its own (--config " + sweep.url_of(BASE_CONFIG)
+                               + ") or choose a new --out")
+        if sweep.exists(SPACE_COPY):
+            before = storage.read_bytes(sweep.url_of(SPACE_COPY)).decode()
+            if before != Path(space.path).read_text():
+                raise JobError(f"--out {out} holds a sweep over another search space (its copy: "
+                               f"{sweep.url_of(SPACE_COPY)}); continue it with that space or choose a new --out")
+        print(f"[tune] continuing the sweep in {out}", flush=True)
+        return True
+    if resume:
+        print(f"note: --resume {out}: no sweep to continue there yet, so it starts", flush=True)
+    storage.remove(sweep.url_of(JOURNAL))
+    (sweep.local / JOURNAL).unlink(missing_ok=True)
+    return False
 
 
 def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
     """An embedded Ray has no autoscaler: trials (each its own CPU + its workers) that do not fit
     the machine would wait forever. Share the machine's CPUs among ``tune.max_concurrent`` trials
-    (workers get at least half a CPU each; fewer trials at once where that does not fit); refuse
-    what cannot fit at all, with the numbers."""
+    (workers get at least half a CPU each; fewer trials at once where that does not fit), run no
+    more trials at once than the GPUs hold; refuse what cannot fit at all, with the numbers."""
     from raymmr.config import ConfigError
     from raymmr.train.launch import parse_num_workers
 
@@ -255,6 +276,8 @@ def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
         raise ConfigError(f"a trial needs {t.trial_cpus:g} CPU + {workers} workers x at least {min_cpw:g} CPU; "
                           f"this machine has {cpus:g} CPU: lower train.num_workers or pass --address of a cluster")
     concurrent = t.max_concurrent
+    if tr.gpus_per_worker > 0:  # a trial waiting for a GPU that never frees fails its placement
+        concurrent = min(concurrent, max(1, int(gpus / (workers * tr.gpus_per_worker) + 1e-9)))
     while concurrent > 1 and t.trial_cpus + workers * min_cpw > cpus / concurrent + 1e-9:
         concurrent -= 1
     # Two decimals, rounded down: the shares must not add up to more than the machine.
@@ -265,7 +288,7 @@ def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
     if concurrent != t.max_concurrent:
         changes["tune.max_concurrent"] = concurrent
     if changes:
-        log(f"[tune] fitted to this machine ({cpus:g} CPU, embedded Ray): "
+        log(f"[tune] fitted to this machine ({cpus:g} CPU, {gpus:g} GPU, embedded Ray): "
             + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return apply_params(cfg, changes) if changes else cfg
 
@@ -379,9 +402,24 @@ def trial_records(results, metric: str, max_rung: int) -> list[dict]:
             "objective": metrics.get(metric),
             "iterations": iterations,
             "status": status,
+            "error": error_line(r.error) if r.error else "",
         })
     return records
 
 
-def save_base(base: Config, out: str) -> None:
-    storage.write_text(storage.join(out, "base_config.yaml"), to_yaml(base))
+def error_line(error: BaseException) -> str:
+    """The last non-empty line of a trial's error (Ray wraps the worker's exception in tracebacks)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+BASE_CONFIG = "base_config.yaml"
+SPACE_COPY = "space.yaml"  # the sweep's search space, as given
+
+
+def save_base(base: Config, out: str, space=None) -> None:
+    """The sweep's base config and a copy of its search space, beside its trials: a relaunch is
+    checked against them (``check_sweep_dir``)."""
+    storage.write_text(storage.join(out, BASE_CONFIG), to_yaml(base))
+    if space is not None:
+        storage.write_text(storage.join(out, SPACE_COPY), Path(space.path).read_text())

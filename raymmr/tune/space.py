@@ -77,6 +77,7 @@ from raymmr.config import (
     METHODS,
     Config,
     ConfigError,
+    CoreLoader,
     check_overrides_act,
     check_value,
     field_spec,
@@ -321,7 +322,7 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.exists():
         raise SpaceError(f"{where}: search-space file does not exist (shipped spaces, by name: {', '.join(space_names())})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=CoreLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpaceError(f"{where}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
