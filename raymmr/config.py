@@ -446,12 +446,16 @@ def parse_override(path: str, raw: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict:
+    return _parse_yaml(path.read_text(), path)
+
+
+def _parse_yaml(text: str, where) -> dict:
     try:
-        data = yaml.load(path.read_text(), Loader=TextLoader) or {}  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=TextLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{where}: a config file must be a mapping of sections, got {type(data).__name__}")
     return data
 
 
@@ -463,9 +467,15 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None,
     ``method:`` key, else "combined") applies its values (``METHODS``) to the preset; a file's own
     values and then the overrides come after them.
     """
+    from raymmr import storage
+
     path = Path(source)
     if source in preset_names():
         data, name = _read_yaml(PRESET_DIR / f"{source}.yaml"), source
+    elif storage.is_remote(source):  # a sweep's best_config.yaml in its bucket, a run's config.yaml
+        if not storage.exists(source):
+            raise ConfigError(f"config file '{source}' does not exist")
+        data, name = _parse_yaml(storage.read_text(source), source), None
     elif path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise ConfigError(f"config file '{source}' does not exist (presets: {', '.join(preset_names())})")

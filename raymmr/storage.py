@@ -219,11 +219,19 @@ def fingerprint(url: str) -> str:
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
+CACHE_BUDGET_ENV = "RAYMMR_CACHE_GB"  # each cache kind is pruned to this size (default 50 GB)
+CACHE_KEEP_RECENT_S = 3600  # a copy used within this is never pruned (a reader may hold it open)
+
+
 def cached_copy(url: str, kind: str) -> Path:
     """A local copy of ``url`` (file or directory) in this process's cache under ``kind/``; a local
     path is returned as it is. Copies are keyed by the URL and its ``fingerprint``, so a changed
     remote is copied anew and an existing copy never changes under a reader; a copy appears
-    atomically, so processes on one node never read half of it."""
+    atomically. One process per node downloads (a lock file beside the copy): the other ranks on
+    the node wait for it and use its copy. After a download the kind is pruned to its budget
+    (``prune_cache``)."""
+    import fcntl
+
     if not is_remote(url):
         path = Path(normalize(url))
         if not path.exists():
@@ -234,16 +242,46 @@ def cached_copy(url: str, kind: str) -> Path:
     name = url.rsplit("/", 1)[-1]
     dst = cache_dir() / kind / digest / name
     if dst.exists():
+        os.utime(dst.parent)  # last use, for pruning
         return dst
-    tmp = dst.parent / f".{name}.tmp{os.getpid()}-{time.monotonic_ns()}"
-    get(url, tmp)
-    try:
-        os.replace(tmp, dst)
-    except OSError:  # another process on this node made the same copy first: use that one
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         if not dst.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+            tmp = dst.parent / f".{name}.tmp{os.getpid()}-{time.monotonic_ns()}"
+            get(url, tmp)
+            os.replace(tmp, dst)
+            prune_cache(kind, keep=dst.parent)
+    os.utime(dst.parent)
     return dst
+
+
+def prune_cache(kind: str, keep: Path | None = None, budget_bytes: float | None = None,
+                now: float | None = None) -> list[Path]:
+    """Delete the least recently used copies of ``kind`` until the rest fit the budget
+    (``RAYMMR_CACHE_GB``, default 50 GB): checkpoints copied at every restart of a long run would
+    otherwise fill the node's disk. Copies used in the last ``CACHE_KEEP_RECENT_S`` and ``keep``
+    stay. Returns what was deleted."""
+    if budget_bytes is None:
+        budget_bytes = float(os.environ.get(CACHE_BUDGET_ENV, "50")) * 1e9
+    now = time.time() if now is None else now
+    root = cache_dir() / kind
+    entries = []
+    for entry in (root.iterdir() if root.is_dir() else ()):
+        if entry.is_dir():
+            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+            entries.append((entry.stat().st_mtime, size, entry))
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for used, size, entry in sorted(entries, key=lambda e: e[0]):  # oldest use first
+        if total <= budget_bytes:
+            break
+        if entry == keep or now - used < CACHE_KEEP_RECENT_S:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= size
+        deleted.append(entry)
+    return deleted
 
 
 WEIGHTS = "model.safetensors"  # an export's weights (raymmr.model.export)

@@ -372,6 +372,31 @@ def test_worker_groups_have_bounds_gpus_and_shm(manifests):
                 assert pod.get("nodeSelector"), f"{where}: no nodeSelector for GPU nodes"
 
 
+def quantity_bytes(q: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return float(q[:-2]) * units[q[-2:]] if q[-2:] in units else float(q)
+
+
+def test_every_pod_caches_on_a_bounded_scratch_volume_it_requests(manifests):
+    """raymmr's cache (RAYMMR_CACHE: shards, checkpoints at each restart, exports) lives on an
+    emptyDir with a size limit, the pod requests that much ephemeral storage (the scheduler places
+    it on a node with the disk), and the cache is pruned (RAYMMR_CACHE_GB) well inside the limit."""
+    for name, spec in cluster_specs(manifests):
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            pod = group["template"]["spec"]
+            container = ray_container(group)
+            env = {e["name"]: e["value"] for e in container["env"]}
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            where = f"{name} {group.get('groupName', 'head')}"
+            mount = next((p for p in mounts if env["RAYMMR_CACHE"].startswith(p + "/")), None)
+            assert mount is not None, f"{where}: RAYMMR_CACHE {env['RAYMMR_CACHE']} is on no volume"
+            limit = quantity_bytes(volumes[mounts[mount]]["emptyDir"]["sizeLimit"])
+            for kind in ("requests", "limits"):
+                assert quantity_bytes(container["resources"][kind]["ephemeral-storage"]) >= limit, (where, kind)
+            assert 0 < float(env["RAYMMR_CACHE_GB"]) * 1e9 < 0.9 * limit, where
+
+
 def test_raycluster_has_h100_spot_and_cpu_pools(manifests):
     (doc,) = manifests["raycluster.yaml"]
     gpu_counts = sorted(

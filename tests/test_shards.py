@@ -232,3 +232,57 @@ def test_upload_dir_puts_manifest_last(tmp_path):
         fs.put_file = original
     assert calls[-1] == "manifest.json" and set(calls) == {"train-000000.tar", "tokenizer.json", "manifest.json"}
     assert fs.cat("/bucket/shards/train-000000.tar") == b"x" * 10
+
+
+class FlakyStore:
+    """``open_url`` of a store whose first ``failures`` opens break off with a connection reset after
+    ``after`` bytes (0: the open itself fails), then serve the file whole."""
+
+    def __init__(self, failures: int, after: int):
+        self.failures, self.after, self.opens = failures, after, 0
+
+    def __call__(self, url, mode="rb"):
+        self.opens += 1
+        data = Path(url).read_bytes()
+        if self.opens > self.failures:
+            return io.BytesIO(data)
+        if self.after == 0:
+            raise ConnectionResetError("connection reset by peer (open)")
+        store = self
+
+        class Breaking(io.BytesIO):
+            def read(self, n=-1):
+                if self.tell() >= store.after:
+                    raise ConnectionResetError("connection reset by peer")
+                return super().read(n if n is not None and n >= 0 else store.after - self.tell())
+        return Breaking(data)
+
+
+@pytest.mark.parametrize("after", [0, 30_000])
+def test_transient_read_errors_are_retried_and_counted_apart_from_corrupt_members(shard_set, monkeypatch, after):
+    """A store that fails some reads (at open, or mid-shard): the shard is read again from the
+    sample reached, every sample comes exactly once, in order; the retries are counted, nothing is
+    skipped. A store that keeps failing raises ShardReadError after the last retry (no silent loss)."""
+    import raymmr.data.tario as tario
+
+    url = shard_urls(str(shard_set[0]), "train")[0]
+    clean = [s["__key__"] for s in tario.read_tar(url, tario.Problems())]
+    assert len(clean) > 3 and Path(url).stat().st_size > 30_000 * (after > 0)
+    waits: list[float] = []
+    flaky = FlakyStore(failures=2, after=after)
+    monkeypatch.setattr(tario, "open_url", flaky)
+    problems = tario.Problems()
+    got = [s["__key__"] for s in tario.read_tar(url, problems, sleep=waits.append)]
+    assert got == clean and problems.retried == 2 and problems.skipped == 0
+    assert waits == list(tario.READ_RETRY_WAITS_S[:2]) and flaky.opens == 3
+    monkeypatch.setattr(tario, "open_url", FlakyStore(failures=100, after=after))
+    problems, got = tario.Problems(), []
+    with pytest.raises(tario.ShardReadError, match="still failing after 5 retries"):
+        for s in tario.read_tar(url, problems, sleep=lambda _: None):
+            got.append(s["__key__"])
+    assert got == clean[: len(got)] and problems.retried == 5 and problems.skipped == 0
+    # A missing shard is not a store hiccup: skipped whole at once, no retry.
+    monkeypatch.setattr(tario, "open_url", lambda url, mode="rb": open(url + ".missing", "rb"))
+    problems = tario.Problems()
+    assert list(tario.read_tar(url, problems, expected=7, sleep=lambda _: None)) == []
+    assert problems.skipped == 7 and problems.retried == 0

@@ -3,6 +3,7 @@ paths: copies keyed by content, exports found in run directories, checkpoints re
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,77 @@ def test_a_run_that_progresses_outlives_any_number_of_failures_and_a_stalled_one
                                              1: UserExceptionWithTraceback(ConfigError("bad key"), "tb")})
     out, jobs, waits = play([(None, bad), (None, None)], max_stalled=5)
     assert out is bad and len(jobs) == 1 and waits == []
+
+
+def test_synthrad_generated_here_is_recognised_for_upload(tiny_data, tmp_path, monkeypatch):
+    """Shards generated into this machine's cache are a path no other node has: sweeps, ablations
+    and training jobs on a cluster upload them (``share_generated_data``); a shard set the user
+    named, local or remote, is left where it is."""
+    import shutil
+
+    from raymmr.train.launch import generated_here, share_generated_data
+
+    monkeypatch.setenv("RAYMMR_CACHE", str(Path(tiny_data).parents[1]))  # the cache that generated it
+    assert generated_here(tiny_data)
+    copy = tmp_path / "mine"
+    shutil.copytree(tiny_data, copy)
+    assert not generated_here(str(copy)) and not generated_here("s3://bucket/shards/synthrad/abc")
+    bucket = f"memory://raymmr-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("RAYMMR_STORAGE", bucket)
+    shared = share_generated_data(tiny_data, str(tmp_path / "run"))
+    assert shared == f"{bucket}/shards/synthrad/{Path(tiny_data).name}"
+    assert storage.exists(f"{shared}/manifest.json")
+
+
+def test_a_config_and_a_benchmark_in_a_bucket(url):
+    """`--config s3://.../best_config.yaml` (what a sweep writes there) loads; a benchmark's `--out`
+    URL receives its JSON (not a local folder named after the URL)."""
+    from raymmr.config import ConfigError, load_config, to_yaml
+    from raymmr.train.benchmark import write_json
+
+    cfg = load_config("tiny", ["loss.w_img=0.5", "train.num_workers=2:4"])
+    storage.write_text(f"{url}/sweep/best_config.yaml", to_yaml(cfg))
+    assert load_config(f"{url}/sweep/best_config.yaml") == cfg
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(f"{url}/sweep/none.yaml")
+    where = write_json([{"samples_per_s": 1.0}], f"{url}/bench")
+    assert where.startswith(f"{url}/bench/benchmark-") and json.loads(storage.read_text(where)) == [{"samples_per_s": 1.0}]
+
+
+def test_one_download_per_node_and_a_cache_pruned_to_its_budget(url, tmp_path, monkeypatch):
+    """Ranks on one node fetching the same checkpoint at once download it once (a lock beside the
+    copy); the copies of a kind are pruned, least recently used first, to RAYMMR_CACHE_GB, sparing
+    copies used within the last hour."""
+    import os
+    import threading
+    import time
+
+    storage.write_text(f"{url}/ckpt/part.bin", "x" * 1000)
+    calls = []
+    real_get = storage.get
+
+    def slow_get(src, dst):
+        calls.append(src)
+        time.sleep(0.3)
+        real_get(src, dst)
+
+    monkeypatch.setattr(storage, "get", slow_get)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(storage.cached_copy(f"{url}/ckpt", "checkpoints")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(got)) == 1 and (got[0] / "part.bin").read_text() == "x" * 1000
+
+    root = storage.cache_dir() / "old-kind"
+    for i, age_h in enumerate((50, 40, 30, 0.1)):  # 4 copies of 1 kB, the last used 6 minutes ago
+        entry = root / f"copy{i}"
+        entry.mkdir(parents=True)
+        (entry / "f").write_bytes(b"y" * 1000)
+        stamp = time.time() - age_h * 3600
+        os.utime(entry, (stamp, stamp))
+    deleted = storage.prune_cache("old-kind", budget_bytes=1500)
+    assert [p.name for p in deleted] == ["copy0", "copy1", "copy2"]  # oldest first; the recent one stays
+    assert sorted(p.name for p in root.iterdir()) == ["copy3"]

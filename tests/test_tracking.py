@@ -96,3 +96,18 @@ def test_an_unreachable_store_stops_the_job_before_training_naming_it(tmp_path, 
     cfg = load_config("tiny", ["train.tracker=mlflow", "train.tracking_uri=http://127.0.0.1:9"])
     with pytest.raises(tracking.TrackingError, match=r"MLflow store http://127.0.0.1:9: .*tracking_uri"):
         tracking.start_run(cfg, "pretrain", RunDir(str(tmp_path / "run")))
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed_or_saved():
+    """A password in train.tracking_uri would be saved with the run's config: refused, naming
+    MLFLOW_TRACKING_URI / MLFLOW_TRACKING_PASSWORD; printed or saved URIs are redacted."""
+    from raymmr.train.tracking import TrackingError, check_no_password, redact, sweep_callbacks
+
+    assert redact("https://alice:s3cret@mlflow.example.org:5000/path") == "https://alice:***@mlflow.example.org:5000/path"
+    assert redact("https://mlflow.example.org") == "https://mlflow.example.org"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    cfg = load_config("tiny", ["train.tracker=mlflow", "train.tracking_uri=https://alice:s3cret@mlflow.example.org"])
+    for call in (check_no_password, sweep_callbacks):
+        with pytest.raises(TrackingError) as e:
+            call(cfg)
+        assert "s3cret" not in str(e.value) and "MLFLOW_TRACKING_PASSWORD" in str(e.value)

@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 import tarfile
+import time
 import zlib
 from collections.abc import Iterator
 
@@ -163,11 +164,18 @@ def _iter_tarfile(fileobj) -> Iterator[tuple[str, bytes]]:
 
 
 class Problems:
-    """One consumer's skip counter and the shards it already warned about."""
+    """One consumer's skip counter, its count of transient read errors retried (apart: nothing of
+    those is lost) and the shards it already warned about."""
 
     def __init__(self):
         self.skipped = 0
+        self.retried = 0
         self._warned: set[str] = set()
+
+    def retry(self, url: str, error: BaseException, attempt: int, wait: float) -> None:
+        self.retried += 1
+        logger.warning("shard %s: read error (%s: %s); reading it again from the sample reached, retry %d of %d "
+                       "in %.1f s", url, type(error).__name__, error, attempt, len(READ_RETRY_WAITS_S), wait)
 
     def skip(self, url: str, member: str, reason: str, n: int = 1) -> None:
         self.skipped += n
@@ -187,18 +195,62 @@ def _key_ext(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), (ext.lower() if dot else "")
 
 
-def read_tar(url: str, problems: Problems, expected: int | None = None, stream=None) -> Iterator[dict]:
+READ_RETRY_WAITS_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # before each new attempt at a shard after a transient error
+# Errors of the store that reading again cannot fix: the shard is not there, or not for us.
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class ShardReadError(OSError):
+    """A shard that kept failing to read after every retry (the store, not the data): the worker
+    fails and the run continues from its checkpoint, instead of losing the samples silently."""
+
+
+def transient(error: BaseException) -> bool:
+    """A read error of the store (network, throttling, a reset connection) that may not recur, as
+    opposed to a corrupt or truncated archive (the same every time) or a missing shard."""
+    return isinstance(error, OSError) and not isinstance(error, PERMANENT_OS_ERRORS) \
+        and not isinstance(error, tarfile.TarError)
+
+
+def read_tar(url: str, problems: Problems, expected: int | None = None, stream=None, *,
+             sleep=time.sleep) -> Iterator[dict]:
     """Samples of one shard as {"__key__", "__url__", ext: bytes}, known extensions only.
     ``stream``: the shard already opened (read from it instead of opening ``url``; closed here too).
 
-    A read error ends the shard: the sample being read is lost, and so are the rest when the
-    manifest says how many the shard holds; all of them are counted as skipped.
+    A transient read error (``transient``) reads the shard again from its start, skipping the
+    samples already given, after a wait (``READ_RETRY_WAITS_S``), counted in ``problems.retried``;
+    when every retry fails, ``ShardReadError`` is raised (no sample is dropped silently: the run
+    restarts from its checkpoint). A corrupt or truncated archive ends the shard: the sample being
+    read is lost, and so are the rest when the manifest says how many the shard holds; all of them
+    are counted as skipped. A missing shard is skipped whole.
     """
+    given = 0  # samples yielded so far, across attempts
+    for attempt in range(len(READ_RETRY_WAITS_S) + 1):
+        try:
+            for i, sample in enumerate(_read_tar_once(url, problems, expected, stream if attempt == 0 else None)):
+                if i >= given:
+                    given += 1
+                    yield sample
+            return
+        except OSError as e:
+            if not transient(e):
+                raise
+            if attempt == len(READ_RETRY_WAITS_S):
+                raise ShardReadError(f"shard {url}: still failing after {attempt} retries: {type(e).__name__}: {e}") from e
+            wait = READ_RETRY_WAITS_S[attempt]
+            problems.retry(url, e, attempt + 1, wait)
+            sleep(wait)
+
+
+def _read_tar_once(url: str, problems: Problems, expected: int | None = None, stream=None) -> Iterator[dict]:
+    """One pass over the shard (``read_tar``); a transient read error propagates."""
     current: dict | None = None
     yielded, member = 0, "(start of file)"
     try:
         stream = stream if stream is not None else open_url(url)
     except OSError as e:
+        if transient(e):
+            raise
         problems.skip(url, "(whole shard)", f"cannot open: {e}", n=expected or 1)
         return
     try:
@@ -216,6 +268,8 @@ def read_tar(url: str, problems: Problems, expected: int | None = None, stream=N
         if current is not None:
             yield current
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        if transient(e):
+            raise
         lost = max(1, expected - yielded) if expected else 1
         problems.skip(url, member, f"truncated or corrupt tar ({type(e).__name__}: {e}); {lost} sample(s) lost", n=lost)
     finally:

@@ -10,7 +10,6 @@ perturbation, tokenisation, batching): robust to other jobs sharing the machine.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from raymmr.cli import command_line
 
@@ -27,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default="BENCHMARKS.md", help="append rows here ('' to skip)")
     args = p.parse_args(argv)
     from raymmr.data.benchmark import append_markdown, benchmark_loader
+    from raymmr import storage
     from raymmr.storage import cache_dir
 
     cache = str(cache_dir())
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['samples_per_s']:.0f} samples/s wall ({r['samples']} samples, {r['cpu_s']} CPU s)")
     ref = result["plain_webdataset_pil"]
     print(f"plain webdataset + PIL decode: {ref['samples_per_s_per_core']:.0f} samples/s/core (reference)")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    storage.write_text(storage.normalize(args.json), json.dumps(result, indent=1) + "\n")  # a path or a URL
     if args.markdown:
         append_markdown(args.markdown, result, command_line())
         print(f"appended to {args.markdown}; JSON in {args.json}")

@@ -15,14 +15,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", default=None, help="Ray Train workers (default train.num_workers)")
     args = parser.parse_args(argv)
     import time
-    from pathlib import Path
 
+    from raymmr import storage
     from raymmr.config import load_config
     from raymmr.data.sets import resolve_data
     from raymmr.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides, method=args.method)
-    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    out = storage.join(storage.normalize(args.out), time.strftime("%Y%m%d-%H%M%S"))  # a path or a URL
     t0 = time.time()
     print(f"[demo] SynthRad shards ({cfg.data.synthrad_train} train images)", flush=True)
     data = resolve_data(cfg, None)
@@ -31,6 +31,6 @@ def main(argv: list[str] | None = None) -> None:
     run_pipeline(cfg, out, data, num_workers=args.num_workers, final_test=True, log=lambda m: print(m, flush=True))
     for split in ("val", "test"):
         print()
-        print((out / "eval" / split / "results.md").read_text())
+        print(storage.read_text(storage.join(out, "eval", split, "results.md")))
     print(f"[demo] done in {time.time() - t0:.0f} s; everything is under {out}")
 

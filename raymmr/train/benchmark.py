@@ -183,9 +183,10 @@ def vs_plain(row: dict) -> str:
     return "—" if ratio is None else f"{ratio:.2f}x the plain loop (overhead {100 * (1 - ratio):+.1f}%)"
 
 
-def write_json(rows: list[dict], out: str) -> Path:
-    path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
-    f = path / f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    f.write_text(json.dumps(rows, indent=1))
+def write_json(rows: list[dict], out: str) -> str:
+    """The rows as ``benchmark-<time>.json`` in ``out`` (a directory or a URL); returns where."""
+    from raymmr import storage
+
+    f = storage.join(storage.normalize(out), f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    storage.write_text(f, json.dumps(rows, indent=1))
     return f

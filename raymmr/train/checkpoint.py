@@ -207,6 +207,7 @@ def universal_copy(source: str, local: Path, *, convert: bool) -> Path:
         ds_to_universal(Namespace(input_folder=str(local / TAG), output_folder=str(tmp / TAG), num_extract_workers=1,
                                   num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True))
         os.replace(tmp, root)
+        storage.prune_cache("universal", keep=root)
     return root
 
 

@@ -48,15 +48,19 @@ def parse_num_workers(spec: str | int) -> int | tuple[int, int]:
         raise JobError(f"--num-workers: {e}") from None
 
 
+_EMBEDDED: dict[str, bool] = {}  # "ray": whether the Ray this process started is embedded
+
+
 def connect_ray(address: str | None = None, **init_kwargs) -> bool:
     """Join the Ray cluster at ``address`` (else RAY_ADDRESS, set by `ray job submit`) or start an
     embedded local Ray whose dashboard and job server listen on localhost only. Returns True when
-    Ray is embedded. A `ray start` address file left in /tmp/ray is not joined silently: the
-    documented default without an address is the embedded Ray."""
+    Ray is embedded, also when this process connected earlier (a pipeline's second stage: its fit
+    check and notes are an embedded Ray's too). A `ray start` address file left in /tmp/ray is not
+    joined silently: the documented default without an address is the embedded Ray."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return _EMBEDDED.get("ray", False)  # False: Ray was started by another (a Tune trial's worker)
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         ray.init(address=target, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, **init_kwargs)
@@ -68,6 +72,7 @@ def connect_ray(address: str | None = None, **init_kwargs) -> bool:
                 "or RAY_AUTH_TOKEN"
             ) from e
         raise
+    _EMBEDDED["ray"] = target == "local"
     return target == "local"
 
 
@@ -216,6 +221,15 @@ def check_validation_split(cfg: Config, data: str, stage: str) -> None:
         )
 
 
+def generated_here(data: str) -> bool:
+    """Whether ``data`` is SynthRad generated into this machine's cache (``resolve_data`` without
+    --data): a path no other node has."""
+    if storage.is_remote(data):
+        return False
+    root = (storage.cache_dir() / "synthrad").resolve()
+    return Path(data).resolve().parent == root
+
+
 def share_generated_data(data: str, run_url: str) -> str:
     """SynthRad shards generated on the driver, for a run on a cluster: the workers on other nodes
     cannot read the driver's disk, so the shards go to object storage first (once): under
@@ -279,7 +293,6 @@ def run_training(
         init_from = found
     # Before Ray starts: a step with nothing to train, or CMDPI's Eq. 13 mixed with the plain answer CE.
     plan_passes(stage, cfg.loss, cfg.finetune)
-    generated = not (data or cfg.data.train_shards)  # SynthRad, made on this machine
     data = resolve_data(cfg, data)
     check_has_samples(data, stage)
     check_validation_split(cfg, data, stage)
@@ -298,16 +311,16 @@ def run_training(
         print(f"[{stage}] continuing {run} from {resume_from}", flush=True)
     run.write_text("config.yaml", to_yaml(cfg))
     embedded = connect_ray(address) or local_cluster
-    if generated and not embedded:
+    if generated_here(data) and not embedded:
         data = share_generated_data(data, run.url)
     run.write_text(RUN_DATA, json.dumps({"data": data, "fingerprint": data_fingerprint(data)}))
 
     # A Tune trial is tracked by the sweep's MLflowLoggerCallback, one MLflow run per trial.
     tracker = None if report_to_tune else tracking.start_run(cfg, stage, run)
     if tracker is not None:
-        print(f"[{stage}] MLflow run {tracker.run_id} in {tracker.uri}", flush=True)
+        print(f"[{stage}] MLflow run {tracker.run_id} in {tracking.redact(tracker.uri)}", flush=True)
         if not embedded and tracking.is_local(tracker.uri):
-            print(f"warning: the MLflow store {tracker.uri} is on this machine's disk: workers on other nodes "
+            print(f"warning: the MLflow store {tracking.redact(tracker.uri)} is on this machine's disk: workers on other nodes "
                   "cannot log to it; give a server with --set train.tracking_uri=http://... or MLFLOW_TRACKING_URI",
                   file=sys.stderr, flush=True)
     job = TrainJob(

@@ -65,6 +65,27 @@ def tracking_uri(cfg: Config) -> str:
     return uri if "://" in uri or uri.startswith("databricks") else Path(uri).resolve().as_uri()
 
 
+def redact(uri: str) -> str:
+    """The URI as it may be printed or saved: a password in it replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_no_password(cfg: Config) -> None:
+    """``train.tracking_uri`` is saved with the config (the run's config.yaml, MLflow's params): a
+    password there would be too. Refused, naming where it can go instead."""
+    if redact(cfg.train.tracking_uri) != cfg.train.tracking_uri:
+        raise TrackingError(f"train.tracking_uri={redact(cfg.train.tracking_uri)} holds a password, which would be saved "
+                            "with the run's config: give the URI with MLFLOW_TRACKING_URI, or the password with "
+                            "MLFLOW_TRACKING_PASSWORD (MLflow reads both; neither is written anywhere)")
+
+
 def is_local(uri: str) -> bool:
     """A store on the driver's disk: workers on other nodes cannot write to it."""
     return uri.startswith(("sqlite:", "file:"))
@@ -82,13 +103,15 @@ def start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun | None:
     if cfg.train.tracker == "tensorboard":
         return None
     require_mlflow()
+    check_no_password(cfg)
     try:
         return _start_run(cfg, stage, run)
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow raises its own and the HTTP client's errors
-        raise TrackingError(f"MLflow store {tracking_uri(cfg)}: {type(e).__name__}: {e}; check "
-                            "train.tracking_uri / MLFLOW_TRACKING_URI") from None
+        uri = tracking_uri(cfg)
+        raise TrackingError(f"MLflow store {redact(uri)}: {type(e).__name__}: {str(e).replace(uri, redact(uri))}; "
+                            "check train.tracking_uri / MLFLOW_TRACKING_URI") from None
 
 
 def _start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun:
@@ -99,7 +122,7 @@ def _start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun:
     client = MlflowClient(uri)
     if run.exists(STATE):
         saved = json.loads(run.fetch(STATE).read_text())
-        if saved.get("uri") == uri:
+        if saved.get("uri") == redact(uri):
             client.update_run(saved["run_id"], status="RUNNING")
             return TrackerRun(uri=uri, run_id=saved["run_id"])
     experiment = experiment_id(client, uri, cfg.train.experiment or f"raymmr-{stage}")
@@ -109,7 +132,7 @@ def _start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun:
     params = [mlflow.entities.Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), 100):  # MLflow's batch limit
         client.log_batch(run_id, params=params[i : i + 100])
-    run.write_text(STATE, json.dumps({"tracker": "mlflow", "uri": uri, "run_id": run_id}))
+    run.write_text(STATE, json.dumps({"tracker": "mlflow", "uri": redact(uri), "run_id": run_id}))
     return TrackerRun(uri=uri, run_id=run_id)
 
 
@@ -132,6 +155,7 @@ def sweep_callbacks(cfg: Config) -> list:
     from mlflow.tracking import MlflowClient
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+    check_no_password(cfg)
     uri, name = tracking_uri(cfg), cfg.train.experiment or "raymmr-sweep"
     experiment_id(MlflowClient(uri), uri, name)
     print(f"[sweep] MLflow experiment {name!r} in {uri}", flush=True)

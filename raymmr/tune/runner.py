@@ -310,7 +310,7 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raymmr.train.launch import connect_ray
+    from raymmr.train.launch import connect_ray, generated_here, share_generated_data
 
     out = storage.normalize(out)
     check_metric(base, space)
@@ -319,6 +319,8 @@ def run_sweep(
         base = fit_to_machine(base, ray.cluster_resources())
     else:
         pin_autoscaling_coordinator()
+        if generated_here(data):  # trial drivers and workers run on other nodes
+            data = share_generated_data(data, out)
     t = base.tune
     shared = None
     if t.objective == "finetune" and not space.touches_pretraining:
