@@ -40,12 +40,67 @@ def env(**extra: str) -> dict:
 
 
 NODE_DIRS: list[Path] = []  # every node_env's directory, removed after its test (conftest)
+NODES_ROOT = Path(f"/tmp/rn-{os.getpid()}")  # every node's directory lies here (short: Unix socket paths)
+
+# Run in a private mount namespace, a node sees only its own directory under NODES_ROOT: a tmpfs is
+# mounted over NODES_ROOT and the node's own directory bound back into it. A path written on one
+# node (a SynthRad cache, a checkpoint part) does not exist on another, as on a real cluster.
+PRIVATE_SCRIPT = """set -e
+keep=$(mktemp -d /tmp/.rn-keep-XXXXXX)
+mount --bind "$RAYNODE_DIR" "$keep"
+mount -t tmpfs -o size=8g raynodes "$RAYNODES_ROOT"
+mkdir -p "$RAYNODE_DIR"
+mount --bind "$keep" "$RAYNODE_DIR"
+umount "$keep" && rmdir "$keep"
+exec "$@"
+"""
+
+
+def private_filesystems() -> bool:
+    """Whether this machine lets a process take a private mount namespace (root, or a container
+    with CAP_SYS_ADMIN); without it the nodes share one disk (and say so in the tests)."""
+    if not hasattr(private_filesystems, "ok"):
+        try:
+            p = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True,
+                               timeout=30)
+            private_filesystems.ok = p.returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            private_filesystems.ok = False
+    return private_filesystems.ok
+
+
+def on_node(cmd: list[str], environ: dict, node: subprocess.Popen | None = None, *, machine: bool = False) -> list[str]:
+    """``cmd`` as a process of a machine of its own: in ``node``'s mount and process namespaces (a
+    Ray driver on that node: it sees that node's files and finds that node's raylet among the
+    processes it sees, as on a machine of its own), else in private namespaces of its own
+    (``machine``: also a process namespace, as a Ray node needs). As it is where namespaces are
+    not available."""
+    if not private_filesystems() or "RAYNODE_DIR" not in environ:
+        return cmd
+    if node is not None:
+        return ["nsenter", "-t", str(namespace_pid(node)), "-m", "-p", "--", *cmd]
+    own = ["--pid", "--fork", "--mount-proc"] if machine else []
+    return ["unshare", "--mount", "--propagation", "private", *own, "sh", "-c", PRIVATE_SCRIPT, "sh", *cmd]
+
+
+def namespace_pid(node: subprocess.Popen, timeout: float = 30) -> int:
+    """The process (seen from here) that is PID 1 of ``node``'s namespaces: `unshare --fork`'s child."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with suppress(OSError):
+            children = Path(f"/proc/{node.pid}/task/{node.pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.1)
+    raise TimeoutError(f"node process {node.pid} started no namespace")
 
 
 def remove_node_dirs() -> None:
     """Remove the node directories made so far: each holds a Ray session and a cache (hundreds of MB)."""
     while NODE_DIRS:
         shutil.rmtree(NODE_DIRS.pop(), ignore_errors=True)
+    with suppress(OSError):  # only when no failed test's node is kept there
+        NODES_ROOT.rmdir()
 
 
 ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address (default TMPDIR)
@@ -67,7 +122,8 @@ def ray_node(*args: str, environ: dict | None = None):
     log = Path(tempfile.mkstemp(prefix="ray-start-", suffix=".log", dir=environ.get("TMPDIR"))[1])
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
+            on_node([RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+                     *args], environ, machine=True),
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -148,9 +204,11 @@ SHORT_RUN = ["--config", "tiny", "--steps", "6", "--set", "train.checkpoint_ever
              "--set", "data.loader_workers=0"]  # fmt: skip
 
 
-def job(name: str, *args: str, environ: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python jobs/<name>.py ARGS` with this environment's interpreter."""
-    cmd = [sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args]
+def job(name: str, *args: str, environ: dict, timeout: int = 600,
+        node: subprocess.Popen | None = None) -> subprocess.CompletedProcess:
+    """`python jobs/<name>.py ARGS` with this environment's interpreter, on ``node`` (its mount
+    namespace: a driver of the cluster from that machine) or on a machine of its own."""
+    cmd = on_node([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args], environ, node)
     return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=timeout)
 
 
@@ -165,11 +223,13 @@ def node_env(root: Path, name: str, **extra: str) -> dict:
     no ~/.ray/auth_token). DeepSpeed's compiled ops stay where this machine built them: a
     cluster image ships them built (TORCH_EXTENSIONS_DIR), and they hold no run data."""
     # Short paths: Ray's Unix sockets live under TMPDIR (a socket path has at most 107 bytes).
-    node = Path(tempfile.mkdtemp(prefix=f"rn-{name}-", dir="/tmp"))
+    NODES_ROOT.mkdir(exist_ok=True)
+    node = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=NODES_ROOT))
     NODE_DIRS.append(node)  # removed after the test, kept when it fails (conftest)
     (root / f"{name}.dirs").write_text(str(node))  # where to look when a test fails
     dirs = {"TMPDIR": node / "tmp", "RAYMMR_CACHE": node / "cache", "HOME": node / "home"}
     for d in dirs.values():
         d.mkdir()
     extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    return env(**{k: str(v) for k, v in dirs.items()}, TORCH_EXTENSIONS_DIR=extensions, **extra)
+    return env(**{k: str(v) for k, v in dirs.items()}, TORCH_EXTENSIONS_DIR=extensions,
+               RAYNODE_DIR=str(node), RAYNODES_ROOT=str(NODES_ROOT), **extra)
