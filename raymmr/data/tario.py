@@ -212,6 +212,13 @@ def transient(error: BaseException) -> bool:
         and not isinstance(error, tarfile.TarError)
 
 
+def retried(url: str, error: BaseException) -> bool:
+    """Whether ``read_tar`` reads the shard again after ``error``: a transient error of a store, not
+    of a ``pipe:`` command, whose exit status is its own verdict (aws, gsutil and curl retry by
+    themselves): a failed pipe shard is skipped and counted, as a missing one."""
+    return transient(error) and not url.startswith("pipe:")
+
+
 def read_tar(url: str, problems: Problems, expected: int | None = None, stream=None, *,
              sleep=time.sleep) -> Iterator[dict]:
     """Samples of one shard as {"__key__", "__url__", ext: bytes}, known extensions only.
@@ -222,7 +229,7 @@ def read_tar(url: str, problems: Problems, expected: int | None = None, stream=N
     when every retry fails, ``ShardReadError`` is raised (no sample is dropped silently: the run
     restarts from its checkpoint). A corrupt or truncated archive ends the shard: the sample being
     read is lost, and so are the rest when the manifest says how many the shard holds; all of them
-    are counted as skipped. A missing shard is skipped whole.
+    are counted as skipped. A missing shard, or a ``pipe:`` command that fails, is skipped whole.
     """
     given = 0  # samples yielded so far, across attempts
     for attempt in range(len(READ_RETRY_WAITS_S) + 1):
@@ -233,7 +240,7 @@ def read_tar(url: str, problems: Problems, expected: int | None = None, stream=N
                     yield sample
             return
         except OSError as e:
-            if not transient(e):
+            if not retried(url, e):
                 raise
             if attempt == len(READ_RETRY_WAITS_S):
                 raise ShardReadError(f"shard {url}: still failing after {attempt} retries: {type(e).__name__}: {e}") from e
@@ -249,7 +256,7 @@ def _read_tar_once(url: str, problems: Problems, expected: int | None = None, st
     try:
         stream = stream if stream is not None else open_url(url)
     except OSError as e:
-        if transient(e):
+        if retried(url, e):
             raise
         problems.skip(url, "(whole shard)", f"cannot open: {e}", n=expected or 1)
         return
@@ -268,7 +275,7 @@ def _read_tar_once(url: str, problems: Problems, expected: int | None = None, st
         if current is not None:
             yield current
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        if transient(e):
+        if retried(url, e):
             raise
         lost = max(1, expected - yielded) if expected else 1
         problems.skip(url, member, f"truncated or corrupt tar ({type(e).__name__}: {e}); {lost} sample(s) lost", n=lost)
