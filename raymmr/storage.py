@@ -30,6 +30,20 @@ def scheme(url: str) -> str:
     return str(url).split("://", 1)[0] if "://" in str(url) else ""
 
 
+# Where a run directory (a training job's or a sweep's --out) may live: Ray Train and Tune persist
+# checkpoints through pyarrow, which knows these; raymmr's own reads and writes use fsspec.
+RUN_SCHEMES = ("", "file", "s3", "gs")
+
+
+def check_run_url(url: str, flag: str = "--out") -> None:
+    """Refuse a run directory in a store Ray cannot persist checkpoints to, naming the ones it can."""
+    from raymmr.errors import JobError
+
+    if scheme(url) not in RUN_SCHEMES:
+        raise JobError(f"{flag} {url}: a run directory must be a local path, s3://... or gs://... (Ray Train "
+                       f"persists checkpoints there through pyarrow, which has no '{scheme(url)}://' filesystem)")
+
+
 def is_remote(url: str) -> bool:
     """True for a URL that is not a local path (``s3://``, ``gs://``, ``memory://`` ...)."""
     return scheme(url) not in LOCAL_SCHEMES
@@ -217,6 +231,13 @@ def fingerprint(url: str) -> str:
         version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
         parts.append(f"{name[len(path):]}|{info.get('size')}|{version}")
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def local_source(source: str, kind: str) -> str:
+    """A file or directory a config names (pretrained weights, a tokenizer) as a local path: a
+    storage URL (s3://, gs://, ...) is copied into this node's cache (``cached_copy``); a local
+    path, a Hugging Face name or ``hub:<name>`` is returned as it is."""
+    return str(cached_copy(source, kind)) if source and is_remote(source) else source
 
 
 CACHE_BUDGET_ENV = "RAYMMR_CACHE_GB"  # each cache kind is pruned to this size (default 50 GB)

@@ -268,3 +268,34 @@ def test_clip_text_tower_comes_with_its_own_tokenizer_and_a_mask_token(tmp_path)
     predictor = Predictor.from_export(out, device="cpu")
     assert predictor.tokenizer.mask_token_id == tok.mask_token_id
     assert predictor.answer(images(1, cfg.model.image_size), ["a cat?"])[0][0] in ("yes", "no", "left")
+
+
+@torch.no_grad()
+def test_pretrained_towers_and_tokenizer_load_from_a_bucket(tmp_path):
+    """model.image_pretrained, model.text_pretrained and data.tokenizer may be storage URLs (a
+    cluster's nodes share no disk): each is copied into the node's cache and loads as the local
+    copy does."""
+    import uuid
+
+    from raymmr import storage
+    from raymmr.data.tokenizer import load_tokenizer
+
+    bucket = f"memory://raymmr-test-{uuid.uuid4().hex[:8]}"
+    cfg = tiny()
+    ref = tiny_timm_clip(cfg)
+    save_file(ref.state_dict(), str(tmp_path / "model.safetensors"))
+    storage.put(tmp_path / "model.safetensors", f"{bucket}/vit/model.safetensors")
+    text = tiny_hf_clip_text(cfg)
+    text.save_pretrained(tmp_path / "clip_text")
+    storage.put(tmp_path / "clip_text", f"{bucket}/clip_text")
+    enc = ImageEncoder(tiny(f"model.image_pretrained={bucket}/vit").model).eval()
+    x = pixels(cfg)
+    assert torch.equal(enc.vit.forward_features(x), ref.forward_features(x))
+    tower = TextEncoder(tiny(f"model.text_pretrained={bucket}/clip_text").model, VOCAB, 0).eval()
+    ids = torch.randint(5, VOCAB, (2, cfg.model.max_text_len))
+    assert torch.allclose(tower.model(input_ids=ids).last_hidden_state, text(input_ids=ids).last_hidden_state, atol=1e-6)
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "lesion": 2}, unk_token="[UNK]")).save(str(tmp_path / "t.json"))
+    storage.put(tmp_path / "t.json", f"{bucket}/tok/tokenizer.json")
+    assert load_tokenizer(f"{bucket}/tok/tokenizer.json").convert_tokens_to_ids("lesion") == 2

@@ -64,7 +64,7 @@ def img2dataset_set(root: Path, shards: int = 4, per_shard: int = 24, size: int 
 def test_index_writes_a_manifest_beside_the_shards_without_touching_them(tmp_path):
     data = img2dataset_set(tmp_path / "laion")
     before = {p.name: p.read_bytes() for p in data.glob("*.tar")}
-    with pytest.raises(ShardError, match="no manifest.json"):
+    with pytest.raises(ShardError, match="tar shards without a manifest.json; index them in place"):
         read_manifest(str(data))
     manifest = index_shards(str(data), fields=parse_fields(["domain=json:source"]), rules={"val": "00003.tar"})
     assert {p.name: p.read_bytes() for p in data.glob("*.tar")} == before  # indexed in place, unchanged
@@ -240,3 +240,14 @@ def test_fine_tuning_refuses_a_caption_only_set_before_ray_and_counts_only_what_
         check_has_samples(str(data), "finetune")
     split = {"count": 10, "kinds": {"caption": 3, "vqa": 7}}
     assert (epoch_samples(split, None), epoch_samples(split, ("vqa",)), epoch_samples({"count": 4}, ("vqa",))) == (10, 7, 4)
+
+
+def test_a_set_without_manifest_is_told_to_be_indexed_in_place(tmp_path):
+    """`validate` (or any job) on an img2dataset folder names `make_shards.py index` on that folder."""
+    data = img2dataset_set(tmp_path / "laion", shards=1, per_shard=3)
+    proc = subprocess.run([sys.executable, "jobs/make_shards.py", "validate", str(data)], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"python jobs/make_shards.py index {data}" in out, out[-2000:]
+    with pytest.raises(ShardError, match="no manifest.json"):
+        read_manifest(str(tmp_path / "empty"))

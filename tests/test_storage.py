@@ -353,3 +353,27 @@ def test_one_download_per_node_and_a_cache_pruned_to_its_budget(url, tmp_path, m
     deleted = storage.prune_cache("old-kind", budget_bytes=1500)
     assert [p.name for p in deleted] == ["copy0", "copy1", "copy2"]  # oldest first; the recent one stays
     assert sorted(p.name for p in root.iterdir()) == ["copy3"]
+
+
+def test_a_run_directory_in_a_store_ray_cannot_persist_to_is_refused():
+    """Ray Train persists checkpoints through pyarrow: local, s3 and gs only; anything else is
+    refused before anything starts, naming the schemes that work."""
+    for ok in ("/tmp/runs/x", "file:///tmp/runs/x", "s3://bucket/runs/x", "gs://bucket/runs/x"):
+        storage.check_run_url(ok)
+    for bad in ("memory://runs/x", "az://container/runs/x", "hdfs://nn/runs/x"):
+        with pytest.raises(JobError, match="a local path, s3://... or gs://"):
+            storage.check_run_url(bad)
+
+
+def test_a_tokenizer_rewritten_at_the_same_url_is_fetched_anew(url):
+    """The remote tokenizer's cache is keyed by what is at the URL, not by the URL alone: a shard
+    set rewritten in place (a new tokenizer) is not read through a stale copy."""
+    from raymmr.data.shards import shard_tokenizer
+
+    storage.write_text(f"{url}/set/manifest.json", "{}")
+    storage.write_text(f"{url}/set/tokenizer.json", '{"version": 1}')
+    first = shard_tokenizer(f"{url}/set")
+    assert json.loads(Path(first).read_text()) == {"version": 1}
+    storage.write_text(f"{url}/set/tokenizer.json", '{"version": 2, "rewritten": true}')
+    second = shard_tokenizer(f"{url}/set")
+    assert json.loads(Path(second).read_text()) == {"version": 2, "rewritten": True} and second != first

@@ -111,3 +111,28 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_saved():
         with pytest.raises(TrackingError) as e:
             call(cfg)
         assert "s3cret" not in str(e.value) and "MLFLOW_TRACKING_PASSWORD" in str(e.value)
+
+
+def test_tensorboard_shows_each_step_once_after_a_restart(tmp_path):
+    """A restart from the checkpoint at step 5, after the lost attempt logged up to step 8: the
+    steps 6-8 of the lost attempt are purged, TensorBoard reads 1..10 once each, the new values."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raymmr.train.metrics import MetricsWriter
+
+    run = RunDir(str(tmp_path / "run"))
+    first = MetricsWriter(run, "pretrain", total_steps=10)
+    for step in range(1, 9):
+        first.write({"step": step, "loss": 100.0 + step})
+    first.close()
+    time.sleep(1.1)  # event files are named by the second they were opened in
+    second = MetricsWriter(run, "pretrain", total_steps=10, resume_step=5)
+    for step in range(6, 11):
+        second.write({"step": step, "loss": float(step)})
+    second.close()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("pretrain/loss")]
+    assert got == [(s, 100.0 + s) for s in range(1, 6)] + [(s, float(s)) for s in range(6, 11)], got

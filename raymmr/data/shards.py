@@ -118,12 +118,18 @@ def upload_dir(local: str | os.PathLike, url: str) -> None:
 
 def shard_tokenizer(data: str) -> str:
     """Local path of the tokenizer.json saved with a shard set (a directory, pattern or URL).
-    A remote one is copied once into the cache (``RAYMMR_CACHE``, default ~/.cache/raymmr)."""
+    A remote one is copied into the cache (``RAYMMR_CACHE``, default ~/.cache/raymmr) once per
+    version of it (``storage.cached_copy``)."""
     location = _manifest_location(str(data)).rsplit("/", 1)[0] if _scheme(str(data)) else str(
         Path(_manifest_location(str(data))).parent)
     url = _join(location, "tokenizer.json")
     if not _scheme(url):
         return url
+    if _scheme(url) != "pipe":
+        from raymmr import storage
+
+        # Keyed by the URL and what is there now: a tokenizer rewritten at the same URL is copied anew.
+        return str(storage.cached_copy(url, "tokenizers"))
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
     from raymmr.storage import cache_dir
 
@@ -137,6 +143,15 @@ def shard_tokenizer(data: str) -> str:
     return str(local)
 
 
+def _has_tar_shards(folder: str) -> bool:
+    """Whether ``folder`` (a directory or URL prefix) holds .tar files (a cheap listing)."""
+    from raymmr import storage
+
+    with contextlib.suppress(Exception):  # a listing that fails only loses the hint
+        return any(name.endswith(".tar") for name in storage.names(folder))
+    return False
+
+
 def read_manifest(path_or_url: str | os.PathLike) -> dict:
     """The manifest of a shard set: a directory/URL prefix, its manifest.json, or a shard pattern in it."""
     location = _manifest_location(str(path_or_url))
@@ -144,6 +159,10 @@ def read_manifest(path_or_url: str | os.PathLike) -> dict:
         with open_url(location) as f:
             manifest = json.loads(f.read())
     except FileNotFoundError:
+        folder = location.rsplit("/", 1)[0]
+        if _has_tar_shards(folder):  # shards another tool wrote (img2dataset): indexed where they are
+            raise ShardError(f"{path_or_url}: tar shards without a {MANIFEST}; index them in place: "
+                             f"python jobs/make_shards.py index {folder} (--val-fraction for a val split)") from None
         raise ShardError(f"{path_or_url}: no {MANIFEST} at {location}; write shards with "
                          "`python jobs/make_shards.py ...` or point at a shard set directory") from None
     except (OSError, json.JSONDecodeError) as e:

@@ -109,6 +109,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from raymmr import storage
+
+    name_or_path = storage.local_source(str(name_or_path), "tokenizers")  # a URL: its copy in the cache
     path = Path(name_or_path)
     if path.is_dir() and (path / TOKENIZER_FILE).exists() and not (path / "tokenizer_config.json").exists():
         path = path / TOKENIZER_FILE

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     add_cluster_args(parser)
     args = parser.parse_args(argv)
 
+    from raymmr import storage
     from raymmr.config import load_config
     from raymmr.data.sets import resolve_data
     from raymmr.errors import JobError
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         check_metric(cfg, space)
     except SpaceError as e:
         raise JobError(str(e)) from None
+    storage.check_run_url(args.out)
     resume = check_sweep_dir(args.out, args.resume, cfg, space)  # before anything is made or written
     data = resolve_data(cfg, args.data)
     check_validation_split(cfg, data, "tune")  # every trial validates: known before Ray starts

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from timm.models import checkpoint_seq
 from torch import Tensor, nn
 
+from raymmr import storage
 from raymmr.config import ConfigError, ModelConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,7 +71,7 @@ def create_image_tower(cfg: ModelConfig, architecture: str | None = None) -> nn.
         return timm.create_model(f"hf-hub:{name}" if "/" in name else name, pretrained=True, **kwargs)
     vit = timm.create_model(cfg.image_model, pretrained=False, **kwargs)
     if source:
-        load_image_weights(vit, source)
+        load_image_weights(vit, storage.local_source(source, "pretrained"))
     return vit
 
 
@@ -185,7 +186,8 @@ def create_text_tower(cfg: ModelConfig, vocab_size: int, pad_token_id: int, hf_c
     elif cfg.text_pretrained:
         cls = CLIPTextModel if kind == "clip" else BertModel
         extra = {} if kind == "clip" else {"add_pooling_layer": False}
-        model = cls.from_pretrained(cfg.text_pretrained, attn_implementation="sdpa", **extra)
+        source = storage.local_source(cfg.text_pretrained, "pretrained")  # a bucket's copy, in the cache
+        model = cls.from_pretrained(source, attn_implementation="sdpa", **extra)
         got = (model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads)
         want = (cfg.text_width, cfg.text_layers, cfg.text_heads)
         if got != want:

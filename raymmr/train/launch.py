@@ -282,6 +282,7 @@ def run_training(
     from raymmr.train.setup import stage_schedule
     from raymmr.train.worker import train_loop_per_worker
 
+    storage.check_run_url(out)
     run = RunDir(out)
     resume = check_run_dir(run, resume)
     workers = parse_num_workers(num_workers if num_workers is not None else cfg.train.num_workers)

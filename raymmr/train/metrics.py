@@ -102,7 +102,9 @@ class MetricsWriter:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir.local / "tensorboard"))
+            # After a restart from the checkpoint at resume_step, the events the lost attempt wrote
+            # past it are purged (TensorBoard hides them), so every step appears once.
+            self.tb = SummaryWriter(str(run_dir.local / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         except ImportError:  # tensorboard is a dependency; keep training if a broken install lacks it
             log.warning("tensorboard is not importable; metrics go to %s only", self.path)
 
