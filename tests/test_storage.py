@@ -377,3 +377,77 @@ def test_a_tokenizer_rewritten_at_the_same_url_is_fetched_anew(url):
     storage.write_text(f"{url}/set/tokenizer.json", '{"version": 2, "rewritten": true}')
     second = shard_tokenizer(f"{url}/set")
     assert json.loads(Path(second).read_text()) == {"version": 2, "rewritten": True} and second != first
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+    """gs:// served by an in-memory fsspec filesystem under the gs protocol (what gcsfs provides):
+    raymmr's own storage and shard reading go through fsspec, so they take it as they take gcsfs."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store: dict = {}  # a store of its own, not memory://'s
+        pseudo_dirs = [""]
+
+    fsspec.register_implementation("gs", FakeGCS, clobber=True)
+    fsspec.register_implementation("gcs", FakeGCS, clobber=True)
+    yield f"gs://raymmr-test-{uuid.uuid4().hex[:8]}"
+    FakeGCS.store.clear()
+    from fsspec.registry import _registry
+
+    for protocol in ("gs", "gcs"):  # back to gcsfs (or its absence) for the other tests
+        _registry.pop(protocol, None)
+
+
+def test_gs_urls_for_data_runs_and_exports(fake_gcs, tiny_data, tmp_path):
+    """A shard set, a run directory's files and an export in gs://: the manifest, tokenizer and
+    samples read back (the loader's reader), a run's config and logs land there, an export is found
+    there. (Ray Train's own checkpoint persistence goes through pyarrow's GCS filesystem, which this
+    fake does not replace.)"""
+    from raymmr.data.shards import read_manifest, shard_tokenizer, shard_urls
+    from raymmr.data.tario import Problems, read_tar
+
+    storage.put(tiny_data, f"{fake_gcs}/shards")
+    manifest = read_manifest(f"{fake_gcs}/shards")
+    assert manifest == read_manifest(tiny_data)
+    urls = shard_urls(f"{fake_gcs}/shards", "val")
+    assert urls and all(u.startswith(f"{fake_gcs}/shards/") for u in urls)
+    local = [s["__key__"] for s in read_tar(shard_urls(tiny_data, "val")[0], Problems())]
+    assert [s["__key__"] for s in read_tar(urls[0], Problems())] == local
+    assert Path(shard_tokenizer(f"{fake_gcs}/shards")).read_bytes() == (Path(tiny_data) / "tokenizer.json").read_bytes()
+    run = RunDir(f"{fake_gcs}/runs/pt")
+    run.write_text("config.yaml", "preset: tiny\n")
+    run.append_lines("events.jsonl", ['{"event": "x"}'])
+    assert storage.read_text(f"{fake_gcs}/runs/pt/config.yaml") == "preset: tiny\n"
+    storage.write_text(f"{fake_gcs}/runs/pt/export/{storage.WEIGHTS}", "w")
+    assert storage.find_export(f"{fake_gcs}/runs/pt") == f"{fake_gcs}/runs/pt/export"
+    storage.check_run_url(f"{fake_gcs}/runs/pt")
+
+
+def test_a_similar_image_index_built_from_other_weights_is_rebuilt(url, tmp_path):
+    """The index records what built it (the pre-trained weights' fingerprint, the shards, the image
+    reading); a run continued with another --init export, or an index from before this record,
+    is not reused."""
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import save_file
+
+    from raymmr.train.setup import INDEX, index_fingerprint, saved_index
+
+    export = f"{url}/pt/export"
+    storage.write_text(f"{export}/{storage.WEIGHTS}", "weights v1")
+    job = SimpleNamespace(init_from=export)
+    args = {"image_size": 64, "blank_images": False}
+    built = index_fingerprint(job, ["a.tar"], args)
+    run = RunDir(f"{url}/ft")
+    assert not saved_index(run, built)  # none yet
+    save_file({"embeddings": torch.zeros(1, 2)}, str(tmp_path / INDEX), metadata={"keys": "[]", "built_from": built})
+    storage.put(tmp_path / INDEX, run.url_of(INDEX))
+    assert saved_index(run, built)
+    assert index_fingerprint(job, ["a.tar", "b.tar"], args) != built
+    assert index_fingerprint(job, ["a.tar"], {**args, "blank_images": True}) != built
+    storage.write_text(f"{export}/{storage.WEIGHTS}", "weights v2, retrained")
+    assert not saved_index(run, index_fingerprint(job, ["a.tar"], args))

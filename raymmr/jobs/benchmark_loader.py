@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="runs/benchmark_loader.json", help="where to write the result")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="append rows here ('' to skip)")
     args = p.parse_args(argv)
-    from raymmr.data.benchmark import append_markdown, benchmark_loader
     from raymmr import storage
+    from raymmr.data.benchmark import append_markdown, benchmark_loader
     from raymmr.storage import cache_dir
 
     cache = str(cache_dir())

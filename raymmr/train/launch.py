@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -146,10 +145,7 @@ def check_resume_matches(run: RunDir, cfg: Config, data: str) -> None:
     """``--resume`` continues the run in ``--out``: refuse a config or a shard set that would change
     it, naming the keys (``RESUME_MAY_CHANGE`` lists what may change)."""
     if run.exists("config.yaml"):
-        with tempfile.TemporaryDirectory() as tmp:
-            saved_path = Path(tmp) / "config.yaml"
-            saved_path.write_text(storage.read_bytes(run.url_of("config.yaml")).decode())
-            saved = flatten(load_config(str(saved_path)).to_dict())
+        saved = flatten(load_config(run.url_of("config.yaml")).to_dict())  # a path or a URL
         now = flatten(cfg.to_dict())
         changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
         if changed:

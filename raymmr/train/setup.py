@@ -454,8 +454,9 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
     from raymmr.rundir import RunDir
 
     run = RunDir(job.run_dir)
+    built_from = index_fingerprint(job, urls, loader_args)
     # Rank 0 decides for all: ranks that disagreed on building would wait in different collectives.
-    decision = [run.exists(INDEX) if rank == 0 else None]
+    decision = [saved_index(run, built_from) if rank == 0 else None]
     if world_size > 1:
         dist.broadcast_object_list(decision, src=0)
     if decision[0]:
@@ -489,10 +490,42 @@ def similar_image_index(model, make_loader, urls, loader_args, job, device, rank
     table = torch.cat(gathered)
     if rank == 0:
         tmp = run.local / f".{INDEX}.tmp"
-        save_file({"embeddings": table.contiguous()}, str(tmp), metadata={"keys": json.dumps(all_keys)})
+        save_file({"embeddings": table.contiguous()}, str(tmp),
+                  metadata={"keys": json.dumps(all_keys), "built_from": built_from})
         tmp.rename(run.local / INDEX)  # atomic: a half-written index is never loaded
         run.upload(INDEX)
     return {k: i for i, k in enumerate(all_keys)}, table.to(device)
+
+
+def index_fingerprint(job, urls: list[str], loader_args: dict) -> str:
+    """What a similar-image index is built from: the pre-trained weights it embeds with (their
+    storage fingerprint), the training shards and how their images are read."""
+    import hashlib
+
+    from raymmr import storage
+
+    weights = storage.join(job.init_from, storage.WEIGHTS) if job.init_from else ""
+    parts = {"weights": storage.fingerprint(weights) if weights and storage.exists(weights) else weights,
+             "urls": list(urls), "image_size": loader_args.get("image_size"),
+             "blank_images": loader_args.get("blank_images")}
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def saved_index(run, built_from: str) -> bool:
+    """Whether the run holds a similar-image index built from ``built_from`` (one built from other
+    weights or shards, or by an older raymmr that did not record it, is rebuilt, with a note)."""
+    from safetensors import safe_open
+
+    from raymmr import storage
+
+    if not run.exists(INDEX):
+        return False
+    with safe_open(str(storage.cached_copy(run.url_of(INDEX), "indexes")), "pt") as f:
+        recorded = (f.metadata() or {}).get("built_from")
+    if recorded != built_from:
+        console(f"[finetune] the similar-image index in {run} was built from other weights or shards; rebuilding it")
+        return False
+    return True
 
 
 def epoch_samples(split: dict, kinds: tuple[str, ...] | None) -> int:

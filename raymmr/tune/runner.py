@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 from pathlib import Path
 
 from raymmr import storage
@@ -230,10 +229,7 @@ def check_sweep_dir(out: str, resume: bool, base: Config, space) -> bool:
     sweep = RunDir(out)
     if tune.Tuner.can_restore(experiment):
         if sweep.exists(BASE_CONFIG):
-            with tempfile.TemporaryDirectory() as tmp:
-                saved_path = Path(tmp) / BASE_CONFIG
-                saved_path.write_bytes(storage.read_bytes(sweep.url_of(BASE_CONFIG)))
-                saved = flatten(load_config(str(saved_path)).to_dict())
+            saved = flatten(load_config(sweep.url_of(BASE_CONFIG)).to_dict())  # a path or a URL
             now = flatten(base.to_dict())
             may_change = RESUME_MAY_CHANGE | {"tune.num_samples", "tune.max_concurrent", "tune.trial_cpus"}
             changed = sorted(k for k in now if k not in may_change and saved.get(k) != now[k])
