@@ -58,7 +58,7 @@ def test_a_node_killed_during_a_sweep_its_trial_continues_on_another_node(s3_ser
     address = f"127.0.0.1:{port}"
     envs = {name: node_env(tmp_path, name, RAY_AUTH_TOKEN=token, **s3_server.env) for name in ("head", "a", "b")}
     out = s3_server.url("sweeps", "chaos")
-    settings = ["train.steps=16", "train.checkpoint_every=4", "train.batch_size=8", "train.val_batches=1",
+    settings = ["train.steps=12", "train.checkpoint_every=4", "train.batch_size=8", "train.val_batches=1",
                 "train.log_every=4", "data.loader_workers=0", "train.cpus_per_worker=0.9", "tune.rungs=2",
                 "tune.scheduler=fifo", "tune.max_concurrent=2", "tune.trial_cpus=0.01", "tune.max_failures=2"]
     cmd = [sys.executable, str(ROOT / "jobs" / "tune_loss_weights.py"), "--config", "tiny", "--space", "mask_ratios",
