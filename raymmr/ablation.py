@@ -67,7 +67,7 @@ def run_ablation(
     from raymmr.data.sets import resolve_data
     from raymmr.errors import JobError
     from raymmr.pipeline import run_pipeline
-    from raymmr.train.launch import connect_ray, generated_here, share_generated_data
+    from raymmr.train.launch import connect_ray, share_generated_data
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -78,7 +78,7 @@ def run_ablation(
     }  # validate every variant before training any
     data = resolve_data(configs[(variants[0], seeds[0])], data)
     out = storage.normalize(str(out))
-    if not connect_ray() and generated_here(data):  # on a cluster: once, where every node reads it
+    if not connect_ray():  # on a cluster: once, where every node reads it
         data = share_generated_data(data, out)
     results, pretrained = {}, {}  # pretrained: (seed, pre-training overrides) -> export
     text_only: dict[int, str] = {}  # seed -> the text-only model's export

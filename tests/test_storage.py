@@ -298,6 +298,7 @@ def test_synthrad_generated_here_is_recognised_for_upload(tiny_data, tmp_path, m
     monkeypatch.setenv("RAYMMR_STORAGE", bucket)
     shared = share_generated_data(tiny_data, str(tmp_path / "run"))
     assert shared == f"{bucket}/shards/synthrad/{Path(tiny_data).name}"
+    assert share_generated_data(str(copy), str(tmp_path / "run")) == str(copy)  # the user's own: left alone
     assert storage.exists(f"{shared}/manifest.json")
 
 

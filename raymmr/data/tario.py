@@ -205,18 +205,13 @@ class ShardReadError(OSError):
     fails and the run continues from its checkpoint, instead of losing the samples silently."""
 
 
-def transient(error: BaseException) -> bool:
-    """A read error of the store (network, throttling, a reset connection) that may not recur, as
-    opposed to a corrupt or truncated archive (the same every time) or a missing shard."""
-    return isinstance(error, OSError) and not isinstance(error, PERMANENT_OS_ERRORS) \
-        and not isinstance(error, tarfile.TarError)
-
-
 def retried(url: str, error: BaseException) -> bool:
-    """Whether ``read_tar`` reads the shard again after ``error``: a transient error of a store, not
-    of a ``pipe:`` command, whose exit status is its own verdict (aws, gsutil and curl retry by
-    themselves): a failed pipe shard is skipped and counted, as a missing one."""
-    return transient(error) and not url.startswith("pipe:")
+    """Whether ``read_tar`` reads the shard again after ``error``: a transient read error of the
+    store (network, throttling, a reset connection: an ``OSError`` but a missing or forbidden
+    shard), as opposed to a corrupt or truncated archive (the same every time). Not for a ``pipe:``
+    command, whose exit status is its own verdict (aws, gsutil and curl retry by themselves): a
+    failed pipe shard is skipped and counted, as a missing one."""
+    return isinstance(error, OSError) and not isinstance(error, PERMANENT_OS_ERRORS) and not url.startswith("pipe:")
 
 
 def read_tar(url: str, problems: Problems, expected: int | None = None, stream=None, *,
@@ -224,7 +219,7 @@ def read_tar(url: str, problems: Problems, expected: int | None = None, stream=N
     """Samples of one shard as {"__key__", "__url__", ext: bytes}, known extensions only.
     ``stream``: the shard already opened (read from it instead of opening ``url``; closed here too).
 
-    A transient read error (``transient``) reads the shard again from its start, skipping the
+    A transient read error (``retried``) reads the shard again from its start, skipping the
     samples already given, after a wait (``READ_RETRY_WAITS_S``), counted in ``problems.retried``;
     when every retry fails, ``ShardReadError`` is raised (no sample is dropped silently: the run
     restarts from its checkpoint). A corrupt or truncated archive ends the shard: the sample being

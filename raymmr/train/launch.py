@@ -141,15 +141,21 @@ def data_fingerprint(data: str) -> str:
     return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def config_changes(saved_url: str, cfg: Config, may_change=RESUME_MAY_CHANGE) -> str:
+    """The keys in which ``cfg`` differs from the config saved at ``saved_url`` (a path or URL), as
+    ``key: saved -> now``, comma-separated; "" when none outside ``may_change`` differ."""
+    saved = flatten(load_config(saved_url).to_dict())
+    now = flatten(cfg.to_dict())
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+                     for k in sorted(now) if k not in may_change and saved.get(k) != now[k])
+
+
 def check_resume_matches(run: RunDir, cfg: Config, data: str) -> None:
     """``--resume`` continues the run in ``--out``: refuse a config or a shard set that would change
     it, naming the keys (``RESUME_MAY_CHANGE`` lists what may change)."""
     if run.exists("config.yaml"):
-        saved = flatten(load_config(run.url_of("config.yaml")).to_dict())  # a path or a URL
-        now = flatten(cfg.to_dict())
-        changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
-        if changed:
-            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        diffs = config_changes(run.url_of("config.yaml"), cfg)
+        if diffs:
             raise JobError(f"--resume {run}: the config changes the run ({diffs}); resume with the run's own "
                            f"config (--config {run.url_of('config.yaml')}) or start a new --out. A resume may change "
                            f"only {', '.join(sorted(RESUME_MAY_CHANGE))}")
@@ -227,13 +233,16 @@ def generated_here(data: str) -> bool:
 
 
 def share_generated_data(data: str, run_url: str) -> str:
-    """SynthRad shards generated on the driver, for a run on a cluster: the workers on other nodes
-    cannot read the driver's disk, so the shards go to object storage first (once): under
-    ``$RAYMMR_STORAGE/shards/synthrad/<id>`` when that is set (the cluster configs set it), else
-    beside a remote run (``<run>/synthrad``). A local run directory keeps them local (a cluster
-    with a shared filesystem; ``warn_local_paths`` says so)."""
+    """SynthRad shards generated on the driver (``generated_here``), for a run on a cluster: the
+    workers on other nodes cannot read the driver's disk, so the shards go to object storage first
+    (once): under ``$RAYMMR_STORAGE/shards/synthrad/<id>`` when that is set (the cluster configs set
+    it), else beside a remote run (``<run>/synthrad``). A local run directory keeps them local (a
+    cluster with a shared filesystem; ``warn_local_paths`` says so), and any other shard set is
+    returned as it is."""
     from raymmr.data.shards import MANIFEST, upload_dir
 
+    if not generated_here(data):
+        return data
     shared_root = os.environ.get("RAYMMR_STORAGE", "")
     if storage.is_remote(shared_root):
         target = storage.join(storage.normalize(shared_root), "shards", "synthrad", Path(data).name)
@@ -308,7 +317,7 @@ def run_training(
         print(f"[{stage}] continuing {run} from {resume_from}", flush=True)
     run.write_text("config.yaml", to_yaml(cfg))
     embedded = connect_ray(address) or local_cluster
-    if generated_here(data) and not embedded:
+    if not embedded:
         data = share_generated_data(data, run.url)
     run.write_text(RUN_DATA, json.dumps({"data": data, "fingerprint": data_fingerprint(data)}))
 
@@ -407,6 +416,13 @@ def deterministic(error: BaseException) -> bool:
     return False
 
 
+def error_line(error: BaseException) -> str:
+    """The last non-empty line of an error: the worker's own exception, where Ray wraps it in a
+    header line and tracebacks (a failed fit, a failed sweep trial)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
 def fit_until_done(trainer_for, job, run: RunDir, *, max_stalled: int, sleep=time.sleep):
     """Fit, and after a failure fit again from the newest complete checkpoint, as long as the run
     makes progress: a week-long run on spot capacity outlives any fixed number of preemptions, and
@@ -439,12 +455,12 @@ def fit_until_done(trainer_for, job, run: RunDir, *, max_stalled: int, sleep=tim
                       f"{max_stalled}): giving up", file=sys.stderr, flush=True)
                 raise
             wait = RETRY_WAIT_S[min(stalled, len(RETRY_WAIT_S) - 1)]
-            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            print(f"[{job.stage}] training failed at checkpoint step {step} ({first.strip()[:200]}); continuing from "
+            error = error_line(e)
+            print(f"[{job.stage}] training failed at checkpoint step {step} ({error}); continuing from "
                   f"{latest or 'the start'}" + (f" in {wait} s" if wait else "")
                   + f" ({stalled} failure(s) in a row without progress)", flush=True)
-            RunDir(run.url).append_lines("events.jsonl", [json.dumps(
-                {"event": "retry", "checkpoint_step": step, "stalled": stalled, "error": first.strip()[:500]})])
+            run.append_lines("events.jsonl", [json.dumps(
+                {"event": "retry", "checkpoint_step": step, "stalled": stalled, "error": error})])
             sleep(wait)
             reached = step
             job = dataclasses.replace(job, launch=launch_name(True), resume_from=latest or job.resume_from)

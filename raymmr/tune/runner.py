@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from raymmr import storage
-from raymmr.config import Config, flatten, load_config, to_yaml
+from raymmr.config import Config, to_yaml
 from raymmr.train import tracking
 from raymmr.tune.space import SearchSpace, apply_params
 
@@ -222,22 +222,18 @@ def check_sweep_dir(out: str, resume: bool, base: Config, space) -> bool:
 
     from raymmr.errors import JobError
     from raymmr.rundir import RunDir
-    from raymmr.train.launch import RESUME_MAY_CHANGE
+    from raymmr.train.launch import RESUME_MAY_CHANGE, config_changes
 
     out = storage.normalize(out)
     experiment = storage.join(out, "tune")
     sweep = RunDir(out)
     if tune.Tuner.can_restore(experiment):
         if sweep.exists(BASE_CONFIG):
-            saved = flatten(load_config(sweep.url_of(BASE_CONFIG)).to_dict())  # a path or a URL
-            now = flatten(base.to_dict())
             may_change = RESUME_MAY_CHANGE | {"tune.num_samples", "tune.max_concurrent", "tune.trial_cpus"}
-            changed = sorted(k for k in now if k not in may_change and saved.get(k) != now[k])
-            if changed:
-                raise JobError(f"--out {out} holds a sweep with another base config ("
-                               + ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-                               + "); continue it with its own (--config " + sweep.url_of(BASE_CONFIG)
-                               + ") or choose a new --out")
+            diffs = config_changes(sweep.url_of(BASE_CONFIG), base, may_change)
+            if diffs:
+                raise JobError(f"--out {out} holds a sweep with another base config ({diffs}); continue it with "
+                               f"its own (--config {sweep.url_of(BASE_CONFIG)}) or choose a new --out")
         if sweep.exists(SPACE_COPY):
             before = storage.read_bytes(sweep.url_of(SPACE_COPY)).decode()
             if before != Path(space.path).read_text():
@@ -306,7 +302,7 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raymmr.train.launch import connect_ray, generated_here, share_generated_data
+    from raymmr.train.launch import connect_ray, share_generated_data
 
     out = storage.normalize(out)
     check_metric(base, space)
@@ -315,8 +311,7 @@ def run_sweep(
         base = fit_to_machine(base, ray.cluster_resources())
     else:
         pin_autoscaling_coordinator()
-        if generated_here(data):  # trial drivers and workers run on other nodes
-            data = share_generated_data(data, out)
+        data = share_generated_data(data, out)  # trial drivers and workers run on other nodes
     t = base.tune
     shared = None
     if t.objective == "finetune" and not space.touches_pretraining:
@@ -380,6 +375,8 @@ def shared_pretraining(base: Config, out: str, data: str, local_cluster: bool = 
 def trial_records(results, metric: str, max_rung: int) -> list[dict]:
     """One record per trial: parameters, objective (last reported metric), rungs reached
     (``iterations``), status."""
+    from raymmr.train.launch import error_line
+
     records = []
     for r in results:
         params = r.config or {}
@@ -403,12 +400,6 @@ def trial_records(results, metric: str, max_rung: int) -> list[dict]:
             "error": error_line(r.error) if r.error else "",
         })
     return records
-
-
-def error_line(error: BaseException) -> str:
-    """The last non-empty line of a trial's error (Ray wraps the worker's exception in tracebacks)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 BASE_CONFIG = "base_config.yaml"
