@@ -248,6 +248,10 @@ class TrainConfig:
                           help="Ray Train workers: N, or MIN:MAX for an elastic group (worker_count reads it)")
     cpus_per_worker: float = _f(1.0, range=(0.0, 1024.0))
     gpus_per_worker: float = _f(0.0, range=(0.0, 16.0))
+    memory_per_worker_gb: float = _f(0.0, range=(0.0, 65536.0),
+                                     help="host memory Ray reserves for each worker, in GB (0 = none): Ray places "
+                                     "workers only where it is free; the embedded fit check and a sweep's "
+                                     "concurrency count it")
     tracker: str = _f("tensorboard", choices=["tensorboard", "mlflow"],
                       help="metrics.jsonl and TensorBoard always; mlflow: also an MLflow run per stage (raymmr.train.tracking)")
     tracking_uri: str = _f("", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")

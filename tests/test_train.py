@@ -291,10 +291,10 @@ def test_worker_group_too_big_for_local_ray_is_refused():
     from raymmr.train.launch import check_fits_locally
 
     with pytest.raises(JobError, match="2 workers x 2 CPU do not fit the local Ray"):
-        check_fits_locally(2, 2.0, 0.0, {"CPU": 2.0})
+        check_fits_locally(2, {"CPU": 2.0}, {"CPU": 2.0})
     with pytest.raises(JobError, match="GPU"):
-        check_fits_locally((1, 4), 1.0, 1.0, {"CPU": 8.0})
-    check_fits_locally(2, 1.0, 0.0, {"CPU": 2.0})
+        check_fits_locally((1, 4), {"CPU": 1.0, "GPU": 1.0}, {"CPU": 8.0})
+    check_fits_locally(2, {"CPU": 1.0}, {"CPU": 2.0})
 
 
 def test_num_workers_spec_and_local_fit():
@@ -306,11 +306,27 @@ def test_num_workers_spec_and_local_fit():
     for bad in ("0", "3:2", "a", "1:2:3", "-1:2"):
         with pytest.raises(JobError, match="MIN:MAX"):
             parse_num_workers(bad)
-    check_fits_locally((2, 8), cpus=1, gpus=0, available={"CPU": 2.0})  # the minimum fits: elastic may start
+    check_fits_locally((2, 8), {"CPU": 1}, available={"CPU": 2.0})  # the minimum fits: elastic may start
     with pytest.raises(JobError, match="--cpus-per-worker"):
-        check_fits_locally(2, cpus=2, gpus=0, available={"CPU": 2.0})
+        check_fits_locally(2, {"CPU": 2}, available={"CPU": 2.0})
     with pytest.raises(JobError, match="--gpus-per-worker"):
-        check_fits_locally(1, cpus=1, gpus=1, available={"CPU": 2.0})
+        check_fits_locally(1, {"CPU": 1, "GPU": 1}, available={"CPU": 2.0})
+
+
+def test_memory_reserved_per_worker_reaches_ray_and_the_local_fit_check():
+    """``train.memory_per_worker_gb`` is what Ray reserves for each worker (its ``memory`` resource,
+    in bytes); a group whose memory the local Ray does not have is refused before fitting."""
+    from raymmr.config import load_config
+    from raymmr.errors import JobError
+    from raymmr.train.launch import GB, check_fits_locally, worker_resources
+
+    tiny = load_config("tiny", ["train.memory_per_worker_gb=3", "train.gpus_per_worker=0"])
+    assert worker_resources(tiny.train) == {"CPU": 2.0, "memory": 3 * GB}
+    assert worker_resources(load_config("tiny", ["train.memory_per_worker_gb=0"]).train) == {"CPU": 2.0}
+    with pytest.raises(JobError, match=r"2 workers x 3 GB of memory do not fit the local Ray \(5 GB of memory\); "
+                                       "lower --num-workers or --set train.memory_per_worker_gb"):
+        check_fits_locally(2, worker_resources(tiny.train), {"CPU": 8.0, "memory": 5 * GB})
+    check_fits_locally(1, worker_resources(tiny.train), {"CPU": 8.0, "memory": 5 * GB})
 
 
 def test_job_refuses_shards_without_one_sample_before_starting_ray(tmp_path):

@@ -223,35 +223,45 @@ def test_trial_records_status_from_the_rung_clock():
 
 def test_sweep_fitted_to_an_embedded_machine():
     from raymmr.config import ConfigError, load_config
+    from raymmr.train.launch import GB
     from raymmr.tune.runner import fit_to_machine
 
     quiet = lambda *_: None  # noqa: E731
     # tiny: 1 worker x 2 CPU per trial, 2 trials at once: on 2 CPUs each trial gets one.
-    fitted = fit_to_machine(load_config("tiny"), {"CPU": 2.0}, log=quiet)
+    fitted = fit_to_machine(load_config("tiny"), {"CPU": 2.0, "memory": 16 * GB}, log=quiet)
     assert fitted.train.cpus_per_worker == 0.99 and fitted.tune.max_concurrent == 2
     assert 2 * (fitted.tune.trial_cpus + fitted.train.cpus_per_worker) <= 2.0
     # Enough room: nothing changes.
-    roomy = fit_to_machine(load_config("tiny"), {"CPU": 16.0}, log=quiet)
+    roomy = fit_to_machine(load_config("tiny"), {"CPU": 16.0, "memory": 16 * GB}, log=quiet)
     assert roomy.train.cpus_per_worker == 2 and roomy.tune.max_concurrent == 2
     # 4 trials of 2 workers on 2 CPUs: fewer trials at once, each worker at least half a CPU.
-    crowded = fit_to_machine(load_config("tiny", ["train.num_workers=2", "tune.max_concurrent=4"]), {"CPU": 2.0},
-                             log=quiet)
+    crowded = fit_to_machine(load_config("tiny", ["train.num_workers=2", "tune.max_concurrent=4"]),
+                             {"CPU": 2.0, "memory": 16 * GB}, log=quiet)
     assert crowded.tune.max_concurrent == 1 and 0.5 <= crowded.train.cpus_per_worker <= 0.995
     with pytest.raises(ConfigError, match="GPU"):
-        fit_to_machine(load_config("tiny", ["train.gpus_per_worker=1"]), {"CPU": 2.0}, log=quiet)
+        fit_to_machine(load_config("tiny", ["train.gpus_per_worker=1"]), {"CPU": 2.0, "memory": 16 * GB}, log=quiet)
     # One GPU, a GPU per worker: one trial at a time (four at once would leave three waiting for it).
     one_gpu = fit_to_machine(load_config("tiny", ["train.gpus_per_worker=1", "tune.max_concurrent=4"]),
-                             {"CPU": 16.0, "GPU": 1.0}, log=quiet)
+                             {"CPU": 16.0, "GPU": 1.0, "memory": 16 * GB}, log=quiet)
     assert one_gpu.tune.max_concurrent == 1
     halves = fit_to_machine(load_config("tiny", ["train.gpus_per_worker=0.5", "tune.max_concurrent=4"]),
-                            {"CPU": 16.0, "GPU": 1.0}, log=quiet)
+                            {"CPU": 16.0, "GPU": 1.0, "memory": 16 * GB}, log=quiet)
     assert halves.tune.max_concurrent == 2
+    # Memory: 8 GB a trial's worker on a 20 GB machine, so two trials at once; more than the machine: refused.
+    by_memory = fit_to_machine(load_config("tiny", ["train.memory_per_worker_gb=8", "tune.max_concurrent=4"]),
+                               {"CPU": 16.0, "memory": 20 * GB}, log=quiet)
+    assert by_memory.tune.max_concurrent == 2
+    with pytest.raises(ConfigError, match=r"1 workers x 32 GB of memory do not fit this machine \(20 GB of memory\); "
+                                          "lower train.memory_per_worker_gb"):
+        fit_to_machine(load_config("tiny", ["train.memory_per_worker_gb=32"]), {"CPU": 16.0, "memory": 20 * GB},
+                       log=quiet)
     # An elastic group is fitted at its minimum.
     elastic = fit_to_machine(load_config("tiny", ["train.num_workers=2:4", "train.gpus_per_worker=1",
-                                                  "tune.max_concurrent=4"]), {"CPU": 16.0, "GPU": 4.0}, log=quiet)
+                                                  "tune.max_concurrent=4"]),
+                              {"CPU": 16.0, "GPU": 4.0, "memory": 16 * GB}, log=quiet)
     assert elastic.tune.max_concurrent == 2
     with pytest.raises(ConfigError, match="8 workers"):
-        fit_to_machine(load_config("tiny", ["train.num_workers=8"]), {"CPU": 2.0}, log=quiet)
+        fit_to_machine(load_config("tiny", ["train.num_workers=8"]), {"CPU": 2.0, "memory": 16 * GB}, log=quiet)
 
 
 def test_resumed_search_closes_a_trial_the_lost_driver_never_recorded(tmp_path):
@@ -369,3 +379,93 @@ def test_a_sampled_sweep_is_plotted_by_optuna_and_a_grid_by_raymmr(tmp_path):
                 "status": "TERMINATED"} for t in study.trials]  # fmt: skip
     written = write_report(records, tmp_path / "report", base_cfg=load_config("tiny"), study=study)
     assert all(written[k].exists() for k in ("history", "importances", "parallel"))
+
+
+def test_a_trial_that_fails_deterministically_is_not_retried_by_the_same_sweep_launch(tmp_path, monkeypatch):
+    """Tune retries a failed trial (``tune.max_failures``: a lost node). A config error fails the
+    same way every time: the trial's retries end at once naming it, with no stage run again; a
+    transient error is retried; a later launch of the sweep (--resume, perhaps after a fix) runs
+    the trial again."""
+    import ray.tune
+
+    from raymmr.config import ConfigError, load_config
+    from raymmr.errors import JobError
+    from raymmr.tune import runner
+
+    class Context:
+        def get_trial_id(self):
+            return "t0"
+
+    monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
+    calls = []
+    errors = iter([ConfigError("loss.w_img=-1: below its range"), RuntimeError("node lost")])
+
+    def failing_stage(cfg, stage, run, data, **kwargs):
+        calls.append(stage)
+        raise next(errors)
+
+    monkeypatch.setattr(runner, "run_stage", failing_stage)
+    base = load_config("tiny")
+    trial = runner.make_trainable(base, str(tmp_path), data="unused", launch="launch-1")
+    with pytest.raises(ConfigError):
+        trial({"loss.w_img": 1.0})
+    assert calls == ["pretrain"]
+    recorded = json.loads((tmp_path / "trials" / "t0" / runner.TRIAL_FAILED).read_text())
+    assert recorded == {"launch": "launch-1", "error": "loss.w_img=-1: below its range"}
+    with pytest.raises(JobError, match="trial t0 not retried: .* every time: loss.w_img=-1: below its range"):
+        trial({"loss.w_img": 1.0})  # Tune's retry
+    assert calls == ["pretrain"]  # nothing trained again
+    # A later launch of the sweep runs the trial again; a transient error leaves no mark and is retried.
+    again = runner.make_trainable(base, str(tmp_path), data="unused", launch="launch-2")
+    with pytest.raises(RuntimeError, match="node lost"):
+        again({"loss.w_img": 1.0})
+    assert calls == ["pretrain", "pretrain"]
+    assert json.loads((tmp_path / "trials" / "t0" / runner.TRIAL_FAILED).read_text())["launch"] == "launch-1"
+    monkeypatch.setattr(runner, "run_stage", lambda *a, **k: calls.append("retried") or "export")
+    again({"loss.w_img": 1.0})
+    assert calls[-2:] == ["retried", "retried"]  # pre-training, then fine-tuning
+
+
+def test_a_stage_trained_from_another_config_or_data_is_set_aside_and_trained_again(tmp_path, monkeypatch):
+    """A sweep's stage (its shared pre-training above all) is reused across launches only when it was
+    trained from this launch's config and data: anything else is moved aside (kept) and trained again."""
+    from pathlib import Path
+
+    from raymmr import storage
+    from raymmr.config import load_config, to_yaml
+    from raymmr.train import launch
+    from raymmr.tune import runner
+
+    monkeypatch.setattr(launch, "data_fingerprint", lambda data: f"fp-{Path(data).name}")
+    trained = []
+
+    def fake_training(cfg, stage, out, data, **kwargs):
+        trained.append(out)
+        return type("Result", (), {"export_dir": storage.join(out, storage.EXPORT)})()
+
+    monkeypatch.setattr(launch, "run_training", fake_training)
+    cfg = load_config("tiny")
+
+    def exported_stage(name: str) -> Path:
+        run = tmp_path / name / "shared_pretrain"
+        (run / storage.EXPORT).mkdir(parents=True)
+        (run / storage.EXPORT / storage.WEIGHTS).write_bytes(b"weights")
+        (run / "config.yaml").write_text(to_yaml(cfg))
+        (run / launch.RUN_DATA).write_text(json.dumps({"data": "/d/shards-a", "fingerprint": "fp-shards-a"}))
+        return run
+
+    # The same config (and what a sweep's launch may change), the same shard set elsewhere: reused.
+    run = exported_stage("same")
+    same = load_config("tiny", ["tune.max_concurrent=1", "train.cpus_per_worker=0.99"])
+    assert runner.run_stage(same, "pretrain", str(run), "/elsewhere/shards-a") == str(run / storage.EXPORT)
+    assert trained == []
+    # Other data, another loss weight, other steps: moved aside with its weights, trained again.
+    for name, changed, data in [("data", cfg, "/d/shards-b"),
+                                ("weight", load_config("tiny", ["loss.w_img=0.5"]), "/d/shards-a"),
+                                ("steps", load_config("tiny", ["train.steps=301"]), "/d/shards-a")]:
+        run = exported_stage(name)
+        runner.run_stage(changed, "pretrain", str(run), data)
+        assert trained[-1] == str(run), name
+        assert not (run / storage.EXPORT / storage.WEIGHTS).exists(), name
+        (aside,) = run.parent.glob("shared_pretrain.superseded-*")
+        assert (aside / storage.EXPORT / storage.WEIGHTS).read_bytes() == b"weights", name

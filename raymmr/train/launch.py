@@ -75,15 +75,34 @@ def connect_ray(address: str | None = None, **init_kwargs) -> bool:
     return target == "local"
 
 
-def check_fits_locally(workers, cpus: float, gpus: float, available: dict) -> None:
-    """An embedded Ray has no autoscaler: a worker group larger than this machine would wait
-    forever, so say so before fitting."""
+GB = 1024**3
+
+
+def worker_resources(train) -> dict[str, float]:
+    """What Ray reserves for each worker of a stage (``train``: the config's train section): CPUs,
+    GPUs where asked, host memory (bytes) where ``memory_per_worker_gb`` asks."""
+    return {"CPU": train.cpus_per_worker, **({"GPU": train.gpus_per_worker} if train.gpus_per_worker > 0 else {}),
+            **({"memory": train.memory_per_worker_gb * GB} if train.memory_per_worker_gb > 0 else {})}
+
+
+# Each resource Ray reserves for a worker: its name in messages, its unit's size, the flag and the
+# config key that lower it.
+RESOURCE_NAMES = {"CPU": ("CPU", 1, "--cpus-per-worker", "train.cpus_per_worker"),
+                  "GPU": ("GPU", 1, "--gpus-per-worker", "train.gpus_per_worker"),
+                  "memory": ("GB of memory", GB, "--set train.memory_per_worker_gb", "train.memory_per_worker_gb")}
+
+
+def check_fits_locally(workers, per_worker: dict[str, float], available: dict) -> None:
+    """An embedded Ray has no autoscaler: a worker group larger than this machine (CPUs, GPUs,
+    memory; ``per_worker`` as ``worker_resources`` gives it) would wait forever, so say so before
+    fitting."""
     n = workers[0] if isinstance(workers, tuple) else workers
-    for name, per_worker, flag in (("CPU", cpus, "--cpus-per-worker"), ("GPU", gpus, "--gpus-per-worker")):
-        have = available.get(name, 0.0)
-        if per_worker > 0 and n * per_worker > have + 1e-9:
+    for resource, need in per_worker.items():
+        name, unit, flag, _ = RESOURCE_NAMES[resource]
+        have = available.get(resource, 0.0)
+        if need > 0 and n * need > have + 1e-9:
             raise JobError(
-                f"{n} workers x {per_worker:g} {name} do not fit the local Ray ({have:g} {name}); "
+                f"{n} workers x {need / unit:g} {name} do not fit the local Ray ({have / unit:g} {name}); "
                 f"lower --num-workers or {flag}, or pass --address of a cluster"
             )
 
@@ -122,6 +141,7 @@ def check_run_dir(run: RunDir, resume: bool = False) -> bool:
 # (batch, seeds, model, losses, data) would change the sample sequence or what is trained.
 RESUME_MAY_CHANGE = frozenset({
     "train.steps", "finetune.steps", "train.num_workers", "train.cpus_per_worker", "train.gpus_per_worker",
+    "train.memory_per_worker_gb",
     "train.max_failures", "train.max_nonfinite_steps", "train.log_every", "train.checkpoint_every",
     "train.num_to_keep", "train.tracker", "train.tracking_uri", "train.experiment",
 })
@@ -150,20 +170,28 @@ def config_changes(saved_url: str, cfg: Config, may_change=RESUME_MAY_CHANGE) ->
                      for k in sorted(now) if k not in may_change and saved.get(k) != now[k])
 
 
-def check_resume_matches(run: RunDir, cfg: Config, data: str) -> None:
-    """``--resume`` continues the run in ``--out``: refuse a config or a shard set that would change
-    it, naming the keys (``RESUME_MAY_CHANGE`` lists what may change)."""
+def run_changes(run: RunDir, cfg: Config, data: str, may_change=RESUME_MAY_CHANGE) -> str:
+    """What would change the run in ``run`` if it went on with ``cfg`` and ``data``: its config keys
+    outside ``may_change`` (``config_changes``) and its shard set, by fingerprint; "" when nothing."""
+    changes = []
     if run.exists("config.yaml"):
-        diffs = config_changes(run.url_of("config.yaml"), cfg)
-        if diffs:
-            raise JobError(f"--resume {run}: the config changes the run ({diffs}); resume with the run's own "
-                           f"config (--config {run.url_of('config.yaml')}) or start a new --out. A resume may change "
-                           f"only {', '.join(sorted(RESUME_MAY_CHANGE))}")
+        changes.append(config_changes(run.url_of("config.yaml"), cfg, may_change))
     if run.exists(RUN_DATA):
         before = json.loads(storage.read_bytes(run.url_of(RUN_DATA)))
         if before["fingerprint"] != data_fingerprint(data):
-            raise JobError(f"--resume {run}: --data {data} is not the shard set the run trained on ({before['data']}, "
-                           f"fingerprint {before['fingerprint']}); resume with --data {before['data']}")
+            changes.append(f"--data {data} is not the shard set the run trained on ({before['data']}, fingerprint "
+                           f"{before['fingerprint']})")
+    return "; ".join(c for c in changes if c)
+
+
+def check_resume_matches(run: RunDir, cfg: Config, data: str) -> None:
+    """``--resume`` continues the run in ``--out``: refuse a config or a shard set that would change
+    it, naming the keys (``RESUME_MAY_CHANGE`` lists what may change)."""
+    changes = run_changes(run, cfg, data)
+    if changes:
+        raise JobError(f"--resume {run}: this launch changes the run ({changes}); resume with the run's own config "
+                       f"(--config {run.url_of('config.yaml')}) and data, or start a new --out. A resume may change "
+                       f"only {', '.join(sorted(RESUME_MAY_CHANGE))}")
 
 
 def finished_export(run: RunDir, latest: str, steps: int) -> str | None:
@@ -346,7 +374,7 @@ def run_training(
     )
     gpus = cfg.train.gpus_per_worker
     if embedded:
-        check_fits_locally(workers, cfg.train.cpus_per_worker, gpus, ray.cluster_resources())
+        check_fits_locally(workers, worker_resources(cfg.train), ray.cluster_resources())
     else:
         warn_local_paths(stage, {"--data": data, "--out": run.url, "--init": init_from})
 
@@ -358,7 +386,7 @@ def run_training(
             scaling_config=ScalingConfig(
                 num_workers=workers,
                 use_gpu=gpus > 0,
-                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})},
+                resources_per_worker=worker_resources(cfg.train),
             ),
             run_config=RunConfig(
                 storage_path=run.url,

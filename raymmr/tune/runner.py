@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from pathlib import Path
 
 from raymmr import storage
 from raymmr.config import Config, to_yaml
 from raymmr.train import tracking
+from raymmr.train.launch import RESUME_MAY_CHANGE
 from raymmr.tune.space import SearchSpace, apply_params
 
 STUDY_NAME = "raymmr"
+# What a sweep's launch may change: how it shares the machine, and what a run's resume may change.
+SWEEP_MAY_CHANGE = RESUME_MAY_CHANGE | {"tune.num_samples", "tune.max_concurrent", "tune.trial_cpus"}
+# What may differ from a stage's earlier launch when its training is kept: not how long it trains (a
+# stage that exported after other steps is trained again).
+STAGE_MAY_CHANGE = SWEEP_MAY_CHANGE - {"train.steps", "finetune.steps"}
 
 
 def trial_config(base: Config, params: dict) -> Config:
@@ -69,29 +76,50 @@ def check_metric(base: Config, space: SearchSpace) -> None:
                           f"{'higher' if better[t.metric] == 'max' else 'lower'}; set tune.mode={better[t.metric]}")
 
 
-def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | None = None, local_cluster: bool = False):
+TRIAL_FAILED = "failed.json"  # in a trial's directory: the error that ended it, if retrying cannot change it
+
+
+def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | None = None, local_cluster: bool = False,
+                   launch: str = ""):
     """The Tune trainable: a driver function that runs Ray Train for one trial, its stages under
     ``<out>/trials/<trial id>`` (``out`` a path or URL: the trial may run on any node). With
     ``shared_pretrain`` (a space that only touches fine-tuning), trials fine-tune from that one
     pre-trained export instead of each pre-training the same model again. A retried trial (Tune's
     ``max_failures``, e.g. after a lost node) keeps its finished stages and continues the running
-    one from its newest complete checkpoint."""
+    one from its newest complete checkpoint. A trial that failed with an error retrying cannot change
+    (``launch.DETERMINISTIC_ERRORS``: a bad config, missing data) is not run again by this sweep
+    ``launch`` (an id of the sweep driver's launch): Tune's retries end at once, naming that error.
+    A later launch (``--resume``, maybe after a fix) runs it again."""
+    from raymmr.errors import JobError
+    from raymmr.train.launch import deterministic, error_line
 
     def run_trial(params: dict) -> None:
         import ray.tune
 
         if set(params) == {"params"}:  # a grid point arrives wrapped by tune.grid_search
             params = params["params"]
-        cfg = trial_config(base, params)
-        trial_dir = storage.join(out, "trials", ray.tune.get_context().get_trial_id())
+        trial_id = ray.tune.get_context().get_trial_id()
+        trial_dir = storage.join(out, "trials", trial_id)
         storage.write_text(storage.join(trial_dir, "params.json"), json.dumps(params, indent=1))
-        stage = functools.partial(run_stage, cfg, data=data, report_to_tune=True, local_cluster=local_cluster)
-        init_from = shared_pretrain
-        if init_from is None:
-            init_from = stage("pretrain", storage.join(trial_dir, "pretrain"), rung_offset=0)
-        if cfg.tune.objective == "finetune":
-            offset = 0 if shared_pretrain else cfg.tune.rungs
-            stage("finetune", storage.join(trial_dir, "finetune"), rung_offset=offset, init_from=init_from)
+        failed = storage.join(trial_dir, TRIAL_FAILED)
+        if storage.exists(failed):
+            record = json.loads(storage.read_text(failed))
+            if record.get("launch") == launch:
+                raise JobError(f"trial {trial_id} not retried: it failed with an error that fails the same way "
+                               f"every time: {record['error']}")
+        try:
+            cfg = trial_config(base, params)
+            stage = functools.partial(run_stage, cfg, data=data, report_to_tune=True, local_cluster=local_cluster)
+            init_from = shared_pretrain
+            if init_from is None:
+                init_from = stage("pretrain", storage.join(trial_dir, "pretrain"), rung_offset=0)
+            if cfg.tune.objective == "finetune":
+                offset = 0 if shared_pretrain else cfg.tune.rungs
+                stage("finetune", storage.join(trial_dir, "finetune"), rung_offset=offset, init_from=init_from)
+        except Exception as e:
+            if deterministic(e):
+                storage.write_text(failed, json.dumps({"launch": launch, "error": error_line(e)}))
+            raise
 
     return run_trial
 
@@ -99,9 +127,18 @@ def make_trainable(base: Config, out: str, data: str, shared_pretrain: str | Non
 def run_stage(cfg: Config, stage: str, run: str, data: str, **train_kwargs) -> str:
     """One training stage of the sweep (a trial's, or the shared pre-training) into ``run`` (a path
     or URL); returns its export. A stage that already exported is not trained again, and one that
-    was running continues from its newest complete checkpoint."""
-    from raymmr.train.launch import run_training
+    was running continues from its newest complete checkpoint, when both were trained from this
+    config and data (``launch.run_changes``); one trained from anything else is set aside and
+    trained again."""
+    from raymmr.rundir import RunDir, set_aside
+    from raymmr.train.launch import run_changes, run_training
 
+    if storage.exists(storage.join(run, "config.yaml")):
+        changes = run_changes(RunDir(run), cfg, data, STAGE_MAY_CHANGE)
+        if changes:  # another launch's stage (the shared pre-training of a sweep restarted with other settings)
+            aside = set_aside(run, "superseded")
+            print(f"[tune] {run} was trained from something else ({changes}): moved to {aside}, trained again",
+                  flush=True)
     export = storage.join(run, storage.EXPORT)
     if storage.exists(storage.join(export, storage.WEIGHTS)):
         if train_kwargs.get("report_to_tune"):
@@ -222,15 +259,14 @@ def check_sweep_dir(out: str, resume: bool, base: Config, space) -> bool:
 
     from raymmr.errors import JobError
     from raymmr.rundir import RunDir
-    from raymmr.train.launch import RESUME_MAY_CHANGE, config_changes
+    from raymmr.train.launch import config_changes
 
     out = storage.normalize(out)
     experiment = storage.join(out, "tune")
     sweep = RunDir(out)
     if tune.Tuner.can_restore(experiment):
         if sweep.exists(BASE_CONFIG):
-            may_change = RESUME_MAY_CHANGE | {"tune.num_samples", "tune.max_concurrent", "tune.trial_cpus"}
-            diffs = config_changes(sweep.url_of(BASE_CONFIG), base, may_change)
+            diffs = config_changes(sweep.url_of(BASE_CONFIG), base, SWEEP_MAY_CHANGE)
             if diffs:
                 raise JobError(f"--out {out} holds a sweep with another base config ({diffs}); continue it with "
                                f"its own (--config {sweep.url_of(BASE_CONFIG)}) or choose a new --out")
@@ -252,24 +288,30 @@ def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
     """An embedded Ray has no autoscaler: trials (each its own CPU + its workers) that do not fit
     the machine would wait forever. Share the machine's CPUs among ``tune.max_concurrent`` trials
     (workers get at least half a CPU each; fewer trials at once where that does not fit), run no
-    more trials at once than the GPUs hold; refuse what cannot fit at all, with the numbers."""
+    more trials at once than the GPUs and the memory hold; refuse what cannot fit at all, with the
+    numbers."""
     from raymmr.config import ConfigError
-    from raymmr.train.launch import parse_num_workers
+    from raymmr.train.launch import GB, RESOURCE_NAMES, parse_num_workers, worker_resources
 
     tr, t = cfg.train, cfg.tune
     workers = parse_num_workers(tr.num_workers)
     workers = workers[0] if isinstance(workers, tuple) else workers
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if tr.gpus_per_worker * workers > gpus + 1e-9:
-        raise ConfigError(f"a trial's {workers} workers x {tr.gpus_per_worker:g} GPU do not fit this machine "
-                          f"({gpus:g} GPU); lower train.gpus_per_worker or pass --address of a cluster")
+    cpus = resources.get("CPU", 0.0)
+    concurrent = t.max_concurrent
+    for resource, need in worker_resources(tr).items():
+        if resource == "CPU" or need <= 0:
+            continue
+        name, unit, _, key = RESOURCE_NAMES[resource]
+        have = resources.get(resource, 0.0)
+        if need * workers > have + 1e-9:
+            raise ConfigError(f"a trial's {workers} workers x {need / unit:g} {name} do not fit this machine "
+                              f"({have / unit:g} {name}); lower {key} or pass --address of a cluster")
+        # a trial waiting for a GPU or memory that never frees fails its placement
+        concurrent = min(concurrent, max(1, int(have / (workers * need) + 1e-9)))
     min_cpw = min(0.5, tr.cpus_per_worker)
     if t.trial_cpus + workers * min_cpw > cpus + 1e-9:
         raise ConfigError(f"a trial needs {t.trial_cpus:g} CPU + {workers} workers x at least {min_cpw:g} CPU; "
                           f"this machine has {cpus:g} CPU: lower train.num_workers or pass --address of a cluster")
-    concurrent = t.max_concurrent
-    if tr.gpus_per_worker > 0:  # a trial waiting for a GPU that never frees fails its placement
-        concurrent = min(concurrent, max(1, int(gpus / (workers * tr.gpus_per_worker) + 1e-9)))
     while concurrent > 1 and t.trial_cpus + workers * min_cpw > cpus / concurrent + 1e-9:
         concurrent -= 1
     # Two decimals, rounded down: the shares must not add up to more than the machine.
@@ -280,7 +322,8 @@ def fit_to_machine(cfg: Config, resources: dict, log=print) -> Config:
     if concurrent != t.max_concurrent:
         changes["tune.max_concurrent"] = concurrent
     if changes:
-        log(f"[tune] fitted to this machine ({cpus:g} CPU, {gpus:g} GPU, embedded Ray): "
+        log(f"[tune] fitted to this machine ({cpus:g} CPU, {resources.get('GPU', 0.0):g} GPU, "
+            f"{resources.get('memory', 0.0) / GB:.1f} GB of memory, embedded Ray): "
             + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return apply_params(cfg, changes) if changes else cfg
 
@@ -316,7 +359,8 @@ def run_sweep(
     shared = None
     if t.objective == "finetune" and not space.touches_pretraining:
         shared = shared_pretraining(base, out, data, local_cluster=embedded)
-    trainable = tune.with_resources(make_trainable(base, out, data, shared, local_cluster=embedded),
+    launch = uuid.uuid4().hex[:12]  # this launch of the sweep (make_trainable: no retry of a deterministic error)
+    trainable = tune.with_resources(make_trainable(base, out, data, shared, local_cluster=embedded, launch=launch),
                                     {"cpu": t.trial_cpus})
     max_rung = t.rungs * (2 if t.objective == "finetune" and shared is None else 1)
     experiment = storage.join(out, "tune")
