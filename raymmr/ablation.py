@@ -118,16 +118,6 @@ def run_ablation(
     return report
 
 
-def read_questions(run: str) -> dict[str, dict] | None:
-    """A run's validation questions by key (``eval.evaluate.QUESTIONS``); None when it has none."""
-    from raymmr.eval.evaluate import QUESTIONS
-
-    path = storage.join(run, "eval", SELECTION_SPLIT, QUESTIONS)
-    if not storage.exists(path):
-        return None
-    return {q["key"]: q for q in map(json.loads, storage.read_text(path).splitlines())}
-
-
 def paired_differences(out: str, variants: list[str], seeds: list[int], n_boot: int = 1000) -> dict:
     """Each variant minus ``REFERENCE`` on the same questions, per ``PAIRED`` column: the mean over
     seeds of the per-question difference (each seed's two arms trained with that seed), with a 95%
@@ -137,7 +127,10 @@ def paired_differences(out: str, variants: list[str], seeds: list[int], n_boot: 
 
     if REFERENCE not in variants:
         return {}
-    runs = {(v, s): read_questions(storage.join(out, v, f"seed{s}")) for v in variants for s in seeds}
+    from raymmr.eval.evaluate import read_questions
+
+    runs = {(v, s): read_questions(storage.join(out, v, f"seed{s}", "eval", SELECTION_SPLIT))
+            for v in variants for s in seeds}
     if any(q is None for q in runs.values()):
         return {}
     keys = sorted(runs[(REFERENCE, seeds[0])])

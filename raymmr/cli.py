@@ -103,6 +103,7 @@ COMMANDS = {
     "demo": "demo",
     "benchmark": "benchmark",
     "benchmark-loader": "benchmark_loader",
+    "benchmark-search": "benchmark_search",
 }
 
 

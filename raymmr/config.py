@@ -85,6 +85,42 @@ def worker_text(value: str | int) -> str:
     return f"{n[0]}:{n[1]}" if isinstance(n, tuple) else str(n)
 
 
+def names_text(value: str) -> str:
+    """The canonical text of a comma-separated list of names: "a,b" (spaces dropped, none empty)."""
+    names = [n.strip() for n in str(value).split(",")]
+    if not all(names):
+        raise ValueError(f"{value!r}: an empty name; give names separated by commas, e.g. 'a,b'")
+    return ",".join(names)
+
+
+def seeds_text(value: str) -> str:
+    """``names_text`` of distinct non-negative integer seeds: "0,1,2"."""
+    text = names_text(value)
+    seeds = text.split(",")
+    if not all(s.isdigit() for s in seeds) or len(set(map(int, seeds))) < len(seeds):
+        raise ValueError(f"{value!r}: give distinct non-negative integers separated by commas, e.g. 0,1,2")
+    return ",".join(str(int(s)) for s in seeds)
+
+
+def modes_text(value: str) -> str:
+    """``names_text`` of optimisation directions, each 'min' or 'max'."""
+    text = names_text(value)
+    bad = [m for m in text.split(",") if m not in ("min", "max")]
+    if bad:
+        raise ValueError(f"{bad}: each direction is 'min' or 'max' (one per tune.metric, separated by commas)")
+    return text
+
+
+def objectives(tune: TuneConfig) -> list[tuple[str, str]]:
+    """A sweep's objectives: ``(metric, mode)`` pairs from ``tune.metric`` and ``tune.mode`` (one
+    name, or several separated by commas: a multi-objective sweep, the first its primary)."""
+    metrics, modes = tune.metric.split(","), tune.mode.split(",")
+    if len(metrics) != len(modes):
+        raise ConfigError(f"tune.metric={tune.metric} names {len(metrics)} metric(s) but tune.mode={tune.mode} "
+                          f"{len(modes)} direction(s): give one direction per metric, in order")
+    return list(zip(metrics, modes))
+
+
 def check_synthrad_domains(num_domains: int, test_domain: int, val_domain: int = -1) -> None:
     """SynthRad's held-out sites must exist, differ, and leave training at least one site."""
     if not 0 <= test_domain < num_domains:
@@ -262,8 +298,10 @@ class TrainConfig:
 class TuneConfig:
     num_samples: int = _f(20, range=(1, 100000))
     max_concurrent: int = _f(2, range=(1, 10000))
-    metric: str = _f("val_vqa_accuracy", help="fixed validation metric reported at every rung")
-    mode: str = _f("max", choices=["min", "max"])
+    metric: str = _f("val_vqa_accuracy", parse=names_text,
+                     help="fixed validation metric reported at every rung; several, separated by commas, make a "
+                     "multi-objective sweep (the Pareto front is reported; the first metric is the primary)")
+    mode: str = _f("max", parse=modes_text, help="min or max, one per tune.metric, separated by commas")
     objective: str = _f("finetune", choices=["pretrain", "finetune"], help="pipeline run by each trial")
     rungs: int = _f(4, range=(1, 1000), help="validation reports per trial (ASHA max_t)")
     grace_period: int = _f(1, range=(1, 1000))
@@ -271,7 +309,13 @@ class TuneConfig:
     trial_cpus: float = _f(0.01, range=(0.001, 1024.0))
     seed: int = _f(0, range=(0, 2**31 - 1))
     scheduler: str = _f("asha", choices=["asha", "fifo"], help="asha stops weak trials; fifo runs every trial to the end")
+    sampler: str = _f("tpe", choices=["tpe", "random"], help="how a sampled space is searched: Optuna's TPE, or "
+                      "random search (Optuna's RandomSampler); seeded by tune.seed")
     max_failures: int = _f(2, range=(0, 1000), help="retries of a failed trial (a lost node); each continues from its checkpoint")
+    confirm_top: int = _f(3, range=(0, 1000), help="after the search, train this many best candidates (the front's "
+                          "first, with several objectives) again with each of tune.confirm_seeds and rank them on "
+                          "validation with intervals (raymmr.confirm); 0 = no confirmation")
+    confirm_seeds: str = _f("0,1,2", parse=seeds_text, help="the seeds of the confirmation, e.g. 0,1,2")
 
 
 @dataclass
@@ -571,6 +615,7 @@ def validate(cfg: Config) -> None:
     if cfg.train.compile and cfg.train.zero_stage == 3:
         raise ConfigError("train.compile=true with train.zero_stage=3: ZeRO-3 gathers parameters in hooks "
                           "that torch.compile cannot trace here; use train.zero_stage=2 or train.compile=false")
+    objectives(cfg.tune)
     if cfg.masking.mask_ratio_low > cfg.masking.mask_ratio_high:
         raise ConfigError(
             f"masking.mask_ratio_low={cfg.masking.mask_ratio_low} must be <= masking.mask_ratio_high={cfg.masking.mask_ratio_high}"

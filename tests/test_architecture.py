@@ -20,7 +20,7 @@ FLOORS = [
     {"eval": {"eval"}},
     {"train": {"train"}},
     {"tune": {"tune"}, "pipeline": {"pipeline"}},
-    {"ablation": {"ablation"}},
+    {"ablation": {"ablation"}, "confirm": {"confirm"}},
     {"cli": {"cli"}},
     {"jobs": {"jobs"}},
 ]

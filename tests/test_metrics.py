@@ -421,3 +421,47 @@ def test_seeded_interval_resamples_seeds_as_well_as_images():
     assert boot.seeded_interval([hits], closed)[1] == pytest.approx(boot.interval(hits, closed))
     with pytest.raises(ValueError, match="expected"):
         boot.seeded_interval([hits[:10]])
+
+
+def test_in_run_validation_gives_cross_domain_accuracy_as_evaluation_defines_it():
+    """``val_vqa_accuracy_cross_domain``: the VQA accuracy of the questions from domains outside the
+    train split's (``shards.training_domains``, evaluation's ``vqa_cross_domain``), hand-counted;
+    absent (never 0) when validation saw no such question."""
+    from types import SimpleNamespace
+
+    from raymmr.train.setup import cross_domain_ids
+    from raymmr.train.worker import validate
+
+    manifest = {"domains": ["site0", "site1", "site2", "site4"],
+                "splits": {"train": {"domains": ["site0", "site1", "site2"]}, "val": {"domains": ["site0", "site4"]}}}
+    assert cross_domain_ids(manifest) == (3,)
+    assert cross_domain_ids({"domains": ["a"], "splits": {"train": {}}}) == ()  # no domains recorded: none
+
+    class Model(torch.nn.Module):
+        def answer_logits(self, image, text_ids, text_mask):
+            return torch.nn.functional.one_hot(text_ids[:, 0], 3).float()  # answers what the first token says
+
+        def encode_image(self, image):
+            return torch.ones(len(image), 2)
+
+        encode_text = lambda self, ids, mask: torch.ones(len(ids), 2)  # noqa: E731
+
+    def batch(domains, answers, predicted):
+        n = len(domains)
+        return {"image": torch.zeros(n, 3, 4, 4, dtype=torch.uint8), "text_ids": torch.tensor(predicted)[:, None],
+                "text_mask": torch.ones(n, 1, dtype=torch.long), "answer": torch.tensor(answers),
+                "domain": torch.tensor(domains), "is_caption": torch.zeros(n, dtype=torch.bool)}
+
+    # Six questions: 4 of 6 right overall; the three of domain 3 (site4): 1 of 3 right.
+    batches = [batch([0, 3, 1], [0, 1, 2], [0, 1, 2]), batch([3, 3, 0], [0, 1, 2], [1, 2, 2])]
+
+    def context(batches, ids):
+        return SimpleNamespace(engine=SimpleNamespace(module=Model()), device=torch.device("cpu"), bf16=False,
+                               world_size=1, cross_domain_ids=ids, task=lambda model, b: {},
+                               val_batches=lambda: iter(batches))
+
+    out = validate(context(batches, (3,)))
+    assert out["val_vqa_accuracy"] == pytest.approx(4 / 6)
+    assert out["val_vqa_accuracy_cross_domain"] == pytest.approx(1 / 3)
+    assert "val_vqa_accuracy_cross_domain" not in validate(context(batches, ()))
+    assert "val_vqa_accuracy_cross_domain" not in validate(context([batches[0]], (2,)))

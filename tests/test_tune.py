@@ -145,4 +145,18 @@ def test_readme_sweep_command_finishes_as_written(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert rows and all(r["status"] in ("COMPLETED", "STOPPED_EARLY") for r in rows), rows
-    assert (out / "best_config.yaml").exists()
+    # Two objectives: the front, exactly the non-dominated trials, a config per point, no single best.
+    from raymmr.config import load_config
+    from raymmr.tune.report import pareto_front
+
+    metrics = ["val_vqa_accuracy", "val_vqa_accuracy_cross_domain"]
+    records = [{"trial_id": r["trial_id"], "params": {}, "objective": float(r[metrics[0]]), "iterations": 0,
+                "status": r["status"], "objectives": {m: float(r[m]) for m in metrics}} for r in rows]
+    expected = [r["trial_id"] for r in pareto_front(records, [(m, "max") for m in metrics])]
+    front = json.loads((out / "front.json").read_text())["front"]
+    assert expected and [p["trial_id"] for p in front] == expected
+    assert {r["trial_id"] for r in rows if r["front"] == "yes"} == set(expected)
+    for point in front:
+        assert load_config(str(out / point["config"])).masking.asymmetric is not None
+    assert (out / "front.png").exists() and not (out / "best_config.yaml").exists()
+    assert "every trial runs to its end" in proc.stdout + proc.stderr

@@ -469,3 +469,135 @@ def test_a_stage_trained_from_another_config_or_data_is_set_aside_and_trained_ag
         assert not (run / storage.EXPORT / storage.WEIGHTS).exists(), name
         (aside,) = run.parent.glob("shared_pretrain.superseded-*")
         assert (aside / storage.EXPORT / storage.WEIGHTS).read_bytes() == b"weights", name
+
+
+def _two_objective_records():
+    """Hand-made trials on (clean, cross-domain) validation accuracy, both maximised:
+    a (0.60, 0.40), b (0.50, 0.55), c (0.55, 0.45), d (0.50, 0.40) dominated by a and c,
+    e (0.60, 0.40) equal to a, f errored with the best values, g without the second value."""
+    def rec(trial, clean, cross, status="COMPLETED"):
+        return {"trial_id": trial, "params": {"loss.w_img": clean}, "objective": clean,
+                "objectives": {"val_vqa_accuracy": clean, "val_vqa_accuracy_cross_domain": cross},
+                "iterations": 3, "status": status}
+
+    return [rec("a", 0.60, 0.40), rec("b", 0.50, 0.55), rec("c", 0.55, 0.45), rec("d", 0.50, 0.40),
+            rec("e", 0.60, 0.40), rec("f", 0.90, 0.90, status="ERROR"), rec("g", 0.95, None)]
+
+
+def test_pareto_front_holds_exactly_the_non_dominated_trials():
+    from raymmr.tune.report import pareto_front
+
+    both_max = [("val_vqa_accuracy", "max"), ("val_vqa_accuracy_cross_domain", "max")]
+    records = _two_objective_records()
+    assert [r["trial_id"] for r in pareto_front(records, both_max)] == ["a", "e", "c", "b"]
+    # Checked against the definition, pair by pair: on the front iff no eligible trial dominates it.
+    eligible = [r for r in records if r["trial_id"] not in ("f", "g")]
+    values = {r["trial_id"]: tuple(r["objectives"].values()) for r in eligible}
+    dominated = {t for t, v in values.items()
+                 if any(all(x >= y for x, y in zip(w, v)) and w != v for w in values.values())}
+    assert {r["trial_id"] for r in pareto_front(records, both_max)} == set(values) - dominated == {"a", "b", "c", "e"}
+    # Direction matters: minimising the second objective makes d and a/e the front (c is beaten by a).
+    mixed = [("val_vqa_accuracy", "max"), ("val_vqa_accuracy_cross_domain", "min")]
+    assert [r["trial_id"] for r in pareto_front(records, mixed)] == ["a", "e"]
+    assert pareto_front([], both_max) == []
+
+
+def test_a_two_objective_report_writes_the_front_and_a_config_per_point(tmp_path):
+    from raymmr.config import load_config
+    from raymmr.tune.report import write_report
+
+    base = load_config("tiny")
+    paths = write_report(_two_objective_records(), tmp_path, base_cfg=base,
+                         metric="val_vqa_accuracy,val_vqa_accuracy_cross_domain", mode="max,max", title="two")
+    front = json.loads((tmp_path / "front.json").read_text())
+    assert [p["trial_id"] for p in front["front"]] == ["a", "e", "c", "b"]
+    for point in front["front"]:
+        assert load_config(str(tmp_path / point["config"])).loss.w_img == point["params"]["loss.w_img"]
+    assert sorted(p.name for p in (tmp_path / "front").iterdir()) == ["a.yaml", "b.yaml", "c.yaml", "e.yaml"]
+    assert not (tmp_path / "best_config.yaml").exists()  # no single best
+    assert (tmp_path / "front.png").stat().st_size > 5000 and paths["front_plot"] == tmp_path / "front.png"
+    table = (tmp_path / "trials.md").read_text()
+    assert "## Pareto front" in table and "no single best" in table and "front/b.yaml" in table
+    rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
+    assert {r["trial_id"]: r["front"] for r in rows} == {"a": "yes", "b": "yes", "c": "yes", "d": "", "e": "yes",
+                                                          "f": "", "g": ""}
+    by_id = {r["trial_id"]: r for r in rows}
+    assert by_id["a"]["val_vqa_accuracy_cross_domain"] == "0.4" and by_id["g"]["val_vqa_accuracy_cross_domain"] == ""
+    assert [r["trial_id"] for r in rows][:2] == ["g", "a"]  # ranked by the first objective
+
+
+def test_several_objectives_are_checked_one_by_one():
+    from raymmr.config import ConfigError, load_config
+    from raymmr.tune.runner import check_metric
+    from raymmr.tune.space import load_space
+
+    space = load_space("mixup")
+
+    def check(*overrides):
+        check_metric(load_config("tiny", list(overrides)), space)
+
+    check("tune.metric=val_vqa_accuracy,val_vqa_accuracy_cross_domain", "tune.mode=max,max")
+    with pytest.raises(ConfigError, match="names 2 metric"):
+        load_config("tiny", ["tune.metric=val_vqa_accuracy,val_vqa_accuracy_cross_domain"])
+    with pytest.raises(ConfigError, match="tune.mode=min with tune.metric=val_vqa_accuracy_cross_domain"):
+        check("tune.metric=val_vqa_accuracy,val_vqa_accuracy_cross_domain", "tune.mode=max,min")
+    with pytest.raises(ConfigError, match="names a metric twice"):
+        check("tune.metric=val_vqa_accuracy,val_vqa_accuracy", "tune.mode=max,max")
+    with pytest.raises(ConfigError, match="val_retrieval_mean_rank with tune.objective=finetune"):
+        check("tune.metric=val_vqa_accuracy,val_retrieval_mean_rank", "tune.mode=max,min")
+
+
+def test_the_parallel_coordinates_of_nine_loss_weights_have_labels_that_do_not_overprint():
+    """The loss_weights space has nine weights: Optuna's plot at its default width overprinted its
+    axis labels; fitted, no two labels' boxes overlap."""
+    import warnings
+
+    from matplotlib import pyplot
+    from optuna.visualization import matplotlib as vis
+
+    from raymmr.tune.report import fit_parallel_labels
+
+    names = [f"loss.w_{n}" for n in ("img", "txt", "img_local", "txt_local", "con_inter", "con_intra",
+                                     "dom_consist", "mod_resil", "ans")]
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: sum(t.suggest_float(n, 0.0, 2.0) for n in names), n_trials=12)
+
+    def overlaps(figure) -> int:
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        # the first axes carry the labels (the others are twins, one per parameter's own y scale)
+        boxes = [label.get_window_extent(renderer) for label in figure.axes[0].get_xticklabels() if label.get_text()]
+        assert len(boxes) >= len(names)
+        return sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = vis.plot_parallel_coordinate(study, target_name="val_vqa_accuracy")
+    figure = ax.figure
+    figure.set_size_inches(7.0, 4.5)  # what every study plot used to get
+    assert overlaps(figure) > 0  # the test can see the fault
+    fit_parallel_labels(figure, len(names))
+    assert overlaps(figure) == 0
+    pyplot.close(figure)
+
+
+def test_the_report_says_how_noisy_its_metric_is_and_warns_when_the_trials_are_inside_it(tmp_path):
+    """The four-way tie of a 24-step sweep (every trial at the majority answer): the table says the
+    metric's interval and that the ranking may be noise; trials far apart get the interval only."""
+    from raymmr.tune.report import noise_note, rank_trials
+    from raymmr.tune.runner import validation_questions
+
+    tied = [{"trial_id": t, "params": {}, "objective": 0.328125, "iterations": 3, "status": "COMPLETED"} for t in "abcd"]
+    note = noise_note(rank_trials(tied), "val_vqa_accuracy", questions=64)
+    # 1.96 * sqrt(0.328 * 0.672 / 64) = 11.5 points
+    assert "64 validation questions" in note and "±11.5 points at 32.8%" in note and "may be noise" in note
+    apart = [{**tied[0], "objective": 0.3}, {**tied[1], "trial_id": "b", "objective": 0.7}]
+    note = noise_note(rank_trials(apart), "val_vqa_accuracy", questions=400)
+    assert "±4.5 points" in note and "may be noise" not in note
+    assert noise_note(rank_trials(tied), "val_rec_img_global", questions=64) == ""  # no accuracy
+    written = write_report(tied, tmp_path, base_cfg=load_config("tiny"), metric="val_vqa_accuracy", questions=64)
+    assert "may be noise" in written["markdown"].read_text()
+    # tiny fine-tuning validates 5 batches of 32 on one worker: 160 questions; pre-training reads
+    # captions too, so fewer VQA questions (the split's share).
+    assert validation_questions(load_config("tiny"), data="unused") == 160
+    assert validation_questions(load_config("tiny", ["tune.objective=pretrain"]), data=str(tmp_path)) is None

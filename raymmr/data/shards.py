@@ -210,6 +210,13 @@ def training_split(stage: str, manifest: dict) -> str:
     return TRAIN_SPLIT
 
 
+def training_domains(manifest: dict) -> set[str]:
+    """The domains a downstream model trains on (the ``train`` split's): a question from any other
+    domain is *cross-domain*, in evaluation (``vqa_cross_domain``) and in-run validation
+    (``val_vqa_accuracy_cross_domain``) alike. Empty when the manifest records none."""
+    return set((manifest or {}).get("splits", {}).get(TRAIN_SPLIT, {}).get("domains", []))
+
+
 def shard_urls(data: str, split: str) -> list[str]:
     """The shard URLs of ``split`` in ``data``, in manifest order.
 

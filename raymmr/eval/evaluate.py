@@ -154,7 +154,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str, role: str | No
     text-only baseline. ``n_boot``: bootstrap resamples of the intervals. ``card``: also write the
     results into the export's model card (its README.md)."""
     from raymmr import storage
-    from raymmr.data.shards import read_manifest
+    from raymmr.data.shards import read_manifest, training_domains
     from raymmr.rundir import RunDir
     from raymmr.serve import Predictor
 
@@ -177,7 +177,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str, role: str | No
     test = load_split(data, split, predictor.cfg.data.image_size, limit, manifest.get("fields"))
     if not test.vqa and not test.captions:
         raise ValueError(f"{data}: split '{split}' has no samples")
-    train_domains = set(manifest["splits"]["train"].get("domains", []))
+    train_domains = training_domains(manifest)
     results: dict = {"split": split, "role": role, "data": data, "model": export_dir, "n_vqa": len(test.vqa),
                      "n_captions": len(test.captions),
                      "robustness_benchmark": {s: {"family": BENCHMARK_SETS[s].family,
@@ -358,6 +358,17 @@ def by_question_type(samples, preds: list[str], baselines: dict[str, list[str]],
 
 
 QUESTIONS = "questions.jsonl"  # beside results.json: one row per VQA question (``vqa_results``)
+
+
+def read_questions(eval_dir: str) -> dict[str, dict] | None:
+    """The questions of an evaluation written to ``eval_dir`` (a path or URL), by key (``QUESTIONS``);
+    None when it wrote none."""
+    from raymmr import storage
+
+    path = storage.join(eval_dir, QUESTIONS)
+    if not storage.exists(path):
+        return None
+    return {q["key"]: q for q in map(json.loads, storage.read_text(path).splitlines())}
 
 
 def write_results(results: dict, out: str, questions: list[dict] | None = None) -> None:

@@ -41,6 +41,7 @@ class WorkerContext:
     momentum: MomentumEMA
     resume: ResumePoint | None = None
     data_position: Any = None  # raymmr.data.loader.LoaderPosition of ``batches``
+    cross_domain_ids: tuple[int, ...] = ()  # the loader's domain ids outside training (shards.training_domains)
     extra: dict = field(default_factory=dict)
 
 
@@ -159,11 +160,21 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         momentum=MomentumEMA(model, zero3=cfg.train.zero_stage == 3),
         resume=resume,
         data_position=position,
+        cross_domain_ids=cross_domain_ids(manifest),
         extra={"run_dir": job.run_dir},
     )
 
 
 # --------------------------------------------------------------------------- builders
+
+
+def cross_domain_ids(manifest: dict) -> tuple[int, ...]:
+    """The ids the loader gives (positions in the manifest's ``domains``) of the domains a
+    downstream model does not train on; none when the manifest records no training domains."""
+    from raymmr.data.shards import training_domains
+
+    trained = training_domains(manifest)
+    return tuple(i for i, d in enumerate(manifest.get("domains", [])) if trained and d not in trained)
 
 
 def worker_device(cfg: Config, rank: int) -> tuple[torch.device, bool]:

@@ -249,8 +249,10 @@ def save_and_report(w: WorkerContext, step: int, metrics: dict, with_checkpoint:
 
 @torch.no_grad()
 def validate(w: WorkerContext) -> dict:
-    """Validation loss, VQA accuracy and retrieval mean rank on the held-out split, by the
-    definitions evaluation uses (``raymmr.eval.metrics``): accuracy over every VQA sample (a gold
+    """Validation loss, VQA accuracy (also of the cross-domain questions alone, those of a domain
+    training never sees: ``val_vqa_accuracy_cross_domain``) and retrieval mean rank on the held-out
+    split, by the definitions evaluation uses (``raymmr.eval.metrics``, ``shards.training_domains``):
+    accuracy over every VQA sample (a gold
     answer outside the vocabulary counts as wrong), mean rank of both directions with pessimistic
     ties, each caption ranked against all the captions of this rank's validation part (a pool of a
     few in-batch captions makes the rank too coarse to compare trials).
@@ -261,7 +263,9 @@ def validate(w: WorkerContext) -> dict:
     was_training = model.training
     model.eval()
     acc = TermAccumulator()
-    sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # correct, answered, rank sum, ranked
+    # correct, answered, rank sum, ranked, correct and answered cross-domain
+    sums = torch.zeros(6, dtype=torch.float64, device=w.device)
+    cross_ids = torch.tensor(w.cross_domain_ids, dtype=torch.long, device=w.device)
     images, texts, captions = [], [], []  # caption pairs' embeddings, pair i <-> i, and their token ids (a group each)
     for batch in w.val_batches():
         batch.pop("skipped", None)
@@ -273,6 +277,10 @@ def validate(w: WorkerContext) -> dict:
         correct, answered = vqa_hits(logits, batch["answer"], ~batch["is_caption"])
         sums[0] += correct
         sums[1] += answered
+        cross = torch.isin(batch["domain"], cross_ids)
+        correct, answered = vqa_hits(logits, batch["answer"], ~batch["is_caption"] & cross)
+        sums[4] += correct
+        sums[5] += answered
         # Whole batches through the towers on every rank (ZeRO-3 gathers parameters collectively,
         # so the number of forwards must not depend on how many captions a rank drew).
         cap = batch["is_caption"]
@@ -296,6 +304,8 @@ def validate(w: WorkerContext) -> dict:
         out["val_vqa_accuracy"] = float(sums[0] / sums[1])
     if sums[3] > 0:
         out["val_retrieval_mean_rank"] = float(sums[2] / sums[3])
+    if sums[5] > 0:
+        out["val_vqa_accuracy_cross_domain"] = float(sums[4] / sums[5])
     return out
 
 

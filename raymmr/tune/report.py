@@ -106,6 +106,33 @@ def best_trial(records: Sequence[dict], mode: str = "max") -> dict | None:
     return ranked[0] if ranked and ranked[0]["rank"] == 1 else None
 
 
+def _signed(r: dict, objectives: Sequence[tuple[str, str]]) -> tuple[float, ...] | None:
+    """A trial's objective values, each signed so that larger is better; None when the trial
+    errored or lacks a finite value of one of them."""
+    if str(r["status"]).upper() == "ERROR":
+        return None
+    values = [(r.get("objectives") or {}).get(metric) for metric, _ in objectives]
+    if any(v is None or not math.isfinite(float(v)) for v in values):
+        return None
+    return tuple(float(v) if mode == "max" else -float(v) for v, (_, mode) in zip(values, objectives))
+
+
+def pareto_front(records: Sequence[dict], objectives: Sequence[tuple[str, str]]) -> list[dict]:
+    """The Pareto front of a multi-objective sweep: the trials with a finite value of every
+    objective (``record["objectives"][metric]``; errored trials excluded) that no other such trial
+    dominates (at least as good in every objective and better in one; ``objectives`` are
+    ``(metric, mode)`` pairs). Trials with equal values are all on it. Sorted best first by the
+    first objective."""
+    recs = _check_records(records)
+    points = [(r, v) for r in recs if (v := _signed(r, objectives)) is not None]
+
+    def dominates(a: tuple, b: tuple) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    front = [r for r, v in points if not any(dominates(w, v) for _, w in points)]
+    return sorted(front, key=lambda r: (-_signed(r, objectives)[0], str(r["trial_id"])))
+
+
 def _param_keys(records: Sequence[dict]) -> list[str]:
     keys: list[str] = []
     for r in records:
@@ -113,19 +140,31 @@ def _param_keys(records: Sequence[dict]) -> list[str]:
     return keys
 
 
-def _flat_rows(ranked: Sequence[dict]) -> tuple[list[str], list[dict]]:
+def _flat_rows(ranked: Sequence[dict], front: Sequence[dict] | None = None,
+               metrics: Sequence[str] = ()) -> tuple[list[str], list[dict]]:
+    """Table rows: the base columns and one per param; with ``metrics`` (a multi-objective sweep),
+    a column per objective and ``front`` (whether the trial is on ``front``) instead of ``objective``."""
     keys = _param_keys(ranked)
-    rows = [{**{c: r[c] for c in BASE_COLUMNS}, **{k: r["params"].get(k) for k in keys}} for r in ranked]
-    return [*BASE_COLUMNS, *keys], rows
+    if not metrics:
+        rows = [{**{c: r[c] for c in BASE_COLUMNS}, **{k: r["params"].get(k) for k in keys}} for r in ranked]
+        return [*BASE_COLUMNS, *keys], rows
+    on_front = {str(r["trial_id"]) for r in front or ()}
+    base = [c for c in BASE_COLUMNS if c != "objective"]
+    rows = [{**{c: r[c] for c in base}, "front": "yes" if str(r["trial_id"]) in on_front else "",
+             **{m: (r.get("objectives") or {}).get(m) for m in metrics}, **{k: r["params"].get(k) for k in keys}}
+            for r in ranked]
+    return [*base, "front", *metrics, *keys], rows
 
 
 # --------------------------------------------------------------------------- tables and best config
 
 
-def write_trials_csv(ranked: Sequence[dict], path: str | Path) -> None:
-    """One row per trial: rank, trial_id, status, iterations, objective, then one column per param
-    (empty where a conditional param was not drawn)."""
-    columns, rows = _flat_rows(ranked)
+def write_trials_csv(ranked: Sequence[dict], path: str | Path, front: Sequence[dict] | None = None,
+                     metrics: Sequence[str] = ()) -> None:
+    """One row per trial: rank, trial_id, status, iterations, objective (several objectives: a
+    column each and ``front``), then one column per param (empty where a conditional param was not
+    drawn)."""
+    columns, rows = _flat_rows(ranked, front, metrics)
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns)
         w.writeheader()
@@ -133,32 +172,62 @@ def write_trials_csv(ranked: Sequence[dict], path: str | Path) -> None:
             w.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in row.items()})
 
 
+def noise_note(ranked: Sequence[dict], metric: str, questions: int | None) -> str:
+    """How noisy the objective is: the 95% interval of an accuracy measured on ``questions``
+    questions (normal approximation at the best trial's value), and a warning when the spread of the
+    eligible trials' objectives lies inside it. "" when the metric is no accuracy or n is unknown."""
+    good = [r["objective"] for r in ranked if r["rank"] is not None]
+    if not questions or not good or "accuracy" not in metric:
+        return ""
+    p = min(max(max(good), 0.0), 1.0)
+    half = 1.96 * math.sqrt(max(p * (1 - p), 0.25 / questions) / questions)
+    spread = max(good) - min(good)
+    note = (f"Noise: each `{metric}` is measured on {questions} validation questions, a 95% interval of about "
+            f"±{100 * half:.1f} points at {100 * p:.1f}%.")
+    if len(good) > 1 and spread <= 2 * half:
+        note += (f" **The trials' spread ({100 * spread:.1f} points, best to worst) is inside that interval: this "
+                 "ranking may be noise.** Confirm the top trials with several seeds (tune.confirm_top) before "
+                 "trusting it, or raise train.val_batches.")
+    return note
+
+
 def write_trials_markdown(
-    ranked: Sequence[dict], path: str | Path, *, mode: str, metric: str, title: str = "Sweep", plots: Sequence[str] = ()
+    ranked: Sequence[dict], path: str | Path, *, mode: str, metric: str, title: str = "Sweep", plots: Sequence[str] = (),
+    objectives: Sequence[tuple[str, str]] = (), front: Sequence[dict] | None = None, questions: int | None = None,
 ) -> None:
-    """A ranked Markdown table with a header summarising the sweep and links to the plots.
+    """A ranked Markdown table with a header summarising the sweep and links to the plots. With
+    several ``objectives``, the Pareto ``front`` first (its own table, a config per point), then
+    every trial (ranked by the first objective, with a column per objective).
 
     Unranked trials show rank '-'; a conditional param a trial did not draw is left blank."""
-    columns, rows = _flat_rows(ranked)
+    metrics = [m for m, _ in objectives] if len(objectives) > 1 else []
+    columns, rows = _flat_rows(ranked, front, metrics)
     rows = [{k: ("-" if k == "rank" else "") if v is None else v for k, v in row.items()} for row in rows]
     statuses: dict[str, int] = {}
     for r in ranked:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     best = ranked[0] if ranked and ranked[0]["rank"] == 1 else None
-    lines = [
-        f"# {title}",
-        "",
-        f"Objective: `{metric}` ({mode}imised). Trials: {len(ranked)} ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-        + ").",
-        "",
-        f"Best: trial `{best['trial_id']}`, {metric} = {best['objective']:.6g}, params {best['params']}."
-        if best
-        else "Best: none (no trial reported a finite objective).",
-        "",
-        markdown_table(rows, columns, floatfmt=".4g").rstrip("\n"),
-        "",
-    ]
+    if metrics:
+        named = ", ".join(f"`{m}` ({d}imised)" for m, d in objectives)
+        head = [f"Objectives: {named}. Trials: {len(ranked)} ({counts}).", "",
+                f"A multi-objective sweep has no single best: its result is the Pareto front, the {len(front or [])} "
+                "trial(s) that no other trial beats in every objective at once (a config each in `front/`). "
+                "Every trial ran to its end (no early stopping: ASHA ranks on one metric).", ""]
+        if front:
+            keys = _param_keys(front)
+            front_rows = [{"trial_id": r["trial_id"], **{m: r["objectives"][m] for m in metrics},
+                           "config": f"front/{r['trial_id']}.yaml", **{k: r["params"].get(k, "") for k in keys}}
+                          for r in front]
+            head += ["## Pareto front", "", markdown_table(front_rows, ["trial_id", *metrics, "config", *keys],
+                                                         floatfmt=".4g").rstrip("\n"), "", "## All trials", ""]
+    else:
+        head = [f"Objective: `{metric}` ({mode}imised). Trials: {len(ranked)} ({counts}).", "",
+                f"Best: trial `{best['trial_id']}`, {metric} = {best['objective']:.6g}, params {best['params']}."
+                if best else "Best: none (no trial reported a finite objective).", ""]
+    noise = noise_note(ranked, metric, questions)
+    lines = [f"# {title}", "", *head, *([noise, ""] if noise else []),
+             markdown_table(rows, columns, floatfmt=".4g").rstrip("\n"), ""]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     Path(path).write_text("\n".join(lines) + "\n")
 
@@ -264,8 +333,10 @@ def plot_study(study, paths: dict[str, Path], *, metric: str, importance_method:
     from matplotlib import pyplot  # optuna's matplotlib plots draw through pyplot
     from optuna.visualization import matplotlib as vis
 
-    if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) < 2:
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(completed) < 2:
         return False
+    names = {name for trial in completed for name in trial.params}
     evaluator = optuna.importance.PedAnovaImportanceEvaluator() if importance_method.startswith("optuna") else None
     drawings = {
         "history": lambda: vis.plot_optimization_history(study, target_name=metric),
@@ -281,11 +352,25 @@ def plot_study(study, paths: dict[str, Path], *, metric: str, importance_method:
                 pyplot.close("all")
                 return False  # e.g. equal objectives: no importances; all three come from one source
             figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            figure.set_size_inches(7.0, 4.5)
+            if name == "parallel":
+                fit_parallel_labels(figure, len(names))
+            else:
+                figure.set_size_inches(7.0, 4.5)
             figure.tight_layout()
             figure.savefig(paths[name], format="png", dpi=100)
             pyplot.close(figure)
     return True
+
+
+def fit_parallel_labels(figure, n_params: int) -> None:
+    """A parallel-coordinates figure with an axis per parameter (Optuna's draws them at one width):
+    as wide as its axes need, their labels slanted so that long dotted keys do not overprint."""
+    figure.set_size_inches(max(7.0, 1.4 * (n_params + 1) + 2.0), 5.5)
+    for axis in figure.axes:
+        for label in axis.get_xticklabels():
+            label.set_rotation(45)
+            label.set_horizontalalignment("right")
+            label.set_fontsize(8)
 
 
 def _new_figure(width: float = 7.0, height: float = 4.0) -> Figure:
@@ -322,6 +407,33 @@ def plot_history(records: Sequence[dict], path: str | Path, *, mode: str = "max"
     else:
         _empty_note(ax)
     ax.set_title(f"Optimisation history: {metric}")
+    _save(fig, path)
+
+
+def plot_front(records: Sequence[dict], objectives: Sequence[tuple[str, str]], front: Sequence[dict],
+               path: str | Path) -> None:
+    """Every trial with finite objectives as a point on the first two objectives, the Pareto front
+    marked, joined and labelled with trial ids."""
+    recs = _check_records(records)
+    (x_metric, x_mode), (y_metric, y_mode) = objectives[0], objectives[1]
+    fig = _new_figure(7.0, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    points = [r for r in recs if _signed(r, objectives) is not None]
+    if points:
+        ax.scatter([r["objectives"][x_metric] for r in points], [r["objectives"][y_metric] for r in points],
+                   s=22, color="tab:gray", label="trial")
+        line = sorted(front, key=lambda r: r["objectives"][x_metric])
+        xs, ys = [r["objectives"][x_metric] for r in line], [r["objectives"][y_metric] for r in line]
+        ax.plot(xs, ys, "o-", color="tab:red", label="Pareto front")
+        for r, x, y in zip(line, xs, ys):
+            ax.annotate(str(r["trial_id"])[-8:], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"{x_metric} ({x_mode})")
+        ax.set_ylabel(f"{y_metric} ({y_mode})")
+        ax.legend(loc="best")
+    else:
+        _empty_note(ax, "no trial with every objective")
+    more = f" (first two of {len(objectives)} objectives)" if len(objectives) > 2 else ""
+    ax.set_title(f"Pareto front{more}")
     _save(fig, path)
 
 
@@ -412,13 +524,23 @@ def write_report(
     metric: str = "objective",
     study=None,
     title: str = "Sweep",
+    questions: int | None = None,
 ) -> dict[str, Path]:
     """Write the whole report into ``out_dir`` (created) and return ``{name: path}``.
 
-    ``best_config.yaml`` and ``best_trial.json`` are written only when some trial is eligible."""
+    ``metric`` and ``mode`` may name several objectives, separated by commas (``tune.metric``,
+    ``tune.mode``): the report then gives the Pareto front (``pareto_front``): ``front.png``,
+    ``front.json`` and one config per front point, ``front/<trial_id>.yaml``; ranking and the
+    history plot use the first objective. With one objective, ``best_config.yaml`` and
+    ``best_trial.json`` are written when some trial is eligible. ``questions``: how many validation
+    questions each objective value was measured on (``runner.validation_questions``), for the
+    table's noise note (``noise_note``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ranked = rank_trials(records, mode)
+    objectives = list(zip(metric.split(","), mode.split(",")))
+    primary, primary_mode = objectives[0]
+    multi = len(objectives) > 1
+    ranked = rank_trials(records, primary_mode)
     paths = {
         "csv": out / "trials.csv",
         "markdown": out / "trials.md",
@@ -427,15 +549,33 @@ def write_report(
         "parallel": out / "parallel_coordinates.png",
     }
     importances, method = param_importances(records, study)
-    if not plot_study(study, paths, metric=metric, importance_method=method):
-        plot_history(records, paths["history"], mode=mode, metric=metric)
+    # Optuna's plots of a multi-objective study need one target: ours, on the primary objective.
+    if multi or not plot_study(study, paths, metric=primary, importance_method=method):
+        plot_history(records, paths["history"], mode=primary_mode, metric=primary)
         plot_importances(importances, method, paths["importances"])
-        plot_parallel_coordinates(records, paths["parallel"], mode=mode, metric=metric)
-    write_trials_csv(ranked, paths["csv"])
+        plot_parallel_coordinates(records, paths["parallel"], mode=primary_mode, metric=primary)
+    front = pareto_front(records, objectives) if multi else None
+    metrics = [m for m, _ in objectives] if multi else []
+    write_trials_csv(ranked, paths["csv"], front, metrics)
     plots = [paths["history"], paths["importances"], paths["parallel"]]
-    write_trials_markdown(
-        ranked, paths["markdown"], mode=mode, metric=metric, title=title, plots=[str(p) for p in plots]
-    )
+    if multi:
+        paths["front_plot"] = out / "front.png"
+        plot_front(records, objectives, front, paths["front_plot"])
+        plots.insert(0, paths["front_plot"])
+    write_trials_markdown(ranked, paths["markdown"], mode=primary_mode, metric=primary, title=title,
+                          plots=[str(p) for p in plots], objectives=objectives, front=front, questions=questions)
+    if multi:
+        summary = []
+        for r in front:
+            paths[f"front/{r['trial_id']}"] = out / "front" / f"{r['trial_id']}.yaml"
+            paths[f"front/{r['trial_id']}"].parent.mkdir(exist_ok=True)
+            write_best_config(base_cfg, r["params"], paths[f"front/{r['trial_id']}"])
+            summary.append({"trial_id": r["trial_id"], "objectives": r["objectives"], "params": r["params"],
+                            "config": f"front/{r['trial_id']}.yaml"})
+        paths["front"] = out / "front.json"
+        paths["front"].write_text(json.dumps({"objectives": objectives, "front": summary, "importances": importances,
+                                              "importance_method": method}, indent=2, default=_json_default) + "\n")
+        return paths
     best = ranked[0] if ranked and ranked[0]["rank"] == 1 else None
     if best is not None:
         paths["best_config"] = out / "best_config.yaml"

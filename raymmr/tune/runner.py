@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from raymmr import storage
-from raymmr.config import Config, to_yaml
+from raymmr.config import Config, objectives, to_yaml
 from raymmr.train import tracking
 from raymmr.train.launch import RESUME_MAY_CHANGE
 from raymmr.tune.space import SearchSpace, apply_params
@@ -49,9 +49,6 @@ def check_metric(base: Config, space: SearchSpace) -> None:
     from raymmr.objective.task import FINETUNE_TERMS, PRETRAIN_TERMS
 
     t = base.tune
-    if t.metric == "val_loss":
-        raise ConfigError("tune.metric=val_loss is the weighted loss: it moves with the weights being searched, "
-                          "so trials would not be comparable. Use val_vqa_accuracy or val_retrieval_mean_rank")
     stages = [PRETRAIN_TERMS] if t.objective == "pretrain" else [FINETUNE_TERMS]
     if t.objective == "finetune" and space.touches_pretraining:
         stages.append(PRETRAIN_TERMS)  # such trials also report while they pre-train
@@ -59,21 +56,69 @@ def check_metric(base: Config, space: SearchSpace) -> None:
     # A loss term is reported only when its weight is not 0, so only fixed, non-zero weights qualify.
     terms = set.intersection(*({term for term, w in s.items()
                                 if f"loss.{w}" not in searched and getattr(base.loss, w) > 0} for s in stages))
-    better = {"val_vqa_accuracy": "max", "val_retrieval_mean_rank": "min", **{f"val_{x}": "min" for x in terms}}
+    better = {"val_vqa_accuracy": "max", "val_vqa_accuracy_cross_domain": "max", "val_retrieval_mean_rank": "min",
+              **{f"val_{x}": "min" for x in terms}}
     if t.objective == "finetune":
         # Fine-tuning reads VQA samples only (train.setup.STAGE_KINDS), validation included: it ranks
         # no caption, and a trial's last reports would carry no retrieval metric at all.
         del better["val_retrieval_mean_rank"]
-        if t.metric == "val_retrieval_mean_rank":
+    named = objectives(t)
+    if len({metric for metric, _ in named}) < len(named):
+        raise ConfigError(f"tune.metric={t.metric} names a metric twice")
+    for metric, mode in named:
+        if metric == "val_loss":
+            raise ConfigError("tune.metric=val_loss is the weighted loss: it moves with the weights being searched, "
+                              "so trials would not be comparable. Use val_vqa_accuracy or val_retrieval_mean_rank")
+        if metric == "val_retrieval_mean_rank" and t.objective == "finetune":
             raise ConfigError("tune.metric=val_retrieval_mean_rank with tune.objective=finetune: fine-tuning "
                               "validates on VQA samples only, so it ranks no caption; use val_vqa_accuracy, or "
                               "tune.objective=pretrain to search pre-training on retrieval")
-    if t.metric not in better:
-        raise ConfigError(f"tune.metric={t.metric!r} is not reported at every rung of these trials; "
-                          f"choose from {sorted(better)}")
-    if t.mode != better[t.metric]:
-        raise ConfigError(f"tune.mode={t.mode} with tune.metric={t.metric}: it is better when "
-                          f"{'higher' if better[t.metric] == 'max' else 'lower'}; set tune.mode={better[t.metric]}")
+        if metric not in better:
+            raise ConfigError(f"tune.metric={metric!r} is not reported at every rung of these trials; "
+                              f"choose from {sorted(better)}")
+        if mode != better[metric]:
+            raise ConfigError(f"tune.mode={mode} with tune.metric={metric}: it is better when "
+                              f"{'higher' if better[metric] == 'max' else 'lower'}; set tune.mode={better[metric]}")
+
+
+def validation_questions(cfg: Config, data: str) -> int | None:
+    """How many VQA questions one in-run validation of a trial answers (its objective's sample
+    size): ``train.val_batches`` x ``batch_size`` x workers (the smallest group), all VQA when the
+    trials fine-tune, the validation split's VQA share when they pre-train; None when unknown."""
+    from raymmr.config import worker_count
+    from raymmr.data.shards import ShardError, read_manifest
+
+    workers = worker_count(cfg.train.num_workers)
+    n = cfg.train.val_batches * cfg.train.batch_size * (workers[0] if isinstance(workers, tuple) else workers)
+    if cfg.tune.objective == "finetune":
+        return n
+    try:
+        kinds = read_manifest(data)["splits"]["val"].get("kinds") or {}
+    except (ShardError, KeyError):
+        return None
+    total = sum(kinds.values())
+    return round(n * kinds.get("vqa", 0) / total) if total else None
+
+
+def check_objectives_data(cfg: Config, data: str) -> None:
+    """A sweep on ``val_vqa_accuracy_cross_domain`` needs a validation split with a domain the
+    train split lacks (else no trial reports it): refused before Ray starts, naming the fix."""
+    from raymmr.data.shards import ShardError, read_manifest, training_domains
+    from raymmr.errors import JobError
+
+    if "val_vqa_accuracy_cross_domain" not in dict(objectives(cfg.tune)) or cfg.data.val_shards:
+        return
+    try:
+        manifest = read_manifest(data)
+    except ShardError:
+        return  # a shard pattern without a manifest: no domains recorded, nothing to check
+    val = set(manifest.get("splits", {}).get("val", {}).get("domains", []))
+    trained = training_domains(manifest)
+    if not trained or not val - trained:
+        raise JobError(f"tune.metric=val_vqa_accuracy_cross_domain: the validation split of {data} has no domain "
+                       f"the train split lacks (val: {sorted(val) or 'none recorded'}, train: "
+                       f"{sorted(trained) or 'none recorded'}); give shards whose 'val' holds a domain training never "
+                       "sees (SynthRad: data.synthrad_val_domain)")
 
 
 TRIAL_FAILED = "failed.json"  # in a trial's directory: the error that ended it, if retrying cannot change it
@@ -154,7 +199,7 @@ def report_finished_stage(cfg: Config, run: str, rung_offset: int) -> None:
     import ray.tune
 
     rows = [json.loads(x) for x in storage.read_text(storage.join(run, "metrics.jsonl")).splitlines() if x.strip()]
-    validated = [r for r in rows if cfg.tune.metric in r]
+    validated = [r for r in rows if all(metric in r for metric, _ in objectives(cfg.tune))]
     if validated:
         ray.tune.report({**validated[-1], "rung": rung_offset + cfg.tune.rungs})
 
@@ -243,8 +288,12 @@ def study_search(space: SearchSpace, t, sweep_url: str):
                     self._completed_trials.add(trial_id)
 
     journal = RunDir(sweep_url).fetch(JOURNAL, keep_local=True)
-    # With a define-by-run space, metric/mode must be given to OptunaSearch itself.
-    return StudySearch(space=space.define_by_run, metric=t.metric, mode=t.mode, seed=t.seed,
+    # With a define-by-run space, metric/mode must be given to OptunaSearch itself; several make a
+    # multi-objective study (Optuna's TPE sampler handles several objectives).
+    metrics, modes = zip(*objectives(t))
+    metric, mode = (metrics[0], modes[0]) if len(metrics) == 1 else (list(metrics), list(modes))
+    sampler = ot.samplers.RandomSampler(seed=t.seed) if t.sampler == "random" else ot.samplers.TPESampler(seed=t.seed)
+    return StudySearch(space=space.define_by_run, metric=metric, mode=mode, sampler=sampler,
                        study_name=STUDY_NAME, storage=optuna_storage(journal))
 
 
@@ -337,10 +386,12 @@ def run_sweep(
     num_samples: int,
     resume: bool = False,
     address: str | None = None,
+    pretrained: str | None = None,
 ) -> list[dict]:
     """Run (or resume) a sweep into ``out`` (a path or URL: Tune's experiment, the trials' runs and
     the Optuna journal all live there; ``check_sweep_dir`` first); returns one record per trial for
-    the report."""
+    the report. ``pretrained``: the export every trial of a fine-tuning-only space fine-tunes from
+    (default: the sweep's own shared pre-training, made here once)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -358,7 +409,7 @@ def run_sweep(
     t = base.tune
     shared = None
     if t.objective == "finetune" and not space.touches_pretraining:
-        shared = shared_pretraining(base, out, data, local_cluster=embedded)
+        shared = pretrained or shared_pretraining(base, out, data, local_cluster=embedded)
     launch = uuid.uuid4().hex[:12]  # this launch of the sweep (make_trainable: no retry of a deterministic error)
     trainable = tune.with_resources(make_trainable(base, out, data, shared, local_cluster=embedded, launch=launch),
                                     {"cpu": t.trial_cpus})
@@ -369,7 +420,13 @@ def run_sweep(
         # Errored trials run again: they continue from their checkpoints (see make_trainable).
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
-        if t.scheduler == "asha":
+        named = objectives(t)
+        if len(named) > 1 and t.scheduler == "asha":
+            # ASHA compares trials on one metric: it would stop the very trials that give it up for
+            # another objective, the other end of the front. So several objectives: no early stopping.
+            print(f"[tune] {len(named)} objectives ({t.metric}): every trial runs to its end (ASHA ranks on one "
+                  "metric and would stop the trials that trade it for another)", flush=True)
+        if t.scheduler == "asha" and len(named) == 1:
             # Time is the trial's own "rung" (progress in validation reports, see run_training), not
             # Tune's iteration count, which restarts when a trial resumes. stop_last_trials=False: a trial
             # at its last rung runs to its end, so its export (and a fine-tune after pre-training) is written.
@@ -386,13 +443,16 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=scheduler, search_alg=search_alg,
-                                        num_samples=samples, max_concurrent_trials=t.max_concurrent),
+            # One objective: Tune's metric (ASHA ranks on it); several: only the searcher knows them.
+            tune_config=tune.TuneConfig(metric=t.metric if len(named) == 1 else None,
+                                        mode=t.mode if len(named) == 1 else None, scheduler=scheduler,
+                                        search_alg=search_alg, num_samples=samples,
+                                        max_concurrent_trials=t.max_concurrent),
             run_config=tune.RunConfig(name="tune", storage_path=out, callbacks=tracking.sweep_callbacks(base),
                                       failure_config=tune.FailureConfig(max_failures=t.max_failures)),
         )
     results = tuner.fit()
-    return trial_records(results, t.metric, max_rung=max_rung)
+    return trial_records(results, [metric for metric, _ in objectives(t)], max_rung=max_rung)
 
 
 def pin_autoscaling_coordinator() -> None:
@@ -416,11 +476,13 @@ def shared_pretraining(base: Config, out: str, data: str, local_cluster: bool = 
     return run_stage(base, "pretrain", run, data, local_cluster=local_cluster)
 
 
-def trial_records(results, metric: str, max_rung: int) -> list[dict]:
-    """One record per trial: parameters, objective (last reported metric), rungs reached
+def trial_records(results, names: str | list[str], max_rung: int) -> list[dict]:
+    """One record per trial: parameters, objective (the last reported value of the first metric of
+    ``names``, the primary), every metric's last value (``objectives``), rungs reached
     (``iterations``), status."""
     from raymmr.train.launch import error_line
 
+    names = [names] if isinstance(names, str) else list(names)
     records = []
     for r in results:
         params = r.config or {}
@@ -438,7 +500,8 @@ def trial_records(results, metric: str, max_rung: int) -> list[dict]:
         records.append({
             "trial_id": metrics.get("trial_id") or Path(r.path).name,
             "params": params,
-            "objective": metrics.get(metric),
+            "objective": metrics.get(names[0]),
+            "objectives": {name: metrics.get(name) for name in names},
             "iterations": iterations,
             "status": status,
             "error": error_line(r.error) if r.error else "",

@@ -1,0 +1,84 @@
+"""How efficiently does a raymmr sweep search? A full grid, random search + ASHA and Optuna TPE +
+ASHA on one fine-tuning space from one shared pre-training, the same accounting (fine-tuning
+steps), each search's choice confirmed on the whole validation split against the grid's
+(raymmr.tune.efficiency); appends rows to BENCHMARKS.md and draws the plot.
+
+    python jobs/benchmark_search.py                  # tiny, search_spaces/efficiency_grid.yaml, 5 samples
+    python jobs/benchmark_search.py --samples 4 --out runs/efficiency --plot BENCHMARKS_search.png
+"""
+
+import datetime
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from raymmr.cli import base_parser, command_line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__, out_default="runs/efficiency")
+    parser.add_argument("--space", default="efficiency_grid", help="a grid space over fine-tuning settings")
+    parser.add_argument("--samples", type=int, default=5, help="trials of random search and of TPE (default 5)")
+    parser.add_argument("--data", help="shard set (default: SynthRad for the config)")
+    parser.add_argument("--markdown", default="BENCHMARKS.md", help="append rows here ('' to skip)")
+    parser.add_argument("--plot", default="benchmarks/search_efficiency.png", help="copy the plot here")
+    args = parser.parse_args(argv)
+
+    from raymmr import storage
+    from raymmr.config import load_config
+    from raymmr.data.sets import resolve_data
+    from raymmr.errors import JobError
+    from raymmr.tune.efficiency import run_efficiency
+    from raymmr.tune.space import load_space
+
+    if storage.is_remote(args.out):
+        raise JobError(f"--out {args.out}: the benchmark writes a local directory (its plot and rows go to this checkout)")
+    space = load_space(args.space)
+    cfg = load_config(args.config, [*args.overrides, "tune.objective=finetune"], method=args.method or space.method)
+    data = resolve_data(cfg, args.data)
+    report = run_efficiency(cfg, space.path, args.out, data, samples=args.samples)
+    table = (Path(args.out) / "efficiency.md").read_text()
+    print(table)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(args.out) / "efficiency.png", args.plot)
+    if args.markdown:
+        append_rows(args.markdown, report, command_line(), args.plot)
+
+
+SECTION = "## Search efficiency"
+HEADER = ("| date | machine | commit | command | search | trials | fine-tuning steps | of the grid's | "
+          "choice: validation accuracy | − the grid's choice (points) | goal met |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def append_rows(path: str, report: dict, command: str, plot: str) -> None:
+    """One row per search under ``SECTION`` of ``path`` (the section and its plot link made once)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    date = datetime.date.today().isoformat()
+    machine = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
+    rows = []
+    for name, s in report["searches"].items():
+        c = s["choice"]
+        acc = "none" if c is None else f"{100 * c['val_accuracy']:.1f}% [{100 * c['ci'][0]:.1f}, {100 * c['ci'][1]:.1f}]"
+        diff = "—" if c is None or name == "grid" else (
+            f"{100 * c['minus_grid']:+.1f} [{100 * c['minus_grid_ci'][0]:+.1f}, {100 * c['minus_grid_ci'][1]:+.1f}]")
+        goal = "—" if name == "grid" else ("yes" if s.get("meets_goal") else "no")
+        rows.append(f"| {date} | {machine} | {commit} | `{command}` | {name} | {s['trials']} | {s['steps']:.0f} | "
+                    f"{100 * s['fraction_of_grid']:.0f}% | {acc} | {diff} | {goal} |")
+    p = Path(path)
+    text = p.read_text() if p.exists() else "# Benchmarks\n"
+    if SECTION not in text:
+        text = (text.rstrip("\n") + f"\n\n{SECTION}\n\n![search efficiency]({plot})\n\n{HEADER}\n"
+                + "\n".join(rows) + "\n")
+    else:
+        head, tail = text.split(SECTION, 1)
+        lines = tail.split("\n")
+        last = max((i for i, line in enumerate(lines) if line.startswith("|")), default=None)
+        if last is None:
+            lines[1:1] = ["", HEADER, *rows]
+        else:
+            lines[last + 1:last + 1] = rows
+        text = head + SECTION + "\n".join(lines)
+    p.write_text(text)
