@@ -79,7 +79,7 @@ def run_efficiency(base: Config, grid_path: str, out: str, data: str, samples: i
     from raymmr.train.launch import connect_ray
     from raymmr.tune.runner import check_metric, run_sweep, shared_pretraining
 
-    outdir = Path(out)
+    outdir = Path(storage.normalize(out))  # absolute: trial drivers run in other working directories
     outdir.mkdir(parents=True, exist_ok=True)
     grid = load_space(grid_path)
     if not grid.is_grid or base.tune.objective != "finetune" or grid.touches_pretraining:
