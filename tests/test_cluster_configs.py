@@ -138,6 +138,23 @@ def test_gpu_pools_autoscale_within_caps(launcher):
     assert any(gpus(t) == 1 and is_spot(provider, t) for t in pools.values()), "no 1-GPU spot type"
 
 
+def test_every_gpu_pool_holds_the_memory_base_reserves_per_worker(launcher):
+    """Ray reserves train.memory_per_worker_gb for each worker: a node type whose memory the
+    autoscaler does not know could never take one (the sweep waits forever). AWS's node provider
+    measures each instance type; GCP's does not, so its node types declare their memory, enough for
+    a worker on each GPU."""
+    from raymmr.config import load_config
+    from raymmr.train.launch import GB
+
+    provider, cfg = launcher
+    need = load_config("base").train.memory_per_worker_gb * GB
+    for name, t in worker_types(cfg).items():
+        if provider == "aws":
+            continue  # measured by Ray's AWS node provider from the instance type
+        assert "memory" in t["resources"], f"{provider} node type {name} declares no memory"
+        assert t["resources"]["memory"] >= max(1, gpus(t)) * need, name
+
+
 def test_idle_timeout_and_global_cap(launcher):
     _, cfg = launcher
     assert cfg["idle_timeout_minutes"] > 0
