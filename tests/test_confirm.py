@@ -115,9 +115,10 @@ def test_a_confirmation_refuses_an_objective_without_questions():
     from raymmr.errors import JobError
 
     check_confirmable(load_config("tiny", ["tune.metric=val_vqa_accuracy,val_vqa_accuracy_cross_domain",
-                                           "tune.mode=max,max"]))
+                                           "tune.mode=max,max", "tune.confirm_top=3"]))
     with pytest.raises(JobError, match="not on val_retrieval_mean_rank; set tune.confirm_top=0"):
-        check_confirmable(load_config("tiny", ["tune.metric=val_retrieval_mean_rank", "tune.mode=min"]))
+        check_confirmable(load_config("tiny", ["tune.metric=val_retrieval_mean_rank", "tune.mode=min",
+                                               "tune.confirm_top=3"]))
     check_confirmable(load_config("tiny", ["tune.metric=val_retrieval_mean_rank", "tune.mode=min",
                                            "tune.confirm_top=0"]))
 
