@@ -148,18 +148,24 @@ def append_markdown(path: str | os.PathLike, result: dict, command: str) -> None
              f"{ref:.0f}/core; load avg {result['load_average'][0]} (machine shared with other engineers)")
     rows = [f"| {result['date']} | {result['machine']} | {result['commit']} | `{command}` | {r['workers']} | "
             f"{r['samples_per_s_per_core']:.0f} | {r['samples_per_s']:.0f} | {notes} |" for r in result["runs"]]
+    append_table_rows(path, SECTION, HEADER, rows)
+
+
+def append_table_rows(path: str | os.PathLike, section: str, header: str, rows: list[str], preamble: str = "") -> None:
+    """Add ``rows`` to the table under ``section`` in the Markdown file ``path`` (created when
+    missing); a missing section is added at the end with ``preamble`` (e.g. a plot) and ``header``."""
     p = Path(path)
     text = p.read_text() if p.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}\n" + "\n".join(rows) + "\n"
+    if section not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{preamble}{header}\n" + "\n".join(rows) + "\n"
     else:
-        head, tail = text.split(SECTION, 1)
+        head, tail = text.split(section, 1)
         lines = tail.split("\n")
         # the row goes after the section's last table line
         last = max((i for i, line in enumerate(lines) if line.startswith("|")), default=None)
         if last is None:
-            lines[1:1] = ["", HEADER, *rows]
+            lines[1:1] = ["", header, *rows]
         else:
             lines[last + 1 : last + 1] = rows
-        text = head + SECTION + "\n".join(lines)
+        text = head + section + "\n".join(lines)
     p.write_text(text)

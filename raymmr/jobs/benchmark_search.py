@@ -8,12 +8,14 @@ steps), each search's choice confirmed on the whole validation split against the
 """
 
 import datetime
+import os
 import platform
 import shutil
 import subprocess
 from pathlib import Path
 
 from raymmr.cli import base_parser, command_line
+from raymmr.data.benchmark import append_table_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +59,7 @@ def append_rows(path: str, report: dict, command: str, plot: str) -> None:
     """One row per search under ``SECTION`` of ``path`` (the section and its plot link made once)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     date = datetime.date.today().isoformat()
-    machine = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     rows = []
     for name, s in report["searches"].items():
         c = s["choice"]
@@ -67,18 +69,4 @@ def append_rows(path: str, report: dict, command: str, plot: str) -> None:
         goal = "—" if name == "grid" else ("yes" if s.get("meets_goal") else "no")
         rows.append(f"| {date} | {machine} | {commit} | `{command}` | {name} | {s['trials']} | {s['steps']:.0f} | "
                     f"{100 * s['fraction_of_grid']:.0f}% | {acc} | {diff} | {goal} |")
-    p = Path(path)
-    text = p.read_text() if p.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = (text.rstrip("\n") + f"\n\n{SECTION}\n\n![search efficiency]({plot})\n\n{HEADER}\n"
-                + "\n".join(rows) + "\n")
-    else:
-        head, tail = text.split(SECTION, 1)
-        lines = tail.split("\n")
-        last = max((i for i, line in enumerate(lines) if line.startswith("|")), default=None)
-        if last is None:
-            lines[1:1] = ["", HEADER, *rows]
-        else:
-            lines[last + 1:last + 1] = rows
-        text = head + SECTION + "\n".join(lines)
-    p.write_text(text)
+    append_table_rows(path, SECTION, HEADER, rows, preamble=f"![search efficiency]({plot})\n\n")
