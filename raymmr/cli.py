@@ -1,4 +1,4 @@
-"""The `raymmr` command and the command-line convention every job shares:
+"""The command-line convention every job shares (the `raymmr` command itself: `raymmr.jobs.entry`):
 
     raymmr <job> --config <preset|file.yaml> [--method cmdpi|combined] [--set a.b=value ...] [--out DIR] ...
     python jobs/<job>.py ...      (the same, from a checkout: `ray job submit --working-dir .`)
@@ -8,7 +8,6 @@ Config errors are reported in one line and exit with status 2 before Ray starts.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import shlex
 import sys
@@ -92,43 +91,7 @@ def run_main(fn):
         sys.exit(2)
 
 
-# `raymmr <command>` -> the module in raymmr/jobs whose main(argv) runs it
-COMMANDS = {
-    "pretrain": "pretrain",
-    "finetune": "finetune",
-    "evaluate": "evaluate",
-    "tune": "tune_loss_weights",
-    "ablate": "ablate",
-    "make-shards": "make_shards",
-    "demo": "demo",
-    "benchmark": "benchmark",
-    "benchmark-loader": "benchmark_loader",
-    "benchmark-search": "benchmark_search",
-}
-
-
 def command_line() -> str:
     """The command as the user typed it (recorded beside benchmark results)."""
     prefix = "python " if sys.argv[0].endswith(".py") else ""
     return prefix + " ".join([sys.argv[0], *(shlex.quote(a) for a in sys.argv[1:])])
-
-
-def entry() -> None:
-    """The installed `raymmr` command ([project.scripts]): `raymmr <command> [flags]`."""
-    from raymmr import __version__
-
-    usage = "usage: raymmr {" + ",".join(COMMANDS) + "} [flags]   (raymmr <command> --help for its flags)"
-    argv = sys.argv[1:]
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
-        sys.exit(0 if argv else 2)
-    if argv[0] == "--version":
-        print(f"raymmr {__version__}")
-        return
-    if argv[0] not in COMMANDS:
-        print(f"raymmr: unknown command {argv[0]!r}\n{usage}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [f"raymmr {argv[0]}", *argv[1:]]  # argparse's prog: `raymmr <command>` in usage lines
-    job = importlib.import_module(f"raymmr.jobs.{COMMANDS[argv[0]]}")
-    code = run_main(job.main)
-    sys.exit(code or 0)

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from raymmr.config import ConfigError, load_config
 from raymmr.model.encoders import ImageEncoder, TextEncoder
-from raymmr.model.export import load_export, save_export
-from raymmr.model.model import RaymmrModel
+from raymmr.model.export import save_export
+from raymmr.model.model import RaymmrModel, load_export
 from raymmr.serve import Predictor
 from raymmr.train.momentum import MomentumEMA
 
@@ -176,7 +176,7 @@ def test_export_and_predictor_round_trip(tmp_path, tokenizer_dir):
     cfg = tiny()
     answers = ["yes", "no", "left", "right", "chest"]
     model = make_model(cfg, tokenizer_dir, answers)
-    save_export(model, cfg, tmp_path / "export", tokenizer_dir=tokenizer_dir, answers=answers)
+    save_export(model, cfg, tmp_path / "export", tokenizer=tokenizer_dir, answers=answers)
     assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.safetensors", "config.yaml", "tokenizer.json", "answers.json"}
     assert json.loads((tmp_path / "export" / "answers.json").read_text()) == answers
 
@@ -213,7 +213,7 @@ def test_export_of_clip_initialised_towers_loads_without_their_sources(tmp_path,
     cfg = tiny(f"model.image_pretrained={tmp_path}", f"model.text_pretrained={tmp_path / 'clip_text'}")
     answers = ["yes", "no"]
     model = make_model(cfg, tokenizer_dir, answers)
-    save_export(model, cfg, tmp_path / "export", tokenizer_dir=tokenizer_dir, answers=answers)
+    save_export(model, cfg, tmp_path / "export", tokenizer=tokenizer_dir, answers=answers)
     shutil.rmtree(tmp_path / "clip_text")
     (tmp_path / "model.safetensors").unlink()
     loaded, _, _ = load_export(tmp_path / "export")
@@ -262,7 +262,7 @@ def test_clip_text_tower_comes_with_its_own_tokenizer_and_a_mask_token(tmp_path)
     table = model.text_encoder.model.get_input_embeddings().weight
     assert table.shape[0] == len(vocab) + 1
     assert torch.equal(table[: len(vocab)], ref.get_input_embeddings().weight)  # trained rows, same ids
-    out = save_export(model, cfg, tmp_path / "export", tokenizer_dir=str(clip_dir), answers=["yes", "no", "left"])
+    out = save_export(model, cfg, tmp_path / "export", tokenizer=tok, answers=["yes", "no", "left"])
     again = load_tokenizer(str(out))
     assert again.mask_token_id == tok.mask_token_id and len(again) == len(tok)
     predictor = Predictor.from_export(out, device="cpu")

@@ -56,7 +56,7 @@ def test_same_check_fails_without_learning(tiny_data, tmp_path):
     cfg = load_config("tiny")
     torch.manual_seed(cfg.train.seed)
     model, _, manifest = new_model(cfg, tiny_data)
-    export = save_export(model.eval(), cfg, tmp_path / "export", tokenizer_dir=shard_tokenizer(tiny_data),
+    export = save_export(model.eval(), cfg, tmp_path / "export", tokenizer=shard_tokenizer(tiny_data),
                          answers=manifest["answers"])
     results = evaluate(str(export), tiny_data, str(tmp_path / "eval"), split="val", severities=())  # as above
     assert not learned(results), f"an untrained model 'learned': {results['vqa_overall']:.3f}"

@@ -135,7 +135,7 @@ def test_the_card_names_the_stage_that_made_the_export(trained, tmp_path):
     answers = read_manifest(data)["answers"]
     for stage, says, never in (("pretrain", f"Pre-training: {cfg.train.steps} steps", "Fine-tuning"),
                                ("finetune", f"Fine-tuning: {cfg.finetune.steps} steps", "Pre-training:")):
-        out = save_export(model, cfg, tmp_path / stage, tokenizer_dir=shard_tokenizer(str(data)), answers=answers,
+        out = save_export(model, cfg, tmp_path / stage, tokenizer=shard_tokenizer(str(data)), answers=answers,
                           stage=stage)
         write_model_card(str(out), "On `test`: 50.0%")  # keeps the stage
         card = (out / "README.md").read_text()

@@ -172,7 +172,7 @@ def events(run: Path) -> list[dict]:
 
 
 def test_zero3_checkpoint_consolidates_and_exports(ray_local, tiny_data, tmp_path):
-    from raymmr.model.export import load_export
+    from raymmr.model.model import load_export
 
     run = tmp_path / "z3"
     cfg = tiny("train.zero_stage=3", "train.steps=6", "train.checkpoint_every=6")

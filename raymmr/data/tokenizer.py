@@ -49,6 +49,19 @@ def tokenizer_source(cfg, data: str) -> str:
     return shard_tokenizer(data)
 
 
+def exportable_tokenizer(cfg, data: str):
+    """The run's tokenizer (``tokenizer_source``) as an export takes it (``model.export.save_export``):
+    the local tokenizer.json of a bare one (copied as it is), else the loaded Hugging Face
+    tokenizer (saved with its special-token config)."""
+    from raymmr import storage
+
+    source = storage.local_source(str(tokenizer_source(cfg, data)), "tokenizers")
+    path = Path(source)
+    if path.is_dir() and (path / TOKENIZER_FILE).is_file() and not (path / "tokenizer_config.json").exists():
+        path = path / TOKENIZER_FILE
+    return str(path) if path.is_file() else load_tokenizer(source)
+
+
 def perturbed_variants(texts: list[str], *, seed: int = 0, max_texts: int = 20000) -> list[str]:
     """Strongly perturbed copies of (a sample of) ``texts`` plus the whole synonym table."""
     from raymmr.perturb import TEXT_OPS, perturb_text, synonym_table  # lazy: keeps imports cheap

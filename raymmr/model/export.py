@@ -23,7 +23,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,18 +31,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from raymmr.config import Config, load_config, save_config
-from raymmr.model.model import MOMENTUM_PREFIX, RaymmrModel
 from raymmr.storage import WEIGHTS
 
 EXPORT_FORMAT = "raymmr-export-1"
 CARD = "README.md"
+MOMENTUM_PREFIX = "momentum_"  # the momentum encoders' weights (counted apart on the card)
 
 
-def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answers: list[str], stage: str = "") -> Path:
-    """Write the export (see the module docstring) into ``out_dir``; returns its path.
-    ``tokenizer_dir``: a directory holding tokenizer.json, a tokenizer.json file, or a Hugging Face
-    tokenizer name/directory. ``stage``: the training stage that made it ("pretrain", "finetune";
-    "" when not a training job's), recorded in the weights' metadata and named by the card."""
+def save_export(model: torch.nn.Module, cfg: Config, out_dir, *, tokenizer, answers: list[str],
+                stage: str = "") -> Path:
+    """Write the export (see the module docstring) of ``model`` (a ``RaymmrModel``) into
+    ``out_dir``; returns its path. ``tokenizer``: a tokenizer.json file, a directory holding one, or
+    a loaded tokenizer (anything with ``save_pretrained``, e.g. a Hugging Face tokenizer with its
+    special-token config). ``stage``: the training stage that made it ("pretrain", "finetune"; ""
+    when not a training job's), recorded in the weights' metadata and named by the card."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(answers) != model.num_answers:
@@ -63,13 +65,13 @@ def save_export(model: RaymmrModel, cfg: Config, out_dir, *, tokenizer_dir, answ
     save_config(cfg, out / "config.yaml")
     (out / "answers.json").write_text(json.dumps(list(answers), ensure_ascii=False))
     (out / "config.json").write_text(json.dumps(hf_config(model, cfg), indent=1, sort_keys=True))
-    _save_tokenizer(tokenizer_dir, out)
+    _save_tokenizer(tokenizer, out)
     (out / CARD).write_text(model_card(cfg, parameter_counts({k: v.numel() for k, v in state.items()}), answers,
                                        stage=stage))
     return out
 
 
-def hf_config(model: RaymmrModel, cfg: Config) -> dict:
+def hf_config(model: torch.nn.Module, cfg: Config) -> dict:
     """config.json: what the weights' metadata says, in the shape Hugging Face-style tools look for."""
     from raymmr import __version__
 
@@ -162,16 +164,17 @@ def write_model_card(export: str, evaluation: str) -> None:
                        model_card(cfg, params, answers, evaluation, stage=stage))
 
 
-def _save_tokenizer(source, out: Path) -> None:
-    src = Path(source)
-    if src.is_file():
-        shutil.copyfile(src, out / "tokenizer.json")
-    elif src.is_dir() and (src / "tokenizer.json").is_file() and not (src / "tokenizer_config.json").exists():
-        shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
-    else:  # a Hugging Face tokenizer (name or directory): keep its special-token config too
-        from raymmr.data.tokenizer import load_tokenizer
-
-        load_tokenizer(str(source)).save_pretrained(str(out))
+def _save_tokenizer(tokenizer, out: Path) -> None:
+    if hasattr(tokenizer, "save_pretrained"):  # a loaded tokenizer: its special-token config too
+        tokenizer.save_pretrained(str(out))
+        return
+    src = Path(tokenizer)
+    if src.is_dir():
+        src = src / "tokenizer.json"
+    if not src.is_file():
+        raise ValueError(f"save_export: {tokenizer!r} is neither a tokenizer.json, a folder holding one, nor a "
+                         "loaded tokenizer (give a Hugging Face tokenizer loaded, not its name)")
+    shutil.copyfile(src, out / "tokenizer.json")
 
 
 def read_meta(export_dir) -> dict:
@@ -193,22 +196,17 @@ def local_export(path_or_url: str) -> Path:
     return storage.cached_copy(found, "exports")
 
 
-def load_export(export_dir, device: str | torch.device = "cpu") -> tuple[RaymmrModel, Config, dict]:
-    """-> (model in eval mode, config, meta) with meta = {vocab_size, num_answers, pad_token_id,
-    mask_token_id, answers, tokenizer (path), towers}."""
+def read_export(export_dir) -> tuple[Config, dict, dict[str, torch.Tensor]]:
+    """-> (config, meta, state dict) of a local export folder, with meta = {vocab_size, num_answers,
+    pad_token_id, mask_token_id, towers, answers, tokenizer (the folder, which holds it)}.
+    ``raymmr.model.model.load_export`` builds the model from them."""
+    from safetensors.torch import load_file
+
     path = Path(export_dir)
     cfg = load_config(str(path / "config.yaml"))
     raw = read_meta(path)
     meta = {k: int(raw[k]) for k in ("vocab_size", "num_answers", "pad_token_id", "mask_token_id")}
     meta["towers"] = json.loads(raw["towers"])
-    # The towers are rebuilt from the stored architectures; the weights come from the export,
-    # never from model.image_pretrained / text_pretrained (which may name a download).
-    model_cfg = replace(cfg.model, image_pretrained="", text_pretrained="")
-    model = RaymmrModel(model_cfg, towers=meta["towers"], **{k: meta[k] for k in
-                        ("vocab_size", "num_answers", "pad_token_id", "mask_token_id")})  # fmt: skip
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     meta["answers"] = json.loads((path / "answers.json").read_text())
-    meta["tokenizer"] = str(path)  # raymmr.data.tokenizer.load_tokenizer reads the folder
-    return model.to(device).eval(), cfg, meta
+    meta["tokenizer"] = str(path)  # the folder: tokenizer.json (and a Hugging Face tokenizer's config)
+    return cfg, meta, load_file(str(path / WEIGHTS))

@@ -17,16 +17,17 @@ after every optimizer step (``raymmr.train.momentum.MomentumEMA``, in fp32 under
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raymmr.config import ModelConfig
+from raymmr.config import Config, ModelConfig
 from raymmr.model.encoders import CLIP_MEAN, CLIP_STD, ImageEncoder, TextEncoder
+from raymmr.model.export import local_export, read_export, save_export
 from raymmr.model.recnet import GlobalFusion, RecNet
 
-MOMENTUM_PREFIX = "momentum_"
 # Parameters that are learned vectors/tokens rather than weights (never decayed).
 TOKEN_PARAMS = {"pos_embed", "cls_token", "reg_token", "mask_token", "local_global", "answer_slot",
                 "missing_image", "missing_text", "pos_global", "pos_image", "pos_text", "pos_answer"}  # fmt: skip
@@ -197,18 +198,14 @@ class RaymmrModel(nn.Module):
     def from_pretrained(cls, path_or_url: str, *, device: str | torch.device = "cpu") -> RaymmrModel:
         """The model of a raymmr export (``raymmr.model.export``), in eval mode: a local folder or
         storage URL holding model.safetensors, or a run folder with an ``export/`` inside."""
-        from raymmr.model.export import load_export, local_export
-
         model, _, _ = load_export(local_export(path_or_url), device=device)
         return model
 
-    def save_pretrained(self, out_dir, *, config, tokenizer: str, answers: list[str]):
+    def save_pretrained(self, out_dir, *, config, tokenizer, answers: list[str]):
         """Write an export of this model into the local folder ``out_dir``: ``config`` is the run's
-        ``raymmr.config.Config``, ``tokenizer`` a tokenizer.json (or its folder, or a Hugging Face
-        tokenizer name), ``answers`` the answer vocabulary. Returns the folder's path."""
-        from raymmr.model.export import save_export
-
-        return save_export(self, config, out_dir, tokenizer_dir=tokenizer, answers=answers)
+        ``raymmr.config.Config``, ``tokenizer`` a tokenizer.json (or its folder, or a loaded Hugging
+        Face tokenizer), ``answers`` the answer vocabulary. Returns the folder's path."""
+        return save_export(self, config, out_dir, tokenizer=tokenizer, answers=answers)
 
     # --- trainer API -------------------------------------------------------------------------
 
@@ -229,3 +226,16 @@ class RaymmrModel(nn.Module):
                 if p.requires_grad and (p.ndim <= 1 or isinstance(module, nn.Embedding) or name in TOKEN_PARAMS):
                     out.add(f"{module_name}.{name}" if module_name else name)
         return out
+
+
+def load_export(export_dir, device: str | torch.device = "cpu") -> tuple[RaymmrModel, Config, dict]:
+    """-> (model in eval mode, config, meta) of a local export folder (``raymmr.model.export``); meta
+    as ``read_export`` gives it. The towers are rebuilt from the stored architectures and the
+    weights come from the export, never from model.image_pretrained / text_pretrained (which may
+    name a download)."""
+    cfg, meta, state = read_export(export_dir)
+    model_cfg = replace(cfg.model, image_pretrained="", text_pretrained="")
+    model = RaymmrModel(model_cfg, towers=meta["towers"], **{k: meta[k] for k in
+                        ("vocab_size", "num_answers", "pad_token_id", "mask_token_id")})  # fmt: skip
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), cfg, meta

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from raymmr.data.images import image_array
 from raymmr.data.tokenizer import encode_texts, load_tokenizer
-from raymmr.model.export import load_export, local_export
+from raymmr.model.export import local_export
+from raymmr.model.model import load_export
 
 
 class Predictor:

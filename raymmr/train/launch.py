@@ -499,7 +499,7 @@ def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:
     ``<run>/export``: model.safetensors + resolved config + tokenizer + answer vocabulary."""
     import torch
 
-    from raymmr.data.tokenizer import tokenizer_source
+    from raymmr.data.tokenizer import exportable_tokenizer
     from raymmr.model.export import save_export
     from raymmr.train.setup import new_model
 
@@ -514,7 +514,7 @@ def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:
     state.update({k: torch.empty_like(v) for k, v in model.state_dict().items() if v.numel() == 0})
     model.load_state_dict(state, strict=True)
     export_dir = run.local / storage.EXPORT
-    save_export(model, cfg, export_dir, tokenizer_dir=tokenizer_source(cfg, data), answers=manifest["answers"],
+    save_export(model, cfg, export_dir, tokenizer=exportable_tokenizer(cfg, data), answers=manifest["answers"],
                 stage=stage)
     verify_export(cfg, export_dir, local / ckpt.PROBE, vocab_size=len(tokenizer))
     run.upload(storage.EXPORT)
@@ -527,7 +527,7 @@ def verify_export(cfg: Config, export_dir: Path, probe_path: Path, *, vocab_size
     import torch
     from safetensors.torch import load_file
 
-    from raymmr.model.export import load_export
+    from raymmr.model.model import load_export
     from raymmr.train.worker import probe_inputs, probe_outputs
 
     if not probe_path.exists():
