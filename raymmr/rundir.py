@@ -9,7 +9,6 @@ persists checkpoints to the same URL through ``RunConfig(storage_path=...)``.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -29,8 +28,7 @@ class RunDir:
     def __init__(self, url: str):
         self.url = storage.normalize(url)
         if self.remote:
-            digest = hashlib.sha1(self.url.encode()).hexdigest()[:12]
-            self.local = storage.cache_dir() / "runs" / digest
+            self.local = storage.cache_path("runs", self.url)
         else:
             self.local = Path(self.url)
         self.local.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,22 @@ its own cache (``cache_dir()``), never a path on another node's disk.
 
 S3-compatible endpoints other than AWS (MinIO, moto, Ceph) are reached with the standard
 ``AWS_ENDPOINT_URL`` variable, which s3fs (fsspec) and pyarrow (Ray Train) both read.
+
+This is the one module that reads a URL's scheme (``tests/test_storage.py`` holds every other
+module to that): a new backend is added here, and every reader and writer has it. It holds the
+schemes, joins, reads and writes, directory uploads (``put``), streams for the shard reader
+(``open_url``, also webdataset's ``pipe:CMD`` and http), and the per-node cache: its location
+(``cache_dir``), its keys (``cache_path``) and cached copies of remote files (``cached_copy``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shlex
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,8 +35,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAYMMR_CACHE", Path.home() / ".cache" / "raymmr"))
 
 
+def cache_path(kind: str, *key: str) -> Path:
+    """Where this process caches the ``kind`` of thing identified by ``key`` (the parts that make a
+    copy unique: a URL and its version, a config ...): ``cache_dir()/kind/<digest>``."""
+    return cache_dir() / kind / hashlib.sha1("|".join(key).encode()).hexdigest()[:16]
+
+
 def scheme(url: str) -> str:
-    return str(url).split("://", 1)[0] if "://" in str(url) else ""
+    """``s3``, ``gs``, ``file``, ``memory``, ``http`` ... of a URL; ``pipe`` for webdataset's
+    ``pipe:CMD``; "" for a local path."""
+    url = str(url)
+    if "://" in url:
+        return url.split("://", 1)[0]
+    return "pipe" if url.startswith("pipe:") else ""
 
 
 # Where a run directory (a training job's or a sweep's --out) may live: Ray Train and Tune persist
@@ -45,8 +65,14 @@ def check_run_url(url: str, flag: str = "--out") -> None:
 
 
 def is_remote(url: str) -> bool:
-    """True for a URL that is not a local path (``s3://``, ``gs://``, ``memory://`` ...)."""
+    """True for a URL that is not a local path (``s3://``, ``gs://``, ``memory://``, ``pipe:`` ...)."""
     return scheme(url) not in LOCAL_SCHEMES
+
+
+def local_path(url: str) -> str:
+    """The path of a local location (``file://`` stripped); a remote URL as it is."""
+    url = str(url)
+    return url[len("file://"):] if scheme(url) == "file" else url
 
 
 def normalize(url: str) -> str:
@@ -54,9 +80,7 @@ def normalize(url: str) -> str:
     url = str(url)
     if is_remote(url):
         return url.rstrip("/")
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    return str(Path(url).expanduser().resolve())
+    return str(Path(local_path(url)).expanduser().resolve())
 
 
 def join(base: str, *names: str) -> str:
@@ -64,6 +88,14 @@ def join(base: str, *names: str) -> str:
     if is_remote(base):
         return "/".join([base.rstrip("/"), *(n.strip("/") for n in names)])
     return str(Path(base, *names))
+
+
+def parent(url: str) -> str:
+    """The folder a file URL or path is in."""
+    url = str(url)
+    if is_remote(url):
+        return url.rstrip("/").rsplit("/", 1)[0]
+    return str(Path(url).parent)
 
 
 def filesystem(url: str):
@@ -153,24 +185,62 @@ def sizes(url: str) -> dict[str, int]:
     return {name[len(path) + 1:]: info["size"] for name, info in found.items() if info.get("type") != "directory"}
 
 
-def put(local: str | os.PathLike, url: str) -> None:
-    """Copy a local file or directory to ``url`` (a no-op when ``url`` is that same local path)."""
+# Copying to object storage without fsspec's protocol package (gcsfs is an extra): the cloud's own
+# command line, which cluster images have.
+COPY_TOOLS = {"s3": ["aws", "s3", "cp"], "gs": ["gsutil", "cp"]}
+
+
+def put(local: str | os.PathLike, url: str, *, last: str | None = None) -> None:
+    """Copy a local file or directory to ``url`` (a no-op when ``url`` is that same local path).
+    ``last``: a file of the directory copied after all others (a shard set's manifest, whose
+    presence tells readers the set is complete)."""
     local = Path(local)
     if not is_remote(url):
-        if Path(url).resolve() == local.resolve():
+        if Path(local_path(url)).resolve() == local.resolve():
             return
         if local.is_dir():
-            shutil.copytree(local, url, dirs_exist_ok=True)
+            held = (lambda folder, _: [last] if Path(folder) == local else []) if last else None
+            shutil.copytree(local, local_path(url), dirs_exist_ok=True, ignore=held)
+            if last:
+                shutil.copyfile(local / last, Path(local_path(url)) / last)
         else:
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local, url)
+            Path(local_path(url)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, local_path(url))
         return
-    fs, path = filesystem(url)
-    if local.is_dir():
-        for f in sorted(p for p in local.rglob("*") if p.is_file()):
-            fs.put_file(str(f), f"{path}/{f.relative_to(local).as_posix()}")
-    else:
-        fs.put_file(str(local), path)
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    files.sort(key=lambda f: f.name == last)  # stable: the rest keep their order
+    names = [f.relative_to(local).as_posix() for f in files] if local.is_dir() else [None]
+    try:
+        fs, path = filesystem(url)
+    except StorageError:
+        if scheme(url) not in COPY_TOOLS:
+            raise
+        for f, name in zip(files, names):
+            subprocess.run([*COPY_TOOLS[scheme(url)], str(f), join(url, name) if name else url], check=True)
+        return
+    for f, name in zip(files, names):
+        fs.put_file(str(f), f"{path.rstrip('/')}/{name}" if name else path)
+
+
+def open_url(url: str):
+    """A readable binary stream for a local path, file://, pipe:CMD, s3://, gs:// or http(s):// URL
+    (the shard reader's: one pass over a whole file). s3:// and gs:// use fsspec when it has the
+    protocol (s3fs / gcsfs), otherwise the ``aws`` / ``gsutil`` command line through webdataset's
+    ``pipe:``."""
+    import webdataset as wds
+
+    kind = scheme(url)
+    if kind in LOCAL_SCHEMES:
+        return open(local_path(url), "rb")  # noqa: SIM115 - the caller closes it
+    if kind in ("s3", "gs"):
+        with contextlib.suppress(ImportError, ValueError):
+            import fsspec
+
+            fsspec.get_filesystem_class(kind)  # ImportError without s3fs / gcsfs
+            return fsspec.open(url, "rb").open()
+        if kind == "s3":
+            return wds.gopen(f"pipe:aws s3 cp {shlex.quote(url)} -")
+    return wds.gopen(url)  # pipe:, http(s) (curl), gs (gsutil cat)
 
 
 def remove(url: str) -> None:
@@ -244,13 +314,14 @@ CACHE_BUDGET_ENV = "RAYMMR_CACHE_GB"  # each cache kind is pruned to this size (
 CACHE_KEEP_RECENT_S = 3600  # a copy used within this is never pruned (a reader may hold it open)
 
 
-def cached_copy(url: str, kind: str) -> Path:
+def cached_copy(url: str, kind: str, name: str | None = None) -> Path:
     """A local copy of ``url`` (file or directory) in this process's cache under ``kind/``; a local
     path is returned as it is. Copies are keyed by the URL and its ``fingerprint``, so a changed
     remote is copied anew and an existing copy never changes under a reader; a copy appears
     atomically. One process per node downloads (a lock file beside the copy): the other ranks on
     the node wait for it and use its copy. After a download the kind is pruned to its budget
-    (``prune_cache``)."""
+    (``prune_cache``). ``name``: the copy's file name (default: the URL's last part; give it for a
+    ``pipe:CMD``, which is copied once per command, having no version to compare)."""
     import fcntl
 
     if not is_remote(url):
@@ -259,9 +330,9 @@ def cached_copy(url: str, kind: str) -> Path:
             raise FileNotFoundError(url)
         return path
     url = normalize(url)
-    digest = hashlib.sha1(f"{url}|{fingerprint(url)}".encode()).hexdigest()[:16]
-    name = url.rsplit("/", 1)[-1]
-    dst = cache_dir() / kind / digest / name
+    piped = scheme(url) == "pipe"  # a command's output: one file, known by the command alone
+    name = name or url.rsplit("/", 1)[-1]
+    dst = cache_path(kind, url, "" if piped else fingerprint(url)) / name
     if dst.exists():
         os.utime(dst.parent)  # last use, for pruning
         return dst
@@ -270,7 +341,11 @@ def cached_copy(url: str, kind: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         if not dst.exists():
             tmp = dst.parent / f".{name}.tmp{os.getpid()}-{time.monotonic_ns()}"
-            get(url, tmp)
+            if piped:
+                with open_url(url) as src:
+                    tmp.write_bytes(src.read())
+            else:
+                get(url, tmp)
             os.replace(tmp, dst)
             prune_cache(kind, keep=dst.parent)
     os.utime(dst.parent)

@@ -132,8 +132,9 @@ def s3_server():
 @pytest.fixture(scope="session")
 def s3_tiny_data(s3_server, tiny_data):
     """The tiny SynthRad shard set copied into the bucket."""
-    from raymmr.data.shards import upload_dir
+    from raymmr import storage
+    from raymmr.data.shards import MANIFEST
 
     url = s3_server.url("data", "tiny")
-    upload_dir(tiny_data, url)
+    storage.put(tiny_data, url, last=MANIFEST)
     return url

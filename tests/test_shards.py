@@ -17,9 +17,10 @@ from raymmr.config import load_config
 from raymmr.data.images import encode_image
 from raymmr.data.schema import Sample
 from raymmr.data.sets import make_synthrad_shards
-from raymmr.data.shards import MANIFEST, ShardError, open_url, read_manifest, shard_urls
+from raymmr.data.shards import MANIFEST, ShardError, read_manifest, shard_urls
 from raymmr.data.validate import validate_shards
 from raymmr.data.writer import write_shards
+from raymmr.storage import open_url
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = [sys.executable, str(ROOT / "jobs" / "make_shards.py")]
@@ -214,10 +215,10 @@ def test_job_writes_synthrad_shards(tmp_path):
     assert "train:" in res.stdout
 
 
-def test_upload_dir_puts_manifest_last(tmp_path):
+def test_a_shard_set_upload_puts_the_manifest_last(tmp_path):
     import fsspec
 
-    from raymmr.data.shards import upload_dir
+    from raymmr import storage
 
     (tmp_path / "train-000000.tar").write_bytes(b"x" * 10)
     (tmp_path / "tokenizer.json").write_text("{}")
@@ -227,7 +228,7 @@ def test_upload_dir_puts_manifest_last(tmp_path):
     original = fs.put_file
     fs.put_file = lambda src, dst, **kw: (calls.append(dst.rsplit("/", 1)[-1]), original(src, dst, **kw))
     try:
-        upload_dir(tmp_path, "memory://bucket/shards")
+        storage.put(tmp_path, "memory://bucket/shards", last=MANIFEST)
     finally:
         fs.put_file = original
     assert calls[-1] == "manifest.json" and set(calls) == {"train-000000.tar", "tokenizer.json", "manifest.json"}
@@ -270,19 +271,19 @@ def test_transient_read_errors_are_retried_and_counted_apart_from_corrupt_member
     assert len(clean) > 3 and Path(url).stat().st_size > 30_000 * (after > 0)
     waits: list[float] = []
     flaky = FlakyStore(failures=2, after=after)
-    monkeypatch.setattr(tario, "open_url", flaky)
+    monkeypatch.setattr(tario.storage, "open_url", flaky)
     problems = tario.Problems()
     got = [s["__key__"] for s in tario.read_tar(url, problems, sleep=waits.append)]
     assert got == clean and problems.retried == 2 and problems.skipped == 0
     assert waits == list(tario.READ_RETRY_WAITS_S[:2]) and flaky.opens == 3
-    monkeypatch.setattr(tario, "open_url", FlakyStore(failures=100, after=after))
+    monkeypatch.setattr(tario.storage, "open_url", FlakyStore(failures=100, after=after))
     problems, got = tario.Problems(), []
     with pytest.raises(tario.ShardReadError, match="still failing after 5 retries"):
         for s in tario.read_tar(url, problems, sleep=lambda _: None):
             got.append(s["__key__"])
     assert got == clean[: len(got)] and problems.retried == 5 and problems.skipped == 0
     # A missing shard is not a store hiccup: skipped whole at once, no retry.
-    monkeypatch.setattr(tario, "open_url", lambda url, mode="rb": open(url + ".missing", "rb"))
+    monkeypatch.setattr(tario.storage, "open_url", lambda url, mode="rb": open(url + ".missing", "rb"))
     problems = tario.Problems()
     assert list(tario.read_tar(url, problems, expected=7, sleep=lambda _: None)) == []
     assert problems.skipped == 7 and problems.retried == 0

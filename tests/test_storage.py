@@ -129,15 +129,15 @@ def test_processes_fetching_one_remote_tokenizer_at_once_all_get_it(s3_server, m
 
     text, url = '{"model": "a tokenizer"}', s3_server.url("tokenizer-race")
     storage.write_text(f"{url}/data/tokenizer.json", text)
-    opened = threading.Barrier(4)
-    real_open = shards.open_url
+    together = threading.Barrier(4)
+    real_fingerprint = storage.fingerprint
 
-    def open_together(u):  # every fetch is inside the copy before any one finishes it
-        f = real_open(u)
-        opened.wait(timeout=30)
-        return f
+    def fingerprint_together(u):  # every fetch has found the cache empty before any one fills it
+        found = real_fingerprint(u)
+        together.wait(timeout=30)
+        return found
 
-    monkeypatch.setattr(shards, "open_url", open_together)
+    monkeypatch.setattr(storage, "fingerprint", fingerprint_together)
     got, errors = [], []
 
     def fetch():
@@ -452,3 +452,92 @@ def test_a_similar_image_index_built_from_other_weights_is_rebuilt(url, tmp_path
     assert index_fingerprint(job, ["a.tar"], {**args, "blank_images": True}) != built
     storage.write_text(f"{export}/{storage.WEIGHTS}", "weights v2, retrained")
     assert not saved_index(run, index_fingerprint(job, ["a.tar"], args))
+
+
+# --- one module reads URL schemes -----------------------------------------------------------------
+
+# Who may read a URL's scheme besides raymmr.storage, and why. Everyone else asks storage
+# (``scheme``, ``is_remote``, ``join``, ``open_url`` ...), so a new backend is added in one place.
+SCHEME_READERS = {
+    "raymmr.storage": "the storage layer",
+    "raymmr.train.tracking": "MLflow tracking URIs (sqlite:, databricks, a password in http://), not storage",
+}
+SCHEME_PARSERS = {"urlparse", "urlsplit", "url_to_fs", "get_filesystem_class", "infer_storage_options"}
+SCHEME_PREFIXES = ("s3:", "gs:", "gcs:", "file:", "pipe:", "http:", "https:", "memory:", "sqlite:")
+
+
+def reads_a_scheme(node) -> bool:
+    """Whether an AST node takes a URL's scheme apart: ``"://" in x``, ``x.split("://")``,
+    ``x.startswith("s3://")``, ``urlparse(x)``, ``fsspec.core.url_to_fs(x)`` ..."""
+    import ast
+
+    def scheme_text(value) -> bool:
+        texts = value.elts if isinstance(value, ast.Tuple) else [value]
+        return any(isinstance(t, ast.Constant) and isinstance(t.value, str)
+                   and ("://" in t.value or t.value.startswith(SCHEME_PREFIXES)) for t in texts)  # fmt: skip
+
+    if isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
+        return isinstance(node.left, ast.Constant) and node.left.value == "://"
+    if isinstance(node, ast.Call):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in SCHEME_PARSERS:
+            return True
+        if name in ("startswith", "split", "partition", "removeprefix") and node.args:
+            return scheme_text(node.args[0])
+    return False
+
+
+def scheme_readers(sources: dict[str, str]) -> dict[str, int]:
+    """Module -> how many places in it read a URL's scheme."""
+    import ast
+
+    found = {}
+    for module, source in sources.items():
+        count = sum(reads_a_scheme(node) for node in ast.walk(ast.parse(source)))
+        if count:
+            found[module] = count
+    return found
+
+
+def tree_sources() -> dict[str, str]:
+    root = Path(__file__).resolve().parent.parent
+    files = [*sorted((root / "raymmr").rglob("*.py")), *sorted((root / "jobs").glob("*.py"))]
+    return {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p.read_text() for p in files}
+
+
+def test_only_the_storage_layer_reads_url_schemes():
+    sources = tree_sources()
+    assert len(sources) > 60 and "raymmr.storage" in sources
+    readers = scheme_readers(sources)
+    assert "raymmr.storage" in readers  # the scan sees the one that does
+    assert set(readers) <= set(SCHEME_READERS), {m: n for m, n in readers.items() if m not in SCHEME_READERS}
+
+
+@pytest.mark.parametrize("source", [
+    'if "://" in url:\n    pass\n',
+    'kind = url.split("://", 1)[0]\n',
+    'local = url.startswith(("s3://", "gs://"))\n',
+    'piped = data.startswith("pipe:")\n',
+    'from urllib.parse import urlparse\nurlparse(url).scheme\n',
+    'import fsspec\nfs, path = fsspec.core.url_to_fs(url)\n',
+])  # fmt: skip
+def test_the_scheme_check_catches_a_module_that_reads_one(source):
+    assert scheme_readers({"raymmr.data.shards": source}) == {"raymmr.data.shards": 1}
+    assert scheme_readers({"raymmr.data.shards": 'storage.is_remote(url)\nstorage.join(url, "x")\n'}) == {}
+
+
+def test_a_cache_key_is_one_digest_under_its_kind(tmp_path):
+    a = storage.cache_path("runs", "s3://b/run")
+    assert a.parent == tmp_path / "cache" / "runs" and len(a.name) == 16
+    assert a == storage.cache_path("runs", "s3://b/run") != storage.cache_path("runs", "s3://b/other")
+    assert storage.cache_path("runs", "a", "b") != storage.cache_path("runs", "a|b", "")
+
+
+def test_a_piped_file_is_copied_once_into_the_cache(tmp_path):
+    source = tmp_path / "tokenizer.json"
+    source.write_text("{}")
+    copy = storage.cached_copy(f"pipe:cat {source}", "tokenizers", name="tokenizer.json")
+    assert copy.name == "tokenizer.json" and copy.read_text() == "{}"
+    source.write_text('{"changed": 1}')  # a command has no version to compare: the copy stays
+    assert storage.cached_copy(f"pipe:cat {source}", "tokenizers", name="tokenizer.json") == copy

@@ -27,8 +27,9 @@ import math
 import tempfile
 from pathlib import Path
 
+from raymmr import storage
 from raymmr.data.schema import IMAGE_EXTS, SCHEMA_VERSION
-from raymmr.data.shards import FORMAT, MANIFEST, ShardError, open_url
+from raymmr.data.shards import FORMAT, MANIFEST, ShardError
 
 FIELDS = ("caption", "domain", "modality", "organ")
 DEFAULT_FIELDS = {"caption": "txt"}
@@ -99,7 +100,6 @@ def index_shards(location: str, *, fields: dict[str, str] | None = None, rules: 
     the manifest."""
     from tqdm.auto import tqdm
 
-    from raymmr import storage
     from raymmr.data.answers import build_answer_vocab
     from raymmr.data.tario import Problems, read_tar
     from raymmr.data.tokenizer import TOKENIZER_FILE, train_tokenizer
@@ -117,7 +117,7 @@ def index_shards(location: str, *, fields: dict[str, str] | None = None, rules: 
     texts, sizes, domains = [], set(), set()
     for name in tqdm(names, desc=f"index {location}", unit="shard", disable=not progress):
         url, split = storage.join(location, name), split_of[name]
-        shard = _Hashing(open_url(url))  # one read per shard: samples and checksum together
+        shard = _Hashing(storage.open_url(url))  # one read per shard: samples and checksum together
         problems = Problems()
         count = skipped = 0
         for raw in read_tar(url, problems, stream=shard):

@@ -171,8 +171,7 @@ def resolve_data(cfg: Config, data: str | None) -> str:
 
     data = data or cfg.data.train_shards
     if not data:
-        digest = hashlib.sha1(json.dumps(cfg.to_dict()["data"], sort_keys=True).encode()).hexdigest()[:10]
-        data = str(storage.cache_dir() / "synthrad" / digest)
+        data = str(storage.cache_path("synthrad", json.dumps(cfg.to_dict()["data"], sort_keys=True)))
         make_synthrad_shards(data, cfg.data)
     try:
         shard_urls(data, "train")

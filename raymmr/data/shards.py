@@ -29,15 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import re
-import shlex
-import time
-from pathlib import Path
-from urllib.parse import urlparse
 
+from raymmr import storage
 from raymmr.data.schema import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -51,102 +47,27 @@ class ShardError(ValueError):
 
 
 
-def _scheme(url: str) -> str:
-    return urlparse(url).scheme if "://" in url else ("pipe" if url.startswith("pipe:") else "")
-
-
-def open_url(url: str):
-    """A readable binary stream for a local path, file://, pipe:CMD, s3://, gs:// or http(s):// URL.
-
-    s3:// and gs:// use fsspec when s3fs / gcsfs are installed, otherwise the ``aws`` / ``gsutil``
-    command line through webdataset's ``pipe:`` (nothing extra to install on cluster images).
-    """
-    import webdataset as wds
-
-    scheme = _scheme(url)
-    if scheme in ("", "file"):
-        return open(url[7:] if scheme == "file" else url, "rb")  # noqa: SIM115 - the caller closes it
-    if scheme in ("s3", "gs"):
-        with contextlib.suppress(ImportError, ValueError):
-            import fsspec
-
-            fsspec.get_filesystem_class(scheme)  # ImportError without s3fs / gcsfs
-            return fsspec.open(url, "rb").open()
-        if scheme == "s3":
-            return wds.gopen(f"pipe:aws s3 cp {shlex.quote(url)} -")
-    return wds.gopen(url)  # pipe:, http(s) (curl), gs (gsutil cat)
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if _scheme(base) else str(Path(base) / name)
-
-
 def _manifest_location(data: str) -> str:
     base = data.split("{")[0] if ("{" in data or "*" in data) else data
     if base.endswith(".json"):
         return base
     if base.endswith(".tar") or "{" in data or "*" in data:
-        base = base.rsplit("/", 1)[0] if "/" in base else "."
-    return _join(base, MANIFEST)
-
-
-def upload_dir(local: str | os.PathLike, url: str) -> None:
-    """Copy a finished local shard set to an fsspec URL such as s3:// or gs:// (manifest last, so
-    a reader never sees a manifest whose shards are not there yet). Uses fsspec when it has the
-    protocol (s3fs / gcsfs installed), else the ``aws`` / ``gsutil`` command line."""
-    import subprocess
-
-    local = Path(local)
-    files = sorted(p for p in local.iterdir() if p.is_file() and p.name != MANIFEST) + [local / MANIFEST]
-    scheme = _scheme(url)
-    try:
-        import fsspec
-
-        fsspec.get_filesystem_class(scheme)
-        fs, root = fsspec.core.url_to_fs(url)
-        for f in files:
-            fs.put_file(str(f), f"{root.rstrip('/')}/{f.name}")
-        return
-    except (ImportError, ValueError):
-        pass
-    tool = {"s3": ["aws", "s3", "cp"], "gs": ["gsutil", "cp"]}.get(scheme)
-    if tool is None:
-        raise ValueError(f"--out {url}: only local paths, s3:// and gs:// can be written")
-    for f in files:
-        subprocess.run([*tool, str(f), _join(url, f.name)], check=True)
+        base = storage.parent(base)
+    return storage.join(base, MANIFEST)
 
 
 def shard_tokenizer(data: str) -> str:
     """Local path of the tokenizer.json saved with a shard set (a directory, pattern or URL).
-    A remote one is copied into the cache (``RAYMMR_CACHE``, default ~/.cache/raymmr) once per
-    version of it (``storage.cached_copy``)."""
-    location = _manifest_location(str(data)).rsplit("/", 1)[0] if _scheme(str(data)) else str(
-        Path(_manifest_location(str(data))).parent)
-    url = _join(location, "tokenizer.json")
-    if not _scheme(url):
+    A remote one is copied into this node's cache once per version of it (``storage.cached_copy``:
+    a tokenizer rewritten at the same URL is copied anew)."""
+    url = storage.join(storage.parent(_manifest_location(str(data))), "tokenizer.json")
+    if not storage.is_remote(url):
         return url
-    if _scheme(url) != "pipe":
-        from raymmr import storage
-
-        # Keyed by the URL and what is there now: a tokenizer rewritten at the same URL is copied anew.
-        return str(storage.cached_copy(url, "tokenizers"))
-    digest = hashlib.sha1(url.encode()).hexdigest()[:12]
-    from raymmr.storage import cache_dir
-
-    local = cache_dir() / "tokenizers" / digest / "tokenizer.json"
-    if not local.exists():
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".tokenizer.json.tmp{os.getpid()}-{time.monotonic_ns()}")  # one per process
-        with open_url(url) as src, open(tmp, "wb") as dst:
-            dst.write(src.read())
-        os.replace(tmp, local)  # processes on one node fetching it at once: each replace is whole
-    return str(local)
+    return str(storage.cached_copy(url, "tokenizers", name="tokenizer.json"))
 
 
 def _has_tar_shards(folder: str) -> bool:
     """Whether ``folder`` (a directory or URL prefix) holds .tar files (a cheap listing)."""
-    from raymmr import storage
-
     with contextlib.suppress(Exception):  # a listing that fails only loses the hint
         return any(name.endswith(".tar") for name in storage.names(folder))
     return False
@@ -156,10 +77,10 @@ def read_manifest(path_or_url: str | os.PathLike) -> dict:
     """The manifest of a shard set: a directory/URL prefix, its manifest.json, or a shard pattern in it."""
     location = _manifest_location(str(path_or_url))
     try:
-        with open_url(location) as f:
+        with storage.open_url(location) as f:
             manifest = json.loads(f.read())
     except FileNotFoundError:
-        folder = location.rsplit("/", 1)[0]
+        folder = storage.parent(location)
         if _has_tar_shards(folder):  # shards another tool wrote (img2dataset): indexed where they are
             raise ShardError(f"{path_or_url}: tar shards without a {MANIFEST}; index them in place: "
                              f"python jobs/make_shards.py index {folder} (--val-fraction for a val split)") from None
@@ -233,7 +154,7 @@ def shard_urls(data: str, split: str) -> list[str]:
         return [u for p in parts for u in shard_urls(p, split)]
     if not parts:
         raise ShardError("empty shard location; give a directory, a brace pattern or URLs")
-    scheme = _scheme(data)
+    scheme = storage.scheme(data)
     if "{" in data or "*" in data or data.endswith(".tar") or scheme == "pipe":
         urls = list(braceexpand.braceexpand(data))
         if scheme:
@@ -257,7 +178,7 @@ def shard_urls(data: str, split: str) -> list[str]:
         return found
     if split not in manifest["splits"]:
         raise ShardError(f"{data}: the shard set has no split {split!r} (it has {', '.join(manifest['splits'])})")
-    return [_join(data, s["name"]) for s in manifest["splits"][split]["shards"]]
+    return [storage.join(data, s["name"]) for s in manifest["splits"][split]["shards"]]
 
 
 def shard_counts(urls: list[str], manifest: dict | None) -> list[int | None]:

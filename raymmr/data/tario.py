@@ -19,8 +19,8 @@ import time
 import zlib
 from collections.abc import Iterator
 
+from raymmr import storage
 from raymmr.data.schema import IMAGE_EXTS
-from raymmr.data.shards import open_url
 
 logger = logging.getLogger("raymmr.data.tario")
 
@@ -211,7 +211,7 @@ def retried(url: str, error: BaseException) -> bool:
     shard), as opposed to a corrupt or truncated archive (the same every time). Not for a ``pipe:``
     command, whose exit status is its own verdict (aws, gsutil and curl retry by themselves): a
     failed pipe shard is skipped and counted, as a missing one."""
-    return isinstance(error, OSError) and not isinstance(error, PERMANENT_OS_ERRORS) and not url.startswith("pipe:")
+    return isinstance(error, OSError) and not isinstance(error, PERMANENT_OS_ERRORS) and storage.scheme(url) != "pipe"
 
 
 def read_tar(url: str, problems: Problems, expected: int | None = None, stream=None, *,
@@ -249,7 +249,7 @@ def _read_tar_once(url: str, problems: Problems, expected: int | None = None, st
     current: dict | None = None
     yielded, member = 0, "(start of file)"
     try:
-        stream = stream if stream is not None else open_url(url)
+        stream = stream if stream is not None else storage.open_url(url)
     except OSError as e:
         if retried(url, e):
             raise

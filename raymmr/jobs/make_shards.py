@@ -50,9 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from raymmr import storage
     from raymmr.config import ConfigError, load_config
     from raymmr.data.sets import make_converted_shards, make_synthrad_shards
-    from raymmr.data.shards import upload_dir
+    from raymmr.data.shards import MANIFEST
     from raymmr.data.validate import format_report, validate_shards
 
     if args.source == "validate":
@@ -75,15 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.image_size={args.image_size}")
     if args.samples_per_shard is not None:
         overrides.append(f"data.samples_per_shard={args.samples_per_shard}")
-    remote = "://" in args.out
+    remote = storage.is_remote(args.out)
     out = args.out
     if remote:  # write locally, then upload the finished set
-        import hashlib
-
-        from raymmr.storage import cache_dir
-
-        cache = cache_dir()
-        out = str(cache / "staging" / hashlib.sha1(args.out.encode()).hexdigest()[:12])
+        out = str(storage.cache_path("staging", args.out))
     try:
         cfg = load_config(args.config, overrides)
         if args.source == "synthrad":
@@ -95,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                                              val_fraction=args.val_fraction, progress=not args.quiet)
         if remote:
             print(f"uploading {out} -> {args.out}", flush=True)
-            upload_dir(out, args.out)
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+            storage.put(out, args.out, last=MANIFEST)
+    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, storage.StorageError) as e:
         # ConverterError and ShardError are ValueErrors that name the file, field and fix.
         print(f"error: {e}", file=sys.stderr)
         return 2

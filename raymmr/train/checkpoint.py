@@ -192,12 +192,11 @@ def universal_copy(source: str, local: Path, *, convert: bool) -> Path:
     """The universal-format conversion of a ZeRO checkpoint (``deepspeed.checkpoint.ds_to_universal``)
     in this node's cache, keyed by the checkpoint's URL; returns the directory that holds ``TAG``.
     Only ``convert=True`` (one process per node) writes it; the others wait at a barrier and read."""
-    import hashlib
     import os
     import shutil
     from argparse import Namespace
 
-    root = storage.cache_dir() / "universal" / hashlib.sha1(str(source).encode()).hexdigest()[:16]
+    root = storage.cache_path("universal", str(source))
     if convert and not root.exists():
         from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 

@@ -267,7 +267,7 @@ def share_generated_data(data: str, run_url: str) -> str:
     it), else beside a remote run (``<run>/synthrad``). A local run directory keeps them local (a
     cluster with a shared filesystem; ``warn_local_paths`` says so), and any other shard set is
     returned as it is."""
-    from raymmr.data.shards import MANIFEST, upload_dir
+    from raymmr.data.shards import MANIFEST
 
     if not generated_here(data):
         return data
@@ -281,7 +281,7 @@ def share_generated_data(data: str, run_url: str) -> str:
     if not storage.exists(storage.join(target, MANIFEST)):  # the manifest goes last: present = complete
         print(f"[data] uploading the SynthRad shards generated here to {target} (workers on other nodes read "
               "them there)", flush=True)
-        upload_dir(data, target)
+        storage.put(data, target, last=MANIFEST)
     return target
 
 

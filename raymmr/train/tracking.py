@@ -62,7 +62,7 @@ def tracking_uri(cfg: Config) -> str:
     for scheme in ("sqlite:///", "file://"):
         if uri.startswith(scheme) and not uri[len(scheme):].startswith("/"):
             return scheme + str(Path(uri[len(scheme):]).resolve())
-    return uri if "://" in uri or uri.startswith("databricks") else Path(uri).resolve().as_uri()
+    return uri if storage.is_remote(uri) or uri.startswith("databricks") else Path(uri).resolve().as_uri()
 
 
 def redact(uri: str) -> str:
