@@ -61,7 +61,8 @@ def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]
 def add_tracker_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracker", choices=list(TRACKERS),
                    help="experiment tracker beside metrics.jsonl and TensorBoard (overrides train.tracker; "
-                        "mlflow: the store is train.tracking_uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+                        "mlflow: the store is train.tracking_uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; "
+                        "wandb: W&B's own WANDB_* variables, WANDB_MODE=offline without a server)")
 
 
 def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) -> Config:

@@ -288,10 +288,11 @@ class TrainConfig:
                                      help="host memory Ray reserves for each worker, in GB (0 = none): Ray places "
                                      "workers only where it is free; the embedded fit check and a sweep's "
                                      "concurrency count it")
-    tracker: str = _f("tensorboard", choices=["tensorboard", "mlflow"],
-                      help="metrics.jsonl and TensorBoard always; mlflow: also an MLflow run per stage (raymmr.train.tracking)")
+    tracker: str = _f("tensorboard", choices=["tensorboard", "mlflow", "wandb"],
+                      help="metrics.jsonl and TensorBoard always; mlflow / wandb: also an MLflow / W&B run per stage "
+                      "(raymmr.train.tracking)")
     tracking_uri: str = _f("", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    experiment: str = _f("", help="MLflow experiment (default: raymmr-<stage>; sweeps: raymmr-sweep)")
+    experiment: str = _f("", help="MLflow experiment or W&B project (default: raymmr-<stage>; sweeps: raymmr-sweep)")
 
 
 @dataclass

@@ -136,3 +136,121 @@ def test_tensorboard_shows_each_step_once_after_a_restart(tmp_path):
     events.Reload()
     got = [(e.step, e.value) for e in events.Scalars("pretrain/loss")]
     assert got == [(s, 100.0 + s) for s in range(1, 6)] + [(s, float(s)) for s in range(6, 11)], got
+
+
+# --- Weights & Biases -----------------------------------------------------------------------------
+
+
+def wandb_records(run_dir) -> dict:
+    """What a W&B offline run under ``run_dir/wandb`` holds, read back from its transaction log
+    (``run-<id>.wandb``: LevelDB's log format of W&B protobuf records; offline, W&B keeps the config,
+    history and summary only there): {"id", "project", "config": {key: value}, "history": [{key:
+    value}], "summary": {key: value}}."""
+    import json
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2
+
+    (log,) = sorted(Path(run_dir, tracking.WANDB_DIR).glob("offline-run-*/run-*.wandb"))
+    data, block = log.read_bytes(), 32768
+    assert data[:4] == b":W&B", log
+    pos, pending, records = 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL, or LAST of a record split across blocks
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+
+    def items(updates) -> dict:
+        return {(u.key or ".".join(u.nested_key)): json.loads(u.value_json) for u in updates}
+
+    out = {"history": [], "summary": {}}
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out.update(id=r.run.run_id, project=r.run.project, config=items(r.run.config.update))
+        elif kind == "history":
+            out["history"].append(items(r.history.item))
+        elif kind == "summary":
+            out["summary"].update(items(r.summary.update))
+    return out
+
+
+def test_a_wandb_run_gets_the_config_and_every_metric_at_its_step_and_a_resume_keeps_its_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config("tiny", ["train.tracker=wandb", "loss.w_img=0.5", "train.experiment=proj"])
+    run = RunDir(str(tmp_path / "run"))
+    started = tracking.start_run(cfg, "pretrain", run)
+    assert started.kind == "wandb" and started.project == "proj"
+    assert tracking.start_run(cfg, "pretrain", run) == started  # --resume: the same W&B run
+    assert tracking.worker_env(cfg) == {"WANDB_MODE": "offline"}
+    log = tracking.metrics_log(started, "pretrain", cfg, run)
+    log.write({"step": 10, "loss": 2.5, "lr": 1e-3, "note": "text is not a metric", "finite": True})
+    log.write({"step": 20, "loss": 2.0})
+    log.close()
+    found = wandb_records(run.local)
+    assert found["id"] == started.run_id and found["project"] == "proj"
+    assert found["config"]["loss.w_img"] == "0.5" and found["config"]["train.tracker"] == "wandb"
+    assert [(h["_step"], h["loss"]) for h in found["history"]] == [(10, 2.5), (20, 2.0)]
+    assert "note" not in found["history"][0] and "finite" not in found["history"][0]
+
+
+def test_a_missing_wandb_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb" or name.startswith("wandb."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(tracking.TrackingError, match=r"pip install 'raymmr\[wandb\]'"):
+        tracking.start_run(load_config("tiny", ["train.tracker=wandb"]), "pretrain", RunDir(str(tmp_path / "r")))
+
+
+@pytest.mark.slow
+def test_a_tiny_pretraining_with_tracker_wandb_writes_an_offline_run_with_its_config_and_losses(tmp_path, tiny_data):
+    """As a user types it, with W&B offline (no server here): the run directory's wandb/ holds the
+    run, whose config is the job's and whose history has the loss at every log step."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "jobs/pretrain.py", "--config", "tiny", "--data", tiny_data, "--steps", "4",
+         "--out", str(tmp_path / "run"), "--tracker", "wandb", "--set", "train.log_every=2",
+         "--set", "train.val_every=0", "--set", "train.checkpoint_every=4", "--set", "loss.w_img=0.75"],
+        capture_output=True, text=True, timeout=600, cwd=root, env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[pretrain] W&B run" in proc.stdout, proc.stdout[-3000:]
+    found = wandb_records(tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / tracking.STATE).read_text())
+    assert found["id"] == saved["run_id"] and found["project"] == "raymmr-pretrain"
+    assert found["config"]["loss.w_img"] == "0.75" and found["config"]["train.steps"] == "4"
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    assert [(h["_step"], h["loss"]) for h in found["history"] if "loss" in h] == logged and len(logged) == 2
+
+
+def test_a_sweep_with_tracker_wandb_logs_each_trial_through_rays_callback(tmp_path, monkeypatch):
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (callback,) = tracking.sweep_callbacks(load_config("tiny", ["train.tracker=wandb"]), str(tmp_path))
+    assert isinstance(callback, WandbLoggerCallback) and callback.project == "raymmr-sweep" and callback.log_config
+    assert callback.kwargs["dir"] == str(tmp_path)  # the trials' W&B files sit in the sweep directory
+    (remote,) = tracking.sweep_callbacks(load_config("tiny", ["train.tracker=wandb", "train.experiment=s1"]), "s3://b/s")
+    assert remote.project == "s1" and "dir" not in remote.kwargs
+    assert tracking.sweep_callbacks(load_config("tiny"), str(tmp_path)) == []

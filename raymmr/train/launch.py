@@ -349,11 +349,11 @@ def run_training(
         data = share_generated_data(data, run.url)
     run.write_text(RUN_DATA, json.dumps({"data": data, "fingerprint": data_fingerprint(data)}))
 
-    # A Tune trial is tracked by the sweep's MLflowLoggerCallback, one MLflow run per trial.
+    # A Tune trial is tracked by the sweep's logger callback, one tracker run per trial.
     tracker = None if report_to_tune else tracking.start_run(cfg, stage, run)
     if tracker is not None:
-        print(f"[{stage}] MLflow run {tracker.run_id} in {tracking.redact(tracker.uri)}", flush=True)
-        if not embedded and tracking.is_local(tracker.uri):
+        print(f"[{stage}] {tracker.describe()}", flush=True)
+        if not embedded and tracker.kind == "mlflow" and tracking.is_local(tracker.uri):
             print(f"warning: the MLflow store {tracking.redact(tracker.uri)} is on this machine's disk: workers on other nodes "
                   "cannot log to it; give a server with --set train.tracking_uri=http://... or MLFLOW_TRACKING_URI",
                   file=sys.stderr, flush=True)
@@ -397,7 +397,8 @@ def run_training(
                 failure_config=FailureConfig(max_failures=0,
                                              controller_failure_limit=controller_failure_limit(embedded)),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
-                worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker)))}},
+                worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.train.cpus_per_worker))),
+                                                 **tracking.worker_env(cfg)}},
                 callbacks=[TuneReportCallback()] if report_to_tune else None,
             ),
         )
@@ -412,7 +413,7 @@ def run_training(
         try:
             tracking.finish_run(tracker, export_dir=None, status="KILLED" if isinstance(e, Interrupted) else "FAILED")
         except Exception as closing:  # noqa: BLE001 - the training error is the one to report
-            print(f"warning: could not close MLflow run {tracker.run_id}: {closing}", file=sys.stderr, flush=True)
+            print(f"warning: could not close {tracker.describe()}: {closing}", file=sys.stderr, flush=True)
         raise
     tracking.finish_run(tracker, export_dir=str(run.local / storage.EXPORT))
     return TrainResult(run_dir=run.url, export_dir=export_dir, last_metrics=dict(result.metrics or {}))

@@ -83,17 +83,19 @@ class TermAccumulator:
 
 class MetricsWriter:
     """Rank 0's sink: metrics.jsonl (appended, one object per log step), TensorBoard, console, and
-    the driver's MLflow run when ``train.tracker`` is mlflow.
+    the driver's MLflow or W&B run when ``train.tracker`` names one (``cfg``: the run's config, which
+    a W&B run records).
     ``sync`` copies both to the run URL (at every report); a rank 0 that starts on another node
     continues the URL's metrics.jsonl, not a stale copy of its own."""
 
-    def __init__(self, run_dir: RunDir, stage: str, total_steps: int, resume_step: int = 0, tracker=None):
+    def __init__(self, run_dir: RunDir, stage: str, total_steps: int, resume_step: int = 0, tracker=None,
+                 cfg=None):
         self.run_dir = run_dir
-        self.tracked = None  # train.tracker: the MLflow run (tracking.MetricsLog)
+        self.tracked = None  # train.tracker: the MLflow or W&B run (tracking.metrics_log)
         if tracker is not None:
-            from raymmr.train.tracking import MetricsLog
+            from raymmr.train.tracking import metrics_log
 
-            self.tracked = MetricsLog(tracker, stage)
+            self.tracked = metrics_log(tracker, stage, cfg, run_dir)
         self.path = run_dir.fetch("metrics.jsonl")
         truncate_after(self.path, resume_step)
         self.stage = stage
@@ -136,6 +138,8 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.tracked is not None:
+            self.tracked.close()
         self.sync()
 
 

@@ -1,4 +1,5 @@
-"""Experiment tracking beside metrics.jsonl and TensorBoard (which every run writes): MLflow.
+"""Experiment tracking beside metrics.jsonl and TensorBoard (which every run writes): MLflow or
+Weights & Biases.
 
 ``train.tracker: mlflow`` (``--tracker mlflow``): the driver opens one MLflow run per training
 stage (the resolved config as params, tags naming the stage and run directory), rank 0 logs every
@@ -11,7 +12,16 @@ Why not Ray's ``setup_mlflow`` in the workers: it starts a new MLflow run on eve
 worker group restarted after a failure would split one training into several runs; here the
 driver owns the run and the workers only append to it.
 
-The tracking URI is resolved once, on the driver: ``train.tracking_uri``, else
+``train.tracker: wandb`` (``--tracker wandb``): the driver picks the W&B run's id (kept in
+``tracking.json`` like MLflow's, so a ``--resume`` continues it) and rank 0 opens that run
+(``wandb.init(id=..., resume="allow")``) with the resolved config, logs every metric record at its
+step and finishes it when training ends; its local files (``wandb/``: all of them in offline
+mode, ``WANDB_MODE=offline``, for ``wandb sync``) are copied into the run directory. The project is
+``train.experiment`` (default ``raymmr-<stage>``), the entity and server W&B's own variables
+(``WANDB_ENTITY``, ``WANDB_API_KEY``, ``WANDB_BASE_URL``), which the workers receive from the
+driver. Sweeps log one W&B run per trial through Ray Tune's ``WandbLoggerCallback``.
+
+The MLflow tracking URI is resolved once, on the driver: ``train.tracking_uri``, else
 ``MLFLOW_TRACKING_URI``, else MLflow's own default (``sqlite:///mlflow.db``) made absolute in the
 driver's working directory. A Ray worker runs in another directory and maybe on another node: on
 a cluster give an MLflow server (``http://...``) that every node reaches.
@@ -32,16 +42,28 @@ from raymmr.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-TRACKERS = ("tensorboard", "mlflow")
-STATE = "tracking.json"  # in the run directory: the MLflow run a --resume continues
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+STATE = "tracking.json"  # in the run directory: the MLflow or W&B run a --resume continues
+WANDB_DIR = "wandb"  # in the run directory: the W&B run's local files
+# W&B's own settings, handed from the driver to the workers (a cluster's workers do not share
+# the driver's environment); the key is a secret: it travels in Ray's runtime environment.
+WANDB_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_BASE_URL")
 
 
 @dataclass(frozen=True)
 class TrackerRun:
-    """What a worker needs to append to the driver's MLflow run (a field of ``TrainJob``)."""
+    """What a worker needs to append to the driver's tracker run (a field of ``TrainJob``):
+    MLflow's store URI, or W&B's project."""
 
     uri: str
     run_id: str
+    kind: str = "mlflow"
+    project: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "wandb":
+            return f"W&B run {self.run_id} in project {self.project} ({os.environ.get('WANDB_MODE', 'online')})"
+        return f"MLflow run {self.run_id} in {redact(self.uri)}"
 
 
 class TrackingError(RuntimeError):
@@ -54,6 +76,20 @@ def require_mlflow() -> None:
     except ImportError:
         raise TrackingError("train.tracker=mlflow needs MLflow: pip install 'raymmr[mlflow]' "
                             "(or mlflow / mlflow-skinny)") from None
+
+
+def require_wandb() -> None:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise TrackingError("train.tracker=wandb needs Weights & Biases: pip install 'raymmr[wandb]' (or wandb)") from None
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    """The tracker's environment variables the workers need from the driver."""
+    if cfg.train.tracker != "wandb":
+        return {}
+    return {k: os.environ[k] for k in WANDB_ENV if k in os.environ}
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -102,6 +138,8 @@ def start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun | None:
     starts, naming the store."""
     if cfg.train.tracker == "tensorboard":
         return None
+    if cfg.train.tracker == "wandb":
+        return _start_wandb_run(cfg, stage, run)
     require_mlflow()
     check_no_password(cfg)
     try:
@@ -136,6 +174,22 @@ def _start_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun:
     return TrackerRun(uri=uri, run_id=run_id)
 
 
+def _start_wandb_run(cfg: Config, stage: str, run: RunDir) -> TrackerRun:
+    """The W&B run's id and project (the worker opens the run): the saved one of a continued run
+    directory, else a new id."""
+    import uuid
+
+    require_wandb()
+    project = cfg.train.experiment or f"raymmr-{stage}"
+    if run.exists(STATE):
+        saved = json.loads(run.fetch(STATE).read_text())
+        if saved.get("tracker") == "wandb" and saved.get("project") == project:
+            return TrackerRun(uri="", run_id=saved["run_id"], kind="wandb", project=project)
+    run_id = uuid.uuid4().hex[:12]  # W&B's ids: letters and digits
+    run.write_text(STATE, json.dumps({"tracker": "wandb", "project": project, "run_id": run_id}))
+    return TrackerRun(uri="", run_id=run_id, kind="wandb", project=project)
+
+
 def experiment_id(client, uri: str, name: str) -> str:
     """The MLflow experiment ``name``, created when new; a local store keeps its artifacts beside
     it (``mlartifacts/``), not in whatever directory a process happens to run in."""
@@ -146,9 +200,20 @@ def experiment_id(client, uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=where.as_uri() if where else None)
 
 
-def sweep_callbacks(cfg: Config) -> list:
+def sweep_callbacks(cfg: Config, out: str | None = None) -> list:
     """Tune callbacks for ``train.tracker``: with mlflow, Ray's ``MLflowLoggerCallback`` (one MLflow
-    run per trial: its parameters, every reported result, its end status)."""
+    run per trial: its parameters, every reported result, its end status); with wandb, Ray's
+    ``WandbLoggerCallback`` (the same, one W&B run per trial, in project ``train.experiment``,
+    default raymmr-sweep; its local files under the sweep's ``wandb/`` when ``out`` is a local
+    directory)."""
+    if cfg.train.tracker == "wandb":
+        require_wandb()
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        project = cfg.train.experiment or "raymmr-sweep"
+        print(f"[sweep] W&B project {project!r} ({os.environ.get('WANDB_MODE', 'online')})", flush=True)
+        where = {"dir": str(Path(out))} if out and not storage.is_remote(out) else {}
+        return [WandbLoggerCallback(project=project, log_config=True, upload_checkpoints=False, **where)]
     if cfg.train.tracker != "mlflow":
         return []
     require_mlflow()
@@ -165,7 +230,7 @@ def sweep_callbacks(cfg: Config) -> list:
 def finish_run(tracker: TrackerRun | None, *, export_dir: str | None, status: str = "FINISHED") -> None:
     """Log the export (a local folder) as the run's ``export`` artifact and close the run with
     ``status`` (FINISHED, FAILED or KILLED)."""
-    if tracker is None:
+    if tracker is None or tracker.kind == "wandb":  # rank 0 finishes a W&B run when training ends
         return
     from mlflow.tracking import MlflowClient
 
@@ -184,6 +249,9 @@ class MetricsLog:
         self.client, self.run_id, self.stage = MlflowClient(tracker.uri), tracker.run_id, stage
         self.failed = 0  # records the tracker did not take (metrics.jsonl and TensorBoard have them)
 
+    def close(self) -> None:
+        """Nothing to do here: the driver closes an MLflow run (``finish_run``), with the export."""
+
     def write(self, record: dict) -> None:
         """Never ends the training: an unreachable tracker costs its copy of the metrics, which
         metrics.jsonl keeps; the first failure is reported, the rest counted."""
@@ -200,3 +268,39 @@ class MetricsLog:
             if self.failed == 1:
                 log.warning("MLflow run %s did not take the metrics of step %s (%s); training goes on, "
                             "metrics.jsonl has them", self.run_id, record["step"], e)
+
+
+class WandbLog:
+    """Rank 0's W&B run: opened with the resolved config, every numeric field of a metrics record
+    logged at its step, finished (and its local files copied into the run directory) by ``close``.
+    Like ``MetricsLog``, never ends the training."""
+
+    def __init__(self, tracker: TrackerRun, stage: str, cfg: Config, run_dir: RunDir):
+        import wandb
+
+        self.run_dir, self.failed = run_dir, 0
+        self.run = wandb.init(id=tracker.run_id, project=tracker.project, resume="allow", job_type=stage,
+                              name=f"{stage}-{tracker.run_id}", config=flat_params(cfg),
+                              dir=str(run_dir.local), settings=wandb.Settings(console="off", silent=True))
+
+    def write(self, record: dict) -> None:
+        metrics = {k: float(v) for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+        try:
+            self.run.log(metrics, step=int(record["step"]))
+        except Exception as e:  # noqa: BLE001 - any client or network error
+            self.failed += 1
+            if self.failed == 1:
+                log.warning("W&B run %s did not take the metrics of step %s (%s); training goes on, "
+                            "metrics.jsonl has them", self.run.id, record["step"], e)
+
+    def close(self) -> None:
+        self.run.finish()
+        self.run_dir.upload(WANDB_DIR)
+
+
+def metrics_log(tracker: TrackerRun, stage: str, cfg: Config, run_dir: RunDir):
+    """Rank 0's appender to the driver's tracker run (``MetricsLog`` or ``WandbLog``)."""
+    if tracker.kind == "wandb":
+        return WandbLog(tracker, stage, cfg, run_dir)
+    return MetricsLog(tracker, stage)

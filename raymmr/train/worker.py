@@ -42,7 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
     record_worker(w)
     start = restore(w)
     writer = MetricsWriter(RunDir(job.run_dir), w.stage, w.total_steps, resume_step=start,
-                           tracker=job.tracker) if w.rank == 0 else None
+                           tracker=job.tracker, cfg=cfg) if w.rank == 0 else None
     terms_acc, timer = TermAccumulator(), StepTimer(w.device)
     last_val: dict = {}
     nonfinite = 0

@@ -459,7 +459,7 @@ def run_sweep(
                                         mode=t.mode if len(named) == 1 else None, scheduler=scheduler,
                                         search_alg=search_alg, num_samples=samples,
                                         max_concurrent_trials=t.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=out, callbacks=tracking.sweep_callbacks(base),
+            run_config=tune.RunConfig(name="tune", storage_path=out, callbacks=tracking.sweep_callbacks(base, out),
                                       failure_config=tune.FailureConfig(max_failures=t.max_failures)),
         )
     results = tuner.fit()
