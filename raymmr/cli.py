@@ -65,19 +65,23 @@ def add_tracker_arg(p: argparse.ArgumentParser) -> None:
                         "wandb: W&B's own WANDB_* variables, WANDB_MODE=offline without a server)")
 
 
-def config_from_args(args: argparse.Namespace, *, steps_key: str | None = None) -> Config:
-    overrides = list(args.overrides)
-    if steps_key and getattr(args, "steps", None) is not None:
-        overrides.append(f"{steps_key}={args.steps}")
-    overrides += flag_overrides(args, CLUSTER_FLAGS)
-    return load_config(args.config, overrides, method=args.method)
+def config_overrides(args: argparse.Namespace, flags: dict[str, str] | None = None, extra: list[str] = ()) -> list[str]:
+    """The job's ``--set`` overrides, then one for each set flag of ``flags`` (flag -> config key;
+    default ``CLUSTER_FLAGS``), then ``extra``: the one way a job's flags become config."""
+    return [*args.overrides, *flag_overrides(args, CLUSTER_FLAGS if flags is None else flags), *extra]
+
+
+def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = None, *, extra: list[str] = (),
+                     method: str | None = None) -> Config:
+    """The job's config: ``--config`` with ``config_overrides``, for ``--method`` (or ``method``)."""
+    return load_config(args.config, config_overrides(args, flags, extra), method=method or getattr(args, "method", None))
 
 
 def run_main(fn):
     """Run a job's main and return what it returns (an exit status or None); user errors print one
     line and exit 2 instead of a traceback."""
     from raymmr.errors import Interrupted, JobError
-    from raymmr.storage import StorageError
+    from raymmr.storage import NoExport, StorageError
     from raymmr.train.checkpoint import CheckpointError
     from raymmr.train.tracking import TrackingError
 
@@ -87,7 +91,7 @@ def run_main(fn):
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, JobError, CheckpointError, StorageError, TrackingError) as e:
+    except (ConfigError, JobError, CheckpointError, StorageError, TrackingError, NoExport) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -555,11 +555,16 @@ def load_config(source: str = "base", overrides: list[str] | dict | None = None,
             key, raw = item.split("=", 1)
             given[key.strip()] = parse_override(key.strip(), raw)
     values.update(given)
-    cfg = Config(preset=name, method=method)
+    return with_values(Config(preset=name, method=method), values, given=given)
+
+
+def with_values(cfg: Config, values: dict[str, Any], *, given: dict[str, Any] | None = None) -> Config:
+    """``cfg`` with ``values`` (dotted path -> value) set, validated, and refused where ``given``
+    (the settings a user chose; default ``values``) would be silently ignored. Changes ``cfg``."""
     for key, value in values.items():
         set_value(cfg, key, value)
     validate(cfg)
-    check_overrides_act(cfg, given)
+    check_overrides_act(cfg, values if given is None else given)
     return cfg
 
 

@@ -384,6 +384,20 @@ WEIGHTS = "model.safetensors"  # an export's weights (raymmr.model.export)
 EXPORT = "export"  # a run directory's export folder
 
 
+class NoExport(FileNotFoundError):
+    """No raymmr export where a user pointed; the message names the place (a job reports it in one
+    line)."""
+
+
+def require_export(url: str, what: str | None = None) -> str:
+    """``find_export``, refusing a place with no export: ``what`` names it in the error (a flag and
+    its value, e.g. ``--model runs/x``; default the URL)."""
+    found = find_export(url)
+    if found is None:
+        raise NoExport(f"{what or url}: no raymmr export there ({WEIGHTS}, or {EXPORT}/{WEIGHTS})")
+    return found
+
+
 def find_export(url: str) -> str | None:
     """The export a user points at: ``url`` itself when it holds model.safetensors, else its
     ``export/`` folder (a run directory). None when neither does."""

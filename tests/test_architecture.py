@@ -24,6 +24,7 @@ FLOORS = [
     {"train": {"train"}},
     {"tune": {"tune"}, "pipeline": {"pipeline"}},
     {"ablation": {"ablation"}, "confirm": {"confirm"}},
+    {"sweep": {"sweep"}},
     {"cli": {"cli"}},
     {"jobs": {"jobs"}},
 ]

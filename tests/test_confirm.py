@@ -132,8 +132,8 @@ def test_the_sweep_job_writes_the_confirmed_choice_and_evaluates_only_it_on_test
     from raymmr import confirm as confirm_module
     from raymmr import pipeline
     from raymmr.config import load_config
-    from raymmr.jobs.tune_loss_weights import confirm
     from raymmr.rundir import RunDir
+    from raymmr.sweep import confirm
 
     cfg = load_config("tiny", ["tune.confirm_top=2", "tune.confirm_seeds=5,6"])
     records = [{"trial_id": "lucky", "params": {"loss.w_img": 0.25}, "objective": 0.9, "iterations": 3,

@@ -80,7 +80,7 @@ def test_only_the_final_evaluation_names_the_test_split():
         "jobs/evaluate.py": 1,  # --split default: the user's own evaluation
         # final_test=True and printing its results: the sweep's confirmed choice, once the
         # confirmation (raymmr.confirm, validation only) has fixed it
-        "jobs/tune_loss_weights.py": 3,
+        "sweep.py": 3,
         "eval/evaluate.py": None,  # evaluates whatever split it is given
     }
     data_making = ("data/synthrad.py", "data/foreign.py", "data/converters/")  # writing the split, not reading it

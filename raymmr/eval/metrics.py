@@ -385,9 +385,15 @@ def retrieval_metrics(sim: torch.Tensor, ks: Sequence[int] = RECALL_KS,
 # --------------------------------------------------------------------------- robustness
 
 
+def better(metric: str, *, loss: bool = False) -> str:
+    """The direction in which ``metric`` improves, "min" or "max": ranks (``*rank*``) and losses
+    (``*loss*``, or any loss term when ``loss``: ``val_con_inter`` ...) go down; accuracies and
+    recalls go up. The one definition: robustness drops, the sweep's mode check and its reports."""
+    return "min" if loss or "rank" in metric or "loss" in metric else "max"
+
+
 def lower_is_better(metric: str) -> bool:
-    """Ranks (``*rank*``) and losses are better low; accuracies and recalls are better high."""
-    return "rank" in metric or "loss" in metric
+    return better(metric) == "min"
 
 
 def degradation(clean: Mapping[str, Any], perturbed: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict:

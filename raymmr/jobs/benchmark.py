@@ -6,7 +6,7 @@
 Data: --data (a shard set at the preset's image size), else SynthRad shards made for the config.
 """
 
-from raymmr.cli import base_parser, command_line
+from raymmr.cli import base_parser, command_line, config_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,11 +26,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from raymmr.config import load_config
     from raymmr.data.sets import resolve_data
     from raymmr.train.benchmark import append_markdown, benchmark, with_plain_ratio, write_json
 
-    base = load_config(args.config, args.overrides, method=args.method)
+    base = config_from_args(args)
     data = resolve_data(base, args.data)
     rows = []
     sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [base.train.batch_size]
@@ -38,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.baseline:
         runs = [("plain", bs) for bs in sizes] + runs
     for zero, bs in runs:
-        cfg = load_config(args.config, [*args.overrides, f"train.batch_size={bs}"]
-                          + ([] if zero == "plain" else [f"train.zero_stage={zero}"]), method=args.method)
+        cfg = config_from_args(args, extra=[f"train.batch_size={bs}"] + ([] if zero == "plain" else
+                                                                          [f"train.zero_stage={zero}"]))
         row = benchmark(cfg, stage=args.stage, data=data, steps=args.steps, warmup=args.warmup, plain=zero == "plain")
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         rows.append(row)

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from raymmr.cli import base_parser, command_line
+from raymmr.cli import base_parser, command_line, config_from_args
 from raymmr.data.benchmark import append_table_rows
 
 
@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from raymmr import storage
-    from raymmr.config import load_config
     from raymmr.data.sets import resolve_data
     from raymmr.errors import JobError
     from raymmr.tune.efficiency import run_efficiency
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     if storage.is_remote(args.out):
         raise JobError(f"--out {args.out}: the benchmark writes a local directory (its plot and rows go to this checkout)")
     space = load_space(args.space)
-    cfg = load_config(args.config, [*args.overrides, "tune.objective=finetune"], method=args.method or space.method)
+    cfg = config_from_args(args, extra=["tune.objective=finetune"], method=args.method or space.method)
     data = resolve_data(cfg, args.data)
     report = run_efficiency(cfg, space.path, args.out, data, samples=args.samples)
     table = (Path(args.out) / "efficiency.md").read_text()

@@ -7,7 +7,7 @@ each number. `make demo` runs this.
     python jobs/demo.py --out runs/demo [--set train.steps=100 ...]
 """
 
-from raymmr.cli import base_parser
+from raymmr.cli import base_parser, config_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,11 +17,10 @@ def main(argv: list[str] | None = None) -> None:
     import time
 
     from raymmr import storage
-    from raymmr.config import load_config
     from raymmr.data.sets import resolve_data
     from raymmr.pipeline import run_pipeline
 
-    cfg = load_config(args.config, args.overrides, method=args.method)
+    cfg = config_from_args(args)
     out = storage.join(storage.normalize(args.out), time.strftime("%Y%m%d-%H%M%S"))  # a path or a URL
     t0 = time.time()
     print(f"[demo] SynthRad shards ({cfg.data.synthrad_train} train images)", flush=True)

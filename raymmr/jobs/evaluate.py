@@ -9,7 +9,7 @@ interval. Writes results.json, results.md and plots into --out.
 Choose on --split val (role "selection"); evaluate --split test (role "final") once the choices are fixed.
 """
 
-from raymmr.cli import base_parser
+from raymmr.cli import base_parser, config_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,28 +26,23 @@ def main(argv: list[str] | None = None) -> None:
                         "of the evaluated export")
     args = parser.parse_args(argv)
     from raymmr import storage
-    from raymmr.config import load_config
     from raymmr.data.sets import resolve_data
     from raymmr.errors import JobError
     from raymmr.eval.evaluate import evaluate
     from raymmr.perturb import SEVERITIES
     from raymmr.rundir import RunDir
 
-    cfg = load_config(args.config, args.overrides, method=args.method)
+    cfg = config_from_args(args)
     severities = [s for s in args.severities.split(",") if s]
     bad = [s for s in severities if s not in SEVERITIES or s == "none"]
     if bad:
         raise JobError(f"--severities: unknown {bad}; choose from {[s for s in SEVERITIES if s != 'none']}")
-    export = storage.find_export(args.model)
-    if export is None:
-        raise JobError(f"--model {args.model}: no {storage.WEIGHTS} there or in its export/ folder")
+    export = storage.require_export(args.model, f"--model {args.model}")
     data = resolve_data(cfg, args.data)
     out = RunDir(args.out)
     text_only = None
     if args.text_only:
-        text_only = storage.find_export(args.text_only)
-        if text_only is None:
-            raise JobError(f"--text-only {args.text_only}: no {storage.WEIGHTS} there or in its export/ folder")
+        text_only = storage.require_export(args.text_only, f"--text-only {args.text_only}")
     results = evaluate(export, data, out.url, split=args.split, severities=severities, blank_export=text_only,
                        batch_size=args.batch_size, limit=args.limit, progress=True, card=args.card)
     print((out.local / "results.md").read_text())

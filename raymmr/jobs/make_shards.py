@@ -22,7 +22,9 @@ shards go to splits by --split SPLIT=GLOB rules, else by a hash of their names (
 import argparse
 import sys
 
-SOURCES = ("synthrad", "roco", "pmc-vqa", "vqa-rad", "slake")
+from raymmr.data.converters import CONVERTERS
+
+SOURCES = ("synthrad", *CONVERTERS)  # SynthRad is generated; every other source has a converter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from raymmr import storage
-    from raymmr.config import ConfigError, load_config
+    from raymmr.cli import config_from_args
+    from raymmr.config import ConfigError
     from raymmr.data.sets import make_converted_shards, make_synthrad_shards
     from raymmr.data.shards import MANIFEST
     from raymmr.data.validate import format_report, validate_shards
@@ -71,17 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     if (args.source == "synthrad") == bool(args.src):
         print("error: --src is " + ("not used for synthrad" if args.src else f"required for {args.source}"), file=sys.stderr)
         return 2
-    overrides = list(args.overrides)
-    if args.image_size is not None:
-        overrides.append(f"data.image_size={args.image_size}")
-    if args.samples_per_shard is not None:
-        overrides.append(f"data.samples_per_shard={args.samples_per_shard}")
     remote = storage.is_remote(args.out)
     out = args.out
     if remote:  # write locally, then upload the finished set
         out = str(storage.cache_path("staging", args.out))
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = config_from_args(args, {"image_size": "data.image_size", "samples_per_shard": "data.samples_per_shard"})
         if args.source == "synthrad":
             if args.vocab != "train":
                 print("note: SynthRad answers are the same in every split; --vocab is ignored", file=sys.stderr)

@@ -190,10 +190,7 @@ def local_export(path_or_url: str) -> Path:
     ``export/`` inside; a local path or a storage URL)."""
     from raymmr import storage
 
-    found = storage.find_export(str(path_or_url))
-    if found is None:
-        raise FileNotFoundError(f"{path_or_url}: no raymmr export there (model.safetensors, or export/model.safetensors)")
-    return storage.cached_copy(found, "exports")
+    return storage.cached_copy(storage.require_export(str(path_or_url)), "exports")
 
 
 def read_export(export_dir) -> tuple[Config, dict, dict[str, torch.Tensor]]:

@@ -321,10 +321,7 @@ def run_training(
     workers = parse_num_workers(num_workers if num_workers is not None else cfg.train.num_workers)
     if init_from:
         # An absolute path or URL: Ray workers run in another working directory, on other nodes.
-        found = storage.find_export(init_from)
-        if found is None:
-            raise JobError(f"--init {init_from}: no {storage.WEIGHTS} there or in its export/ folder")
-        init_from = found
+        init_from = storage.require_export(init_from, f"--init {init_from}")
     # Before Ray starts: a step with nothing to train, or CMDPI's Eq. 13 mixed with the plain answer CE.
     plan_passes(stage, cfg.loss, cfg.finetune)
     data = resolve_data(cfg, data)

@@ -56,8 +56,10 @@ def check_metric(base: Config, space: SearchSpace) -> None:
     # A loss term is reported only when its weight is not 0, so only fixed, non-zero weights qualify.
     terms = set.intersection(*({term for term, w in s.items()
                                 if f"loss.{w}" not in searched and getattr(base.loss, w) > 0} for s in stages))
-    better = {"val_vqa_accuracy": "max", "val_vqa_accuracy_cross_domain": "max", "val_retrieval_mean_rank": "min",
-              **{f"val_{x}": "min" for x in terms}}
+    from raymmr.eval.metrics import better as direction
+
+    better = {**{m: direction(m) for m in ("val_vqa_accuracy", "val_vqa_accuracy_cross_domain", "val_retrieval_mean_rank")},
+              **{f"val_{x}": direction(f"val_{x}", loss=True) for x in terms}}
     if t.objective == "finetune":
         # Fine-tuning reads VQA samples only (train.setup.STAGE_KINDS), validation included: it ranks
         # no caption, and a trial's last reports would carry no retrieval metric at all.

@@ -78,11 +78,9 @@ from raymmr.config import (
     Config,
     ConfigError,
     CoreLoader,
-    check_overrides_act,
     check_value,
     field_spec,
-    set_value,
-    validate,
+    with_values,
 )
 from raymmr.objective.task import FINETUNE_TERMS
 
@@ -293,12 +291,7 @@ def apply_params(cfg: Config, params: dict) -> Config:
     """A copy of ``cfg`` with ``params`` (dotted path -> value) set and validated.
 
     Raises ConfigError (unknown key, value out of range, or a cross-field constraint)."""
-    out = copy.deepcopy(cfg)
-    for key, value in params.items():
-        set_value(out, key, value)
-    validate(out)
-    check_overrides_act(out, params)
-    return out
+    return with_values(copy.deepcopy(cfg), params)
 
 
 # --------------------------------------------------------------------------- loading
