@@ -4,7 +4,7 @@ fine-tuning group (difference reconstruction + head mixup, replaced by the plain
 reported side by side on clean, cross-domain and perturbed data, mean ± std over seeds. Each arm
 removes exactly its groups, as ``raymmr.config.METHOD_GROUPS`` defines them.
 
-The ablation is read on the validation split (its reading is a choice: SPEC §5); it never
+The ablation is read on the validation split (its reading is a choice: docs/SPEC.md §5); it never
 evaluates the test split. Each seed fine-tunes one text-only model (blank images, from the first
 variant's pre-training) that every variant of the seed is compared with.
 

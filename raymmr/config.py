@@ -242,7 +242,7 @@ class DataConfig:
     shuffle_buffer: int = _f(1000, range=(0, 10**7), help="encoded samples in the shuffle reservoir")
     loader_workers: int = _f(2, range=(0, 64), help="DataLoader worker processes per Ray Train worker")
     blank_images: bool = _f(False, help="every image a flat grey (data.images.blank_image): the text-only "
-                                        "baseline, the same model fine-tuned without pixels (SPEC §5)")
+                                        "baseline, the same model fine-tuned without pixels (docs/SPEC.md §5)")
     seed: int = _f(0, range=(0, 2**31 - 1))
     # SynthRad generation (used when no shards are given)
     synthrad_train: int = _f(20000, range=(1, 10**8))

@@ -1,4 +1,4 @@
-"""Image and text perturbations of graded severity (SPEC §3, Robust-MMR).
+"""Image and text perturbations of graded severity (docs/SPEC.md §3, Robust-MMR).
 
 Pure functions with no model knowledge: the model task perturbs image batches on the GPU,
 the data loader perturbs texts per sample, and SynthRad domain styles may reuse both.

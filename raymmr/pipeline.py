@@ -3,7 +3,7 @@
 Used by `make demo` (jobs/demo.py), the ablation (jobs/ablate.py) and the learning test, so all
 three exercise exactly the code a user runs.
 
-The protocol (SPEC §5, DomainBed): every choice is made on the **validation** split, so the
+The protocol (docs/SPEC.md §5, DomainBed): every choice is made on the **validation** split, so the
 pipeline always evaluates ``val`` (role "selection"); the **test** split is evaluated only when the
 caller says its choices are fixed (``final_test``, role "final"), and each results file names its
 split and role. Beside the model, the same pre-training is fine-tuned on blank images (the

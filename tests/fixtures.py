@@ -1,4 +1,4 @@
-"""Tiny copies of the public dataset layouts (DATA_FORMATS.md), quirks included.
+"""Tiny copies of the public dataset layouts (docs/DATA_FORMATS.md), quirks included.
 
 Each ``make_*`` writes a dataset under ``root`` exactly as it is distributed and returns the
 folder a user would pass to the converter. The rows are few but carry every documented quirk,

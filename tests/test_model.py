@@ -206,7 +206,7 @@ def test_only_contrastive_and_mod_resil_weights_still_run(model):
 
 
 def test_contrastive_terms_are_zero_with_fewer_than_two_captions(model, cfg):
-    """VQA samples never enter an image-text contrastive term (SPEC §1); dom_consist (a view-to-view
+    """VQA samples never enter an image-text contrastive term (docs/SPEC.md §1); dom_consist (a view-to-view
     term of the fused representation) keeps them: a decision, README "Decisions"."""
     terms = pretrain_terms(model, make_batch(cfg, n_caption=1), cfg)
     contrastive = ("con_inter", "con_intra")

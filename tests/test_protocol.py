@@ -1,4 +1,4 @@
-"""Choices are made on validation, never on test (SPEC §5, DomainBed): no pipeline, demo, ablation or
+"""Choices are made on validation, never on test (docs/SPEC.md §5, DomainBed): no pipeline, demo, ablation or
 sweep code path reads the test split for a choice; the test split is evaluated only where the
 caller declares its choices fixed, and last."""
 

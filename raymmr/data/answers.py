@@ -1,4 +1,4 @@
-"""Answer normalisation and answer vocabularies (SPEC §1, §5).
+"""Answer normalisation and answer vocabularies (docs/SPEC.md §1, §5).
 
 ``normalize_answer`` follows the VQA-v2 evaluation normalisation that M3AE and its successors
 apply to medical VQA answers (``normalize_word`` in their ``glossary.py``), so answer

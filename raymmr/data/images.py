@@ -67,7 +67,7 @@ def encode_image(image, image_size: int, image_format: str = "jpg", quality: int
     return buf.getvalue()
 
 
-# The text-only baseline's image (SPEC §5: "the same model fine-tuned on blank images"): one flat
+# The text-only baseline's image (docs/SPEC.md §5: "the same model fine-tuned on blank images"): one flat
 # mid-grey, the same in its fine-tuning (``data.blank_images``) and in its evaluation, so the model
 # can learn nothing from pixels and whatever it scores comes from the question's wording.
 BLANK_LEVEL = 128

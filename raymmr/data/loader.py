@@ -1,4 +1,4 @@
-"""Streaming loader: WebDataset shards -> batch dicts for the model task (contract in SPEC §1).
+"""Streaming loader: WebDataset shards -> batch dicts for the model task (contract in docs/SPEC.md §1).
 
 Pipeline per consumer (one consumer = one DataLoader worker of one Ray Train rank)::
 

@@ -1,4 +1,4 @@
-"""The sample schema every shard follows (SPEC §1).
+"""The sample schema every shard follows (docs/SPEC.md §1).
 
 A shard member pair is ``{key}.jpg|jpeg|png|webp`` (image, pre-resized) + ``{key}.json`` (this record).
 Readers also accept a bare ``{key}.txt`` caption. Only these extensions are ever decoded.

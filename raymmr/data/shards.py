@@ -1,4 +1,4 @@
-"""WebDataset shard sets: the layout, the manifest, finding and opening shard URLs (SPEC §1).
+"""WebDataset shard sets: the layout, the manifest, finding and opening shard URLs (docs/SPEC.md §1).
 Writing a set: `raymmr.data.writer`; making one (SynthRad, a converted dataset): `raymmr.data.sets`.
 
 Layout of a shard set directory::

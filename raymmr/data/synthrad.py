@@ -1,4 +1,4 @@
-"""SynthRad: a procedural radiology benchmark with ground truth (SPEC §1).
+"""SynthRad: a procedural radiology benchmark with ground truth (docs/SPEC.md §1).
 
 Real medical data cannot be downloaded here and tests need known answers, so raymmr ships a
 generator. Each *image* shows one organ (head / chest / abdomen) in one modality (CT / MRI /

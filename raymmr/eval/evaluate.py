@@ -1,4 +1,4 @@
-"""Evaluate an exported model on a shard set (SPEC §5): VQA accuracy (overall / open / closed,
+"""Evaluate an exported model on a shard set (docs/SPEC.md §5): VQA accuracy (overall / open / closed,
 per domain, cross-domain), the same on the fixed robustness benchmark (``raymmr.eval.robustness``:
 seen and unseen perturbation families), retrieval R@K and mean rank clean and perturbed with the
 degradation, and the text-only baselines beside them on the same questions, each number with a
@@ -6,7 +6,7 @@ degradation, and the text-only baselines beside them on the same questions, each
 
 Writes ``results.json``, ``results.md`` and plots into the output directory. The answer
 vocabulary is the model's (exported with it); test answers outside it count as wrong, which is
-the *clean* protocol when the vocabulary came from train only (SPEC §5).
+the *clean* protocol when the vocabulary came from train only (docs/SPEC.md §5).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from raymmr.eval.robustness import BENCHMARK_SETS, SEEN_SETS, UNSEEN_SETS, bench
 
 SEVERITIES = SEEN_SETS  # the seen benchmark sets, named by their raymmr.perturb severity
 ROLES = ("selection", "final")  # a validation split that choices are made on; the test split, reported once
-# The text-only baselines (SPEC §5), in the order a tie between them is broken.
+# The text-only baselines (docs/SPEC.md §5), in the order a tie between them is broken.
 BASELINES = (("majority", "majority answer"), ("question_only", "question only"),
              ("type_prior", "question-type prior"), ("blank_image", "same model fine-tuned on blank images"))
 # Question subsets with their own accuracy, interval and baselines: (key suffix, label).
@@ -147,7 +147,7 @@ def evaluate(export_dir: str, data: str, out: str, *, split: str, role: str | No
 
     ``role``: "selection" (a validation split, the one choices are made on) or "final" (the test
     split, reported once choices are fixed); default "final" for ``test``, else "selection". Both
-    are written into the results, and selecting on ``test`` is refused (SPEC §5).
+    are written into the results, and selecting on ``test`` is refused (docs/SPEC.md §5).
     ``severities``: the *seen* robustness sets (``robustness.SEEN_SETS``); ``unseen``: the *unseen*
     ones (None: all of them whenever a seen set is evaluated, so ``severities=()`` stays clean-only).
     ``blank_export``: the same model fine-tuned on blank images, evaluated on blank images as a

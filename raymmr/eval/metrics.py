@@ -168,7 +168,7 @@ def _field(record: Any, name: str) -> Any:
 def type_prior_baseline(
     train_records: Sequence[Any], test_records: Sequence[Any], test_answer_types: Sequence[Any] | None = None
 ) -> dict:
-    """The question-type prior (SPEC §5): answer each test question with the majority train answer
+    """The question-type prior (docs/SPEC.md §5): answer each test question with the majority train answer
     of its (question type, answer type) group, falling back to the majority of its answer type,
     then to the global majority, for groups train never saw.
 

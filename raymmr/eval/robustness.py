@@ -1,4 +1,4 @@
-"""The fixed robustness benchmark (SPEC §5): perturbed evaluation sets defined here, by the
+"""The fixed robustness benchmark (docs/SPEC.md §5): perturbed evaluation sets defined here, by the
 benchmark, not by the evaluated model's ``perturbation`` config.
 
 Evaluating a model under its own training perturbations measures it in distribution, and a

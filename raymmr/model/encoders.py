@@ -3,7 +3,7 @@
     h_I, H_I = ImageEncoder(Input_I)     h_I: [B, W_img] pooled [CLS];  H_I: [B, N, d] patch tokens
     h_T, H_T = TextEncoder(Input_T)      h_T: [B, W_txt] pooled token;  H_T: [B, L, d] every position
 
-``d`` is ``recnet_width``: the local features are projected to the RecNet's width (SPEC §2). The
+``d`` is ``recnet_width``: the local features are projected to the RecNet's width (docs/SPEC.md §2). The
 global vectors stay at the tower width; ``embed(h)`` maps them into the L2-normalised contrastive
 space of width ``embed_dim`` (CLIP's projection heads; initialised fresh even when the towers
 are CLIP-initialised, because ``embed_dim`` is a free config value).

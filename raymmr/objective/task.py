@@ -16,7 +16,7 @@ Pre-training (CMDPI §3.2 + Robust-MMR), per batch:
   domain    encoders on a second domain draw: image perturbed at ``perturbation.light`` or
             "medium" (per sample, 50/50) + the loader's ``text_ids_light`` -> h_F^B;
             dom_consist = symmetric InfoNCE(h_F, h_F^B) over every sample, VQA included, and view A
-            is the clean pass (the source domain; it reuses h_F): two decisions against SPEC's
+            is the clean pass (the source domain; it reuses h_F): two decisions against docs/SPEC.md's
             letter, with their reasons in the README ("Decisions").
   dropped   a random ``round(p_drop * B)`` of the samples, each with its image or its text (50/50)
             replaced by learned missing tokens (H'_I or H'_T, and h_I or h_T inside the fusion):

@@ -2,7 +2,7 @@
 
 Loss terms are summed on the device between log steps (no host sync per step); at a log step
 the sums are all-reduced once (a collective on every rank) and rank 0 writes one JSON object per
-log step to ``metrics.jsonl`` (``step``, ``loss`` and each term by its SPEC name), to
+log step to ``metrics.jsonl`` (``step``, ``loss`` and each term by its name in docs/SPEC.md §3), to
 TensorBoard, and a progress line to the console.
 """
 

@@ -454,7 +454,7 @@ def find_partners(key_to_row: dict[str, int], embeddings: torch.Tensor, train_ur
 
 @torch.no_grad()
 def similar_image_index(model, make_loader, urls, loader_args, job, device, rank, world_size):
-    """Global image embeddings of the train split from the pre-trained model (SPEC §4), built by
+    """Global image embeddings of the train split from the pre-trained model (docs/SPEC.md §4), built by
     all ranks together (each embeds its exact-epoch share, then all-gather: every rank gets the
     whole table through the process group) and saved with the run as ``similar_index.safetensors``;
     a restarted run reads it back from the run URL. Returns (key -> row, embeddings [N, D] on device)."""

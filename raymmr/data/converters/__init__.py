@@ -1,6 +1,6 @@
-"""Converters from public medical VQA / caption datasets to ``Sample`` streams (SPEC §1).
+"""Converters from public medical VQA / caption datasets to ``Sample`` streams (docs/SPEC.md §1).
 
-Each converter takes the dataset folder in its public layout (DATA_FORMATS.md) and returns an
+Each converter takes the dataset folder in its public layout (docs/DATA_FORMATS.md) and returns an
 iterator of ``Sample``: image as encoded bytes, split in train/val/test, answers normalised
 with ``normalize_answer``, labels lower-cased, ``domain`` = ``source`` = the dataset name.
 Layout problems raise ``ConverterError`` (a ValueError) naming the file, field and fix; rows

@@ -1,6 +1,6 @@
 """Shared pieces of the dataset converters: errors, row checks, image lookup, skip accounting.
 
-Policy shared by every converter (SPEC §1, DATA_FORMATS.md):
+Policy shared by every converter (docs/SPEC.md §1, docs/DATA_FORMATS.md):
 - a folder that is not the expected layout, or a file missing a required column/field, raises
   ``ConverterError`` naming the file, the field (and row) and how to fix it: these are user
   errors that would otherwise produce a silently wrong dataset;

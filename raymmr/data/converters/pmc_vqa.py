@@ -1,4 +1,4 @@
-"""PMC-VQA (HF xmcmic/PMC-VQA) -> Samples (DATA_FORMATS.md).
+"""PMC-VQA (HF xmcmic/PMC-VQA) -> Samples (docs/DATA_FORMATS.md).
 
 Layout::
 

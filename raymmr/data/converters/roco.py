@@ -1,4 +1,4 @@
-"""ROCO (razorx89/roco-dataset) -> caption Samples (DATA_FORMATS.md).
+"""ROCO (razorx89/roco-dataset) -> caption Samples (docs/DATA_FORMATS.md).
 
 Layout::
 
@@ -13,7 +13,7 @@ absent. Only ``radiology`` is converted by default: the model targets radiology,
 non-radiology subset (photos, microscopy, charts) is a different image distribution.
 
 Every sample has ``domain = "roco"`` and ``extra = {"roco_id", "subset"}``. Keep ROCO test
-out of pre-training whenever ROCO retrieval is evaluated (DATA_FORMATS.md, protocol notes).
+out of pre-training whenever ROCO retrieval is evaluated (docs/DATA_FORMATS.md, protocol notes).
 """
 
 from __future__ import annotations

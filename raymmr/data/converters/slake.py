@@ -1,4 +1,4 @@
-"""SLAKE -> Samples (DATA_FORMATS.md).
+"""SLAKE -> Samples (docs/DATA_FORMATS.md).
 
 Layout (``Slake1.0/`` as shipped with the PMC-VQA repository and the SLAKE release)::
 

@@ -1,4 +1,4 @@
-"""VQA-RAD -> Samples, from either public layout (DATA_FORMATS.md).
+"""VQA-RAD -> Samples, from either public layout (docs/DATA_FORMATS.md).
 
 MEVF layout (what M3AE, ARL, MUMC and PMC-VQA use)::
 
