@@ -1,5 +1,5 @@
 """A sweep from start to end, the one library call of ``jobs/tune_loss_weights.py``: the space and
-config checked before Ray starts, the search (``tune.runner``), its report (``tune.report``), the
+config checked before Ray starts, the search (``tune.runner``, with ``tune.checks`` first), its report (``tune.report``), the
 confirmation of its best candidates (``confirm``) and, once that has fixed the choice, the one
 evaluation of it on the test split (``pipeline``)."""
 
@@ -18,8 +18,9 @@ def run_search(config: str, overrides: Sequence[str], space_name: str, out: str,
     from raymmr import storage
     from raymmr.data.sets import resolve_data
     from raymmr.train.launch import check_validation_split
+    from raymmr.tune.checks import check_objectives_data, check_sweep_dir, save_base
     from raymmr.tune.report import check_some_finished
-    from raymmr.tune.runner import check_objectives_data, check_sweep_dir, run_sweep, save_base
+    from raymmr.tune.runner import run_sweep
 
     cfg, space = sweep_config(config, overrides, space_name, method)
     storage.check_run_url(out)
@@ -42,7 +43,7 @@ def sweep_config(config: str, overrides: Sequence[str], space_name: str, method:
     from raymmr.config import load_config
     from raymmr.confirm import check_confirmable
     from raymmr.errors import JobError
-    from raymmr.tune.runner import check_metric
+    from raymmr.tune.checks import check_metric
     from raymmr.tune.space import SpaceError, load_space
 
     overrides = list(overrides)
@@ -66,8 +67,9 @@ def report(records: list[dict], cfg, out: str, data: str, *, title: str):
     """The search's report (``tune.report.write_report``) written into ``out`` and printed; returns
     the sweep's ``RunDir``."""
     from raymmr.rundir import RunDir
+    from raymmr.tune.checks import validation_questions
     from raymmr.tune.report import write_report
-    from raymmr.tune.runner import load_study, validation_questions
+    from raymmr.tune.study import load_study
 
     sweep = RunDir(out)
     paths = write_report(records, str(sweep.local), base_cfg=cfg, metric=cfg.tune.metric, mode=cfg.tune.mode,

@@ -15,7 +15,7 @@ from raymmr.data.schema import Sample
 from raymmr.data.shards import read_manifest, shard_urls
 from raymmr.data.tokenizer import load_tokenizer
 from raymmr.data.writer import write_shards
-from raymmr.train.setup import find_partners
+from raymmr.train.partners import find_partners
 
 TAU = 0.75
 S = 16

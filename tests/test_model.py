@@ -367,7 +367,7 @@ def test_fine_tuning_init_carries_answer_rows_by_answer(tmp_path, cfg):
 
     from safetensors.torch import save_file
 
-    from raymmr.train.setup import load_initial_weights
+    from raymmr.train.initial_weights import load_initial_weights
 
     pretrained = RaymmrModel(cfg.model, vocab_size=VOCAB, num_answers=3, pad_token_id=0, mask_token_id=4)
     save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, str(tmp_path / "model.safetensors"))

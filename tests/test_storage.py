@@ -436,7 +436,7 @@ def test_a_similar_image_index_built_from_other_weights_is_rebuilt(url, tmp_path
     import torch
     from safetensors.torch import save_file
 
-    from raymmr.train.setup import INDEX, index_fingerprint, saved_index
+    from raymmr.train.partners import INDEX, index_fingerprint, saved_index
 
     export = f"{url}/pt/export"
     storage.write_text(f"{export}/{storage.WEIGHTS}", "weights v1")

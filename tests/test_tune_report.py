@@ -138,7 +138,7 @@ def test_interrupted_trial_stage_resumes_only_from_a_complete_checkpoint(tmp_pat
     import json
 
     from raymmr.train import checkpoint as ckpt
-    from raymmr.tune.runner import can_resume
+    from raymmr.tune.trial import can_resume
 
     assert can_resume(tmp_path / "pretrain") is False  # never started
     run = tmp_path / "pretrain"
@@ -159,7 +159,7 @@ def test_tune_metric_must_be_reported_by_every_trial_in_its_direction(tmp_path):
     import yaml
 
     from raymmr.config import ConfigError, load_config
-    from raymmr.tune.runner import check_metric
+    from raymmr.tune.checks import check_metric
     from raymmr.tune.space import load_space
 
     path = tmp_path / "space.yaml"
@@ -189,7 +189,7 @@ def test_retrieval_refused_as_a_finetuning_sweep_metric(tmp_path):
     import yaml
 
     from raymmr.config import ConfigError, load_config
-    from raymmr.tune.runner import check_metric
+    from raymmr.tune.checks import check_metric
     from raymmr.tune.space import load_space
 
     path = tmp_path / "space.yaml"
@@ -204,7 +204,7 @@ def test_retrieval_refused_as_a_finetuning_sweep_metric(tmp_path):
 def test_trial_records_status_from_the_rung_clock():
     from types import SimpleNamespace
 
-    from raymmr.tune.runner import trial_records
+    from raymmr.tune.trial import trial_records
 
     def result(rung, error=None, trial="t"):
         metrics = {"trial_id": trial, "val_vqa_accuracy": 0.5, "rung": rung, "training_iteration": 1}
@@ -224,7 +224,7 @@ def test_trial_records_status_from_the_rung_clock():
 def test_sweep_fitted_to_an_embedded_machine():
     from raymmr.config import ConfigError, load_config
     from raymmr.train.launch import GB
-    from raymmr.tune.runner import fit_to_machine
+    from raymmr.tune.resources import fit_to_machine
 
     quiet = lambda *_: None  # noqa: E731
     # tiny: 1 worker x 2 CPU per trial, 2 trials at once: on 2 CPUs each trial gets one.
@@ -267,7 +267,7 @@ def test_sweep_fitted_to_an_embedded_machine():
 def test_resumed_search_closes_a_trial_the_lost_driver_never_recorded(tmp_path):
     """The journal can be newer than Tune's searcher snapshot: a trial asked in between was lost
     with the driver. Restoring closes it as FAIL (it would stay RUNNING in the study forever)."""
-    from raymmr.tune.runner import load_study, study_search
+    from raymmr.tune.study import load_study, study_search
 
     space, t = one_param_space(tmp_path)
     sweep = tmp_path / "sweep"
@@ -291,7 +291,7 @@ def test_resumed_search_keeps_the_outcome_of_a_trial_the_lost_driver_finished(tm
     snapshot, which still has a running. Tune runs a on; its further results and its second
     completion must not end the sweep (UpdateFinishedTrialError did), and the study keeps a's
     first outcome. b goes on as usual."""
-    from raymmr.tune.runner import load_study, study_search
+    from raymmr.tune.study import load_study, study_search
 
     space, t = one_param_space(tmp_path)
     sweep = tmp_path / "sweep"
@@ -318,7 +318,7 @@ def test_a_remote_sweeps_journal_reaches_the_url_before_each_searcher_snapshot(t
     """Tune restores its searcher from a snapshot; the URL's journal must hold every trial that
     snapshot knows (it was uploaded only when a trial finished: a trial asked since was missing)."""
     from raymmr import storage
-    from raymmr.tune.runner import JOURNAL, optuna_storage, study_search
+    from raymmr.tune.study import JOURNAL, optuna_storage, study_search
 
     space, t = one_param_space(tmp_path)
     sweep = s3_server.url("sweeps", uuid.uuid4().hex)  # not one whose journal a cache kept from an earlier run
@@ -337,7 +337,8 @@ def test_a_new_sweep_starts_a_new_study_where_an_earlier_one_never_reached_tune(
     starts an empty study in the same --out (Optuna would otherwise load the old one and count its
     trials as this sweep's)."""
     from raymmr import storage
-    from raymmr.tune.runner import JOURNAL, check_sweep_dir, load_study, study_search
+    from raymmr.tune.checks import check_sweep_dir
+    from raymmr.tune.study import JOURNAL, load_study, study_search
 
     space, t = one_param_space(tmp_path)
     sweep = s3_server.url("sweeps", uuid.uuid4().hex)
@@ -390,7 +391,7 @@ def test_a_trial_that_fails_deterministically_is_not_retried_by_the_same_sweep_l
 
     from raymmr.config import ConfigError, load_config
     from raymmr.errors import JobError
-    from raymmr.tune import runner
+    from raymmr.tune import trial as trials
 
     class Context:
         def get_trial_id(self):
@@ -404,24 +405,24 @@ def test_a_trial_that_fails_deterministically_is_not_retried_by_the_same_sweep_l
         calls.append(stage)
         raise next(errors)
 
-    monkeypatch.setattr(runner, "run_stage", failing_stage)
+    monkeypatch.setattr(trials, "run_stage", failing_stage)
     base = load_config("tiny")
-    trial = runner.make_trainable(base, str(tmp_path), data="unused", launch="launch-1")
+    trial = trials.make_trainable(base, str(tmp_path), data="unused", launch="launch-1")
     with pytest.raises(ConfigError):
         trial({"loss.w_img": 1.0})
     assert calls == ["pretrain"]
-    recorded = json.loads((tmp_path / "trials" / "t0" / runner.TRIAL_FAILED).read_text())
+    recorded = json.loads((tmp_path / "trials" / "t0" / trials.TRIAL_FAILED).read_text())
     assert recorded == {"launch": "launch-1", "error": "loss.w_img=-1: below its range"}
     with pytest.raises(JobError, match="trial t0 not retried: .* every time: loss.w_img=-1: below its range"):
         trial({"loss.w_img": 1.0})  # Tune's retry
     assert calls == ["pretrain"]  # nothing trained again
     # A later launch of the sweep runs the trial again; a transient error leaves no mark and is retried.
-    again = runner.make_trainable(base, str(tmp_path), data="unused", launch="launch-2")
+    again = trials.make_trainable(base, str(tmp_path), data="unused", launch="launch-2")
     with pytest.raises(RuntimeError, match="node lost"):
         again({"loss.w_img": 1.0})
     assert calls == ["pretrain", "pretrain"]
-    assert json.loads((tmp_path / "trials" / "t0" / runner.TRIAL_FAILED).read_text())["launch"] == "launch-1"
-    monkeypatch.setattr(runner, "run_stage", lambda *a, **k: calls.append("retried") or "export")
+    assert json.loads((tmp_path / "trials" / "t0" / trials.TRIAL_FAILED).read_text())["launch"] == "launch-1"
+    monkeypatch.setattr(trials, "run_stage", lambda *a, **k: calls.append("retried") or "export")
     again({"loss.w_img": 1.0})
     assert calls[-2:] == ["retried", "retried"]  # pre-training, then fine-tuning
 
@@ -434,7 +435,7 @@ def test_a_stage_trained_from_another_config_or_data_is_set_aside_and_trained_ag
     from raymmr import storage
     from raymmr.config import load_config, to_yaml
     from raymmr.train import launch
-    from raymmr.tune import runner
+    from raymmr.tune import trial as trials
 
     monkeypatch.setattr(launch, "data_fingerprint", lambda data: f"fp-{Path(data).name}")
     trained = []
@@ -457,14 +458,14 @@ def test_a_stage_trained_from_another_config_or_data_is_set_aside_and_trained_ag
     # The same config (and what a sweep's launch may change), the same shard set elsewhere: reused.
     run = exported_stage("same")
     same = load_config("tiny", ["tune.max_concurrent=1", "train.cpus_per_worker=0.99"])
-    assert runner.run_stage(same, "pretrain", str(run), "/elsewhere/shards-a") == str(run / storage.EXPORT)
+    assert trials.run_stage(same, "pretrain", str(run), "/elsewhere/shards-a") == str(run / storage.EXPORT)
     assert trained == []
     # Other data, another loss weight, other steps: moved aside with its weights, trained again.
     for name, changed, data in [("data", cfg, "/d/shards-b"),
                                 ("weight", load_config("tiny", ["loss.w_img=0.5"]), "/d/shards-a"),
                                 ("steps", load_config("tiny", ["train.steps=301"]), "/d/shards-a")]:
         run = exported_stage(name)
-        runner.run_stage(changed, "pretrain", str(run), data)
+        trials.run_stage(changed, "pretrain", str(run), data)
         assert trained[-1] == str(run), name
         assert not (run / storage.EXPORT / storage.WEIGHTS).exists(), name
         (aside,) = run.parent.glob("shared_pretrain.superseded-*")
@@ -528,7 +529,7 @@ def test_a_two_objective_report_writes_the_front_and_a_config_per_point(tmp_path
 
 def test_several_objectives_are_checked_one_by_one():
     from raymmr.config import ConfigError, load_config
-    from raymmr.tune.runner import check_metric
+    from raymmr.tune.checks import check_metric
     from raymmr.tune.space import load_space
 
     space = load_space("mixup")
@@ -584,8 +585,8 @@ def test_the_parallel_coordinates_of_nine_loss_weights_have_labels_that_do_not_o
 def test_the_report_says_how_noisy_its_metric_is_and_warns_when_the_trials_are_inside_it(tmp_path):
     """The four-way tie of a 24-step sweep (every trial at the majority answer): the table says the
     metric's interval and that the ranking may be noise; trials far apart get the interval only."""
+    from raymmr.tune.checks import validation_questions
     from raymmr.tune.report import noise_note, rank_trials
-    from raymmr.tune.runner import validation_questions
 
     tied = [{"trial_id": t, "params": {}, "objective": 0.328125, "iterations": 3, "status": "COMPLETED"} for t in "abcd"]
     note = noise_note(rank_trials(tied), "val_vqa_accuracy", questions=64)
@@ -606,6 +607,6 @@ def test_the_report_says_how_noisy_its_metric_is_and_warns_when_the_trials_are_i
 def test_tpe_models_the_space_after_a_third_of_a_small_budget():
     """Optuna's TPE samples its first 10 trials at random: a 5-trial TPE search was random search
     (the efficiency benchmark drew the same points with both). A third of the budget, 2 to 10."""
-    from raymmr.tune.runner import tpe_startup_trials
+    from raymmr.tune.study import tpe_startup_trials
 
     assert [tpe_startup_trials(n) for n in (1, 5, 9, 20, 30, 64, 1000)] == [2, 2, 3, 6, 10, 10, 10]

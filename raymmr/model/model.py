@@ -50,7 +50,7 @@ class RaymmrModel(nn.Module):
         if num_answers < 0:
             raise ValueError(f"num_answers {num_answers}: must be >= 0")
         # 0: a shard set without VQA answers (captions only, a pre-training corpus); the answer head
-        # then has no output, and a fine-tuning from this export gets its rows fresh (setup.load_initial_weights).
+        # then has no output, and a fine-tuning from this export gets its rows fresh (train.initial_weights).
         if mask_token_id is None:
             raise ValueError("the tokenizer has no mask token; masked-token reconstruction needs one")
         self.cfg = model_cfg

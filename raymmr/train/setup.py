@@ -1,7 +1,9 @@
 """Everything a worker builds before its loop: config, device, data, model, engine, task.
 
-Kept apart from ``worker.py`` so the loop reads as a loop. Nothing here starts collectives
-except the similar-image index (fine-tuning), which every rank builds together.
+Kept apart from ``worker.py`` so the loop reads as a loop. Fine-tuning's two builders live in
+rooms of their own: the initial weights from a pre-training export (``initial_weights``) and the
+similar-image index with the partners drawn from it (``partners``), the one builder that starts
+collectives (every rank builds the index together).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
     model, tokenizer, manifest = new_model(cfg, data)
     if job.init_from:
         from raymmr.rundir import RunDir
+        from raymmr.train.initial_weights import load_initial_weights
 
         init = load_initial_weights(model, job.init_from, rank, manifest["answers"])
         if rank == 0:
@@ -128,6 +131,7 @@ def build_worker_context(job: TrainJob) -> WorkerContext:
         # Before the engine exists: under ZeRO-3 every forward is a collective, and ranks embed
         # different numbers of batches here.
         from raymmr.data.loader import make_loader
+        from raymmr.train.partners import find_partners, similar_image_index
 
         key_to_row, index_embeddings = similar_image_index(
             model, make_loader, train_urls, loader_args, job, device, rank, world_size
@@ -371,174 +375,6 @@ def data_position(resume: ResumePoint | None, cfg: Config, rank: int, world_size
     return LoaderPosition(epoch=saved["epoch"] + 1, workers=workers)
 
 
-def load_initial_weights(model, init_from: str, rank: int, answers: list[str]) -> dict:
-    """Initialise fine-tuning from a pre-training export (a path or URL the driver resolved with
-    ``storage.find_export``; each node copies a remote one into its own cache). The answer head's
-    rows follow the answers, not their positions: a row is carried over for every answer of this
-    run's vocabulary that the export's ``answers.json`` has, and the other rows keep their fresh
-    initialisation. Returns what was carried (logged by rank 0 and recorded in events.jsonl)."""
-    from safetensors.torch import load_file
-
-    from raymmr import storage
-
-    export = storage.cached_copy(init_from, "exports")
-    weights = export / storage.WEIGHTS
-    if not weights.exists():
-        raise FileNotFoundError(f"--init {init_from}: no {storage.WEIGHTS} there")
-    state = load_file(str(weights))
-    own = model.state_dict()
-    head = f"recnet.head_answer.{len(model.recnet.head_answer) - 1}"
-    vocab = export / "answers.json"
-    old_answers = json.loads(vocab.read_text()) if vocab.exists() else None
-    report = {"event": "init", "export": init_from, "answers": len(answers)}
-    if old_answers is not None and f"{head}.weight" in state:
-        rows = {a: i for i, a in enumerate(old_answers)}
-        carried = [(i, rows[a]) for i, a in enumerate(answers) if a in rows]
-        for name in (f"{head}.weight", f"{head}.bias"):
-            new = own[name].clone()
-            if carried:
-                new[torch.tensor([i for i, _ in carried])] = state[name][torch.tensor([j for _, j in carried])]
-            state[name] = new
-        report.update(answers_carried=len(carried), answers_new=[a for a in answers if a not in rows][:20],
-                      answers_dropped=len(old_answers) - len(carried))
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    for k in mismatched:
-        state.pop(k)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    report.update(reinitialised=mismatched, missing=missing, unexpected=unexpected)
-    if rank == 0:
-        head_note = (f"answer head: {report['answers_carried']} of {len(answers)} answers carried over"
-                     + (f", new: {report['answers_new']}" if report["answers_new"] else "")
-                     if "answers_carried" in report else "answer head: the export has no answers.json")
-        console(f"[init] from {init_from}: {head_note}"
-                + (f"; re-initialised {mismatched}" if mismatched else "")
-                + (f"; missing {missing}" if missing else "") + (f"; unexpected {unexpected}" if unexpected else ""))
-    return report
-
-
-def find_partners(key_to_row: dict[str, int], embeddings: torch.Tensor, train_urls: list[str], threshold: float,
-                  rank: int, block: int = 1024):
-    """What the loader draws each sample's difference-reconstruction partner from (``Partners``):
-    the similar-image index with one row per distinct image (the samples' images read from the
-    shards and deduplicated by their bytes; each image's embedding is its first sample's row) and
-    the encoded bytes of every image that is some image's candidate (candidacy is symmetric: those
-    with a candidate of their own). The same on every rank (the index is), and again after a
-    restart. Rank 0 reports the split-wide coverage, the mean number of candidates per image and
-    the memory the partners take in every loader worker."""
-    import torch.nn.functional as F
-
-    from raymmr.data.loader import SAME_IMAGE_COS, Partners, read_images
-
-    image_of, encoded = read_images(train_urls, set(key_to_row))
-    first: dict[int, int] = {}  # image -> its first sample's index row
-    for key, image in image_of.items():
-        first.setdefault(image, key_to_row[key])
-    rows = torch.tensor([first[i] for i in range(len(encoded))], dtype=torch.long, device=embeddings.device)
-    unit = F.normalize(embeddings[rows].float(), dim=-1)  # [M, D]
-    index = Partners(image_of=image_of, embeddings=unit, images={}, threshold=threshold)
-    blocks = torch.arange(len(rows), device=rows.device).split(block)  # [block, M] at a time: M may be large
-    counts = torch.cat([index.candidates(b)[1].sum(dim=1) for b in blocks]).cpu() if blocks else torch.zeros(0)  # [M]
-    partners = Partners(image_of=image_of, embeddings=unit.cpu(), threshold=threshold,
-                        images={i: encoded[i] for i in (counts > 0).nonzero().flatten().tolist()})
-    if rank == 0:
-        covered = sum(int(counts[image_of[k]] > 0) for k in key_to_row if k in image_of)
-        mean_candidates = counts.float().mean().item() if len(counts) else 0.0
-        mib = sum(map(len, partners.images.values())) / 2**20
-        console(f"[finetune] difference reconstruction: {covered} of {len(key_to_row)} training samples "
-                f"({covered / max(1, len(key_to_row)):.1%}) have a similar image (cosine in [{threshold}, "
-                f"{SAME_IMAGE_COS})); {len(encoded)} distinct images, {mean_candidates:.1f} candidates per image "
-                f"on average; in each loader worker: {len(partners.images)} partner images ({mib:.1f} MiB encoded) "
-                f"+ embeddings {list(unit.shape)} fp32 ({unit.numel() * 4 / 2**20:.1f} MiB)")
-    return partners
-
-
-@torch.no_grad()
-def similar_image_index(model, make_loader, urls, loader_args, job, device, rank, world_size):
-    """Global image embeddings of the train split from the pre-trained model (docs/SPEC.md §4), built by
-    all ranks together (each embeds its exact-epoch share, then all-gather: every rank gets the
-    whole table through the process group) and saved with the run as ``similar_index.safetensors``;
-    a restarted run reads it back from the run URL. Returns (key -> row, embeddings [N, D] on device)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from raymmr import storage
-    from raymmr.rundir import RunDir
-
-    run = RunDir(job.run_dir)
-    built_from = index_fingerprint(job, urls, loader_args)
-    # Rank 0 decides for all: ranks that disagreed on building would wait in different collectives.
-    decision = [saved_index(run, built_from) if rank == 0 else None]
-    if world_size > 1:
-        dist.broadcast_object_list(decision, src=0)
-    if decision[0]:
-        path = storage.cached_copy(run.url_of(INDEX), "indexes")
-        with safe_open(str(path), "pt") as f:
-            all_keys = json.loads(f.metadata()["keys"])
-        table = load_file(str(path))["embeddings"]
-        return {k: i for i, k in enumerate(all_keys)}, table.to(device)
-    was_training = model.training
-    model.eval()
-    keys, embs = [], []
-    loader = make_loader(urls, epoch_mode="exact", samples_per_epoch=0, seed=0, epoch=0,
-                         **{**loader_args, "shuffle_buffer": 0})
-    from tqdm.auto import tqdm
-
-    # Rank 0's share, one line every ~10 s in the worker log (its stderr is not a terminal).
-    for batch in tqdm(loader, desc="similar-image index (rank 0's share)", unit="batch", disable=rank != 0,
-                      mininterval=10, leave=False):
-        embs.append(model.encode_image(batch["image"].to(device)).float().cpu())
-        keys += list(batch["key"])
-    model.train(was_training)
-    local = torch.cat(embs) if embs else torch.zeros(0, model.embed_dim)
-    gathered_keys, gathered = [None] * world_size, [None] * world_size
-    if world_size > 1:
-        # Our own workers' key strings and embeddings (not data from outside the run).
-        dist.all_gather_object(gathered_keys, keys)
-        dist.all_gather_object(gathered, local)
-    else:
-        gathered_keys, gathered = [keys], [local]
-    all_keys = [k for ks in gathered_keys for k in ks]
-    table = torch.cat(gathered)
-    if rank == 0:
-        tmp = run.local / f".{INDEX}.tmp"
-        save_file({"embeddings": table.contiguous()}, str(tmp),
-                  metadata={"keys": json.dumps(all_keys), "built_from": built_from})
-        tmp.rename(run.local / INDEX)  # atomic: a half-written index is never loaded
-        run.upload(INDEX)
-    return {k: i for i, k in enumerate(all_keys)}, table.to(device)
-
-
-def index_fingerprint(job, urls: list[str], loader_args: dict) -> str:
-    """What a similar-image index is built from: the pre-trained weights it embeds with (their
-    storage fingerprint), the training shards and how their images are read."""
-    import hashlib
-
-    from raymmr import storage
-
-    weights = storage.join(job.init_from, storage.WEIGHTS) if job.init_from else ""
-    parts = {"weights": storage.fingerprint(weights) if weights and storage.exists(weights) else weights,
-             "urls": list(urls), "image_size": loader_args.get("image_size"),
-             "blank_images": loader_args.get("blank_images")}
-    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def saved_index(run, built_from: str) -> bool:
-    """Whether the run holds a similar-image index built from ``built_from`` (one built from other
-    weights or shards, or by an older raymmr that did not record it, is rebuilt, with a note)."""
-    from safetensors import safe_open
-
-    from raymmr import storage
-
-    if not run.exists(INDEX):
-        return False
-    with safe_open(str(storage.cached_copy(run.url_of(INDEX), "indexes")), "pt") as f:
-        recorded = (f.metadata() or {}).get("built_from")
-    if recorded != built_from:
-        console(f"[finetune] the similar-image index in {run} was built from other weights or shards; rebuilding it")
-        return False
-    return True
-
-
 def epoch_samples(split: dict, kinds: tuple[str, ...] | None) -> int:
     """A split's samples that a stage reads (its manifest entry's count, or of ``kinds`` only: a
     fine-tuning epoch is the VQA samples, not the captions it skips)."""
@@ -547,7 +383,6 @@ def epoch_samples(split: dict, kinds: tuple[str, ...] | None) -> int:
     return sum(split["kinds"].get(kind, 0) for kind in kinds)
 
 
-INDEX = "similar_index.safetensors"
 # Sample kinds each stage reads: pre-training all (captions feed the contrastive terms), fine-tuning
 # VQA only (CMDPI §3.3; a caption has no answer to train, its slot would be wasted).
 STAGE_KINDS = {"pretrain": None, "finetune": ("vqa",)}

@@ -77,7 +77,9 @@ def run_efficiency(base: Config, grid_path: str, out: str, data: str, samples: i
     ``efficiency.png`` into ``out`` (a local directory). A search that finished before is read back."""
     from raymmr.eval.evaluate import evaluate, read_questions
     from raymmr.train.launch import connect_ray
-    from raymmr.tune.runner import check_metric, run_sweep, shared_pretraining
+    from raymmr.tune.checks import check_metric
+    from raymmr.tune.runner import run_sweep
+    from raymmr.tune.trial import shared_pretraining
 
     outdir = Path(storage.normalize(out))  # absolute: trial drivers run in other working directories
     outdir.mkdir(parents=True, exist_ok=True)

@@ -533,7 +533,7 @@ def write_report(
     ``front.json`` and one config per front point, ``front/<trial_id>.yaml``; ranking and the
     history plot use the first objective. With one objective, ``best_config.yaml`` and
     ``best_trial.json`` are written when some trial is eligible. ``questions``: how many validation
-    questions each objective value was measured on (``runner.validation_questions``), for the
+    questions each objective value was measured on (``checks.validation_questions``), for the
     table's noise note (``noise_note``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
