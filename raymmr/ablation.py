@@ -64,7 +64,7 @@ def run_ablation(
 ) -> dict:
     """Train and evaluate every (variant, seed); writes ablation.json and ablation.md into ``out``
     (a path or URL: every run of the ablation lives under it) and returns ``{"per_run": ..., "mean": {variant: {column: value}}}``."""
-    from raymmr.data.sets import resolve_data
+    from raymmr.data.making.sets import resolve_data
     from raymmr.errors import JobError
     from raymmr.pipeline import run_pipeline
     from raymmr.train.launch import connect_ray, share_generated_data

@@ -16,7 +16,7 @@ def run_search(config: str, overrides: Sequence[str], space_name: str, out: str,
     fix): a space of another method, a metric the trials cannot report, an ``out`` holding another
     sweep, a shard set without the validation the objectives need."""
     from raymmr import storage
-    from raymmr.data.sets import resolve_data
+    from raymmr.data.making.sets import resolve_data
     from raymmr.train.launch import check_validation_split
     from raymmr.tune.checks import check_objectives_data, check_sweep_dir, save_base
     from raymmr.tune.report import check_some_finished

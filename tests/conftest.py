@@ -38,7 +38,7 @@ def remove_ray_node_dirs(request):
 def tiny_data():
     """SynthRad shards for the `tiny` preset (generated once, reused across sessions)."""
     from raymmr.config import load_config
-    from raymmr.data.sets import resolve_data
+    from raymmr.data.making.sets import resolve_data
 
     return resolve_data(load_config("tiny"), None)
 

@@ -150,6 +150,21 @@ def forbidden_imports(outside: dict[str, set[str]]) -> list[str]:
             for package in sorted(packages & FORBIDDEN.get(floor_of(module), set()))]  # fmt: skip
 
 
+# Inside the data floor: the training-time stream never imports the offline making of shard sets
+# (generators, converters, the writer, the indexer of foreign sets, validation). The loader
+# benchmark (data.benchmark) makes the shards it streams, so it stands apart from both.
+MAKING = "raymmr.data.making"
+NOT_STREAM = (MAKING, "raymmr.data.benchmark")
+
+
+def stream_imports_making(imports: dict[str, set[str]]) -> list[str]:
+    """Each import of ``raymmr.data.making`` by a streaming module of ``raymmr.data``, as one line."""
+    return [f"{module} (the training-time stream) imports {target} (making shard sets)"
+            for module, targets in sorted(imports.items())
+            if module.startswith("raymmr.data") and not module.startswith(NOT_STREAM)
+            for target in sorted(targets) if target == MAKING or target.startswith(MAKING + ".")]  # fmt: skip
+
+
 def cycles_inside_floors(imports: dict[str, set[str]]) -> list[list[str]]:
     """The import cycles among the modules of one floor (strongly connected components of more
     than one module, or a module importing itself), each as a sorted list."""
@@ -231,6 +246,12 @@ def test_no_import_cycle_inside_a_floor():
     assert not found, found
 
 
+def test_the_data_stream_does_not_import_the_making_of_data():
+    found = stream_imports_making({m: raymmr for m, (raymmr, _) in scan().items()})
+    assert not found, "\n".join(found)
+    assert any(m.startswith(MAKING + ".") for m in scan()), "the scan sees no module of raymmr.data.making"
+
+
 def test_model_and_objective_import_no_ray_deepspeed_shards_or_search():
     found = forbidden_imports({m: outside for m, (_, outside) in scan().items()})
     assert not found, "\n".join(found)
@@ -308,3 +329,11 @@ def test_a_floor_table_that_differs_from_the_test_is_seen():
     assert documented_floors(text.replace("`errors.py`, ", "")) != FLOORS
     moved = text.replace("| `ablation`, `confirm` |", "| `confirm`, `ablation` |")
     assert documented_floors(moved) != FLOORS
+
+
+def test_a_stream_module_importing_the_making_of_data_is_caught():
+    assert stream_imports_making({"raymmr.data.loader": {"raymmr.data.making.writer"}})
+    assert stream_imports_making({"raymmr.data.tario": {"raymmr.data.making"}})
+    assert not stream_imports_making({"raymmr.data.making.sets": {"raymmr.data.making.writer"},
+                                      "raymmr.data.benchmark": {"raymmr.data.making.writer"},
+                                      "raymmr.pipeline": {"raymmr.data.making.sets"}})

@@ -11,10 +11,10 @@ from PIL import Image
 
 from raymmr.config import PerturbationConfig
 from raymmr.data.loader import SAME_IMAGE_COS, Partners, decode_image, make_loader
+from raymmr.data.making.writer import write_shards
 from raymmr.data.schema import Sample
 from raymmr.data.shards import read_manifest, shard_urls
 from raymmr.data.tokenizer import load_tokenizer
-from raymmr.data.writer import write_shards
 from raymmr.train.partners import find_partners
 
 TAU = 0.75

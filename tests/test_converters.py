@@ -11,7 +11,7 @@ import pytest
 from fixtures import make_pmc_vqa, make_roco, make_slake, make_vqa_rad_mevf, make_vqa_rad_osf
 from PIL import Image
 
-from raymmr.data.converters import CONVERTERS, ConverterError, convert
+from raymmr.data.making.converters import CONVERTERS, ConverterError, convert
 from raymmr.data.schema import Sample
 
 # key, split, text, answer, answer_type, question_type, organ, modality
@@ -74,7 +74,7 @@ def check_common(samples: list[Sample], source: str, kind: str) -> None:
 # ------------------------------------------------------------------------------------ VQA-RAD
 def test_vqa_rad_mevf_exact_samples_and_quirks(tmp_path, caplog):
     root = make_vqa_rad_mevf(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="raymmr.data.converters"):
+    with caplog.at_level(logging.WARNING, logger="raymmr.data.making.converters"):
         samples = list(CONVERTERS["vqa-rad"](root))
     assert summary(samples) == VQA_RAD_MEVF  # valset.json (a copy of test) is not read
     check_common(samples, "vqa-rad", "vqa")
@@ -130,7 +130,7 @@ def test_vqa_rad_half_a_mevf_folder_is_an_error(tmp_path):
 # -------------------------------------------------------------------------------------- SLAKE
 def test_slake_english_only_by_default(tmp_path, caplog):
     root = make_slake(tmp_path)
-    with caplog.at_level(logging.INFO, logger="raymmr.data.converters"):
+    with caplog.at_level(logging.INFO, logger="raymmr.data.making.converters"):
         samples = list(convert("slake", root))
     assert summary(samples) == SLAKE_EN  # zh rows 1 and 11 left out; qid 21 has no image
     check_common(samples, "slake", "vqa")
@@ -165,7 +165,7 @@ def test_slake_missing_q_lang(tmp_path):
 @pytest.mark.parametrize("val_dir", ["val", "validation"])
 def test_roco_radiology_captions(tmp_path, val_dir, caplog):
     root = make_roco(tmp_path, val_dir=val_dir)
-    with caplog.at_level(logging.WARNING, logger="raymmr.data.converters"):
+    with caplog.at_level(logging.WARNING, logger="raymmr.data.making.converters"):
         samples = list(convert("roco", root))
     assert summary(samples) == ROCO_RADIOLOGY  # leading space stripped, ROCO_00002 has no image
     check_common(samples, "roco", "caption")

@@ -99,7 +99,7 @@ def test_image_ids_group_the_questions_of_one_image():
 def test_image_ids_of_synthrad_follow_its_image_ids():
     """The pixel hash groups questions as SynthRad's own record of the image does."""
     from raymmr.data.images import image_array
-    from raymmr.data.synthrad import generate_split
+    from raymmr.data.making.synthrad import generate_split
 
     samples = [s for s in generate_split("test", 4, image_size=S, num_domains=4, test_domain=3, seed=0)
                if s.kind == "vqa"]
@@ -131,9 +131,9 @@ def test_markdown_states_intervals_and_margins():
 def export_and_data(tmp_path_factory):
     """A random tiny model's export and a shard set whose test split has an unseen domain."""
     from raymmr.config import load_config
+    from raymmr.data.making.writer import write_shards
     from raymmr.data.shards import read_manifest, shard_tokenizer
     from raymmr.data.tokenizer import load_tokenizer
-    from raymmr.data.writer import write_shards
     from raymmr.model.model import RaymmrModel
 
     root = tmp_path_factory.mktemp("evaluate")

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raymmr.data.foreign import assign_splits, foreign_record, index_shards, parse_fields
 from raymmr.data.loader import iter_records, iter_samples
+from raymmr.data.making.foreign import assign_splits, index_shards, parse_fields
+from raymmr.data.making.validate import validate_shards
 from raymmr.data.shards import ShardError, read_manifest, record_fields, shard_urls
-from raymmr.data.validate import validate_shards
+from raymmr.data.tario import foreign_record
 
 ROOT = Path(__file__).resolve().parent.parent
 ORGANS = ("lung", "liver", "brain", "kidney")

@@ -13,9 +13,9 @@ from test_shards import hand_samples
 from raymmr.config import PerturbationConfig
 from raymmr.data.images import encode_image
 from raymmr.data.loader import iter_records, iter_samples, make_loader
+from raymmr.data.making.writer import write_shards
 from raymmr.data.shards import read_manifest, shard_urls
 from raymmr.data.tokenizer import encode_texts, load_tokenizer
-from raymmr.data.writer import write_shards
 
 S = 16
 

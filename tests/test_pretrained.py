@@ -12,9 +12,9 @@ import torch
 from test_shards import hand_samples
 
 from raymmr.config import load_config
+from raymmr.data.making.writer import write_shards
 from raymmr.data.shards import read_manifest, shard_tokenizer
 from raymmr.data.tokenizer import encode_texts, load_tokenizer
-from raymmr.data.writer import write_shards
 from raymmr.model.model import RaymmrModel
 
 S = 32

@@ -83,7 +83,7 @@ def test_only_the_final_evaluation_names_the_test_split():
         "sweep.py": 3,
         "eval/evaluate.py": None,  # evaluates whatever split it is given
     }
-    data_making = ("data/synthrad.py", "data/foreign.py", "data/converters/")  # writing the split, not reading it
+    data_making = ("data/making/synthrad.py", "data/making/foreign.py", "data/making/converters/")  # writing the split, not reading it
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()

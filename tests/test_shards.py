@@ -15,11 +15,11 @@ from PIL import Image
 
 from raymmr.config import load_config
 from raymmr.data.images import encode_image
+from raymmr.data.making.sets import make_synthrad_shards
+from raymmr.data.making.validate import validate_shards
+from raymmr.data.making.writer import write_shards
 from raymmr.data.schema import Sample
-from raymmr.data.sets import make_synthrad_shards
 from raymmr.data.shards import MANIFEST, ShardError, read_manifest, shard_urls
-from raymmr.data.validate import validate_shards
-from raymmr.data.writer import write_shards
 from raymmr.storage import open_url
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from raymmr.data import synthrad
+from raymmr.data.making import synthrad
 from raymmr.eval.metrics import majority_baseline, question_only_baseline
 
 KW = dict(image_size=32, num_domains=4, test_domain=3, seed=0)

@@ -91,7 +91,7 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero_naming_them(tmp_path, m
     failed = [{"trial_id": f"t{i}", "params": {"loss.w_img": 1.0}, "objective": None, "iterations": 0,
                "status": "ERROR", "error": f"ShardError: no manifest.json at /cache/{i}"} for i in range(2)]
     monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: failed)
-    monkeypatch.setattr("raymmr.data.sets.resolve_data", lambda cfg, data: "unused")
+    monkeypatch.setattr("raymmr.data.making.sets.resolve_data", lambda cfg, data: "unused")
     argv = ["--config", "tiny", "--space", "mask_ratios", "--num-samples", "2", "--out", str(tmp_path / "sweep")]
     with pytest.raises(JobError) as e:
         tune_loss_weights.main(argv)

@@ -27,9 +27,9 @@ def _cpu_seconds() -> tuple[float, float]:
 def make_benchmark_shards(out_dir: str | os.PathLike, *, num_images: int = 1000, image_size: int = 224) -> str:
     """RGB JPEG shards of SynthRad images (real datasets are RGB; SynthRad's grey JPEGs decode
     3x faster and would flatter the loader). Reused when already made with the same settings."""
-    from raymmr.data import synthrad
+    from raymmr.data.making import synthrad
+    from raymmr.data.making.writer import write_shards
     from raymmr.data.shards import read_manifest
-    from raymmr.data.writer import write_shards
 
     out = Path(out_dir)
     config = {"benchmark": "loader", "version": BENCH_VERSION, "images": num_images, "image_size": image_size}

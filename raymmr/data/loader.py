@@ -113,10 +113,10 @@ def _numbered(samples: Iterator[dict], skip: int, skipped=lambda: None) -> Itera
 
 def decode_record(raw: dict, fields: dict | None = None) -> dict:
     """The sample record from its JSON (or a bare .txt caption); for a shard set raymmr did not
-    write, from the members the manifest's ``fields`` name (``raymmr.data.foreign``). Raises
+    write, from the members the manifest's ``fields`` name (``raymmr.data.making.foreign``). Raises
     ValueError when unusable."""
     if fields is not None:
-        from raymmr.data.foreign import foreign_record
+        from raymmr.data.tario import foreign_record
 
         return foreign_record(raw, fields)
     if PARSED in raw:

@@ -1,5 +1,5 @@
 """WebDataset shard sets: the layout, the manifest, finding and opening shard URLs (docs/SPEC.md §1).
-Writing a set: `raymmr.data.writer`; making one (SynthRad, a converted dataset): `raymmr.data.sets`.
+Writing a set: `raymmr.data.making.writer`; making one (SynthRad, a converted dataset): `raymmr.data.making.sets`.
 
 Layout of a shard set directory::
 
@@ -98,7 +98,7 @@ def read_manifest(path_or_url: str | os.PathLike) -> dict:
 
 def record_fields(data: str) -> dict | None:
     """Where the samples of ``data`` keep their text, for a shard set raymmr did not write (its
-    manifest's ``fields``, see ``raymmr.data.foreign``); None for raymmr's own shards or a
+    manifest's ``fields``, see ``raymmr.data.making.foreign``); None for raymmr's own shards or a
     pattern without a manifest."""
     try:
         return read_manifest(data).get("fields")

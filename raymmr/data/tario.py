@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import tarfile
 import time
@@ -277,3 +278,43 @@ def _read_tar_once(url: str, problems: Problems, expected: int | None = None, st
     finally:
         with contextlib.suppress(OSError):  # a failed pipe: (aws/curl) reports its exit status here
             stream.close()
+
+
+# --------------------------------------------------------------------------- foreign sets
+# A shard set another tool wrote (img2dataset) keeps its text where that tool put it; the
+# manifest's ``fields`` (written by ``raymmr.data.making.foreign.index_shards``) say where.
+
+FIELDS = ("caption", "domain", "modality", "organ")
+DEFAULT_FIELDS = {"caption": "txt"}
+
+
+
+def _text(raw: dict, where: str) -> str:
+    if where == "txt":
+        value = raw.get("txt", b"").decode("utf-8", "replace")
+    else:
+        if "json" not in raw:
+            return ""
+        try:
+            meta = json.loads(raw["json"])
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"malformed JSON ({e})") from None
+        value = meta.get(where[5:]) if isinstance(meta, dict) else None
+        value = "" if value is None or isinstance(value, (dict, list)) else str(value)
+    return " ".join(value.split())
+
+
+def foreign_record(raw: dict, fields: dict[str, str], split: str = "") -> dict:
+    """A raymmr record (a caption sample) from a foreign sample's members, per ``fields``.
+    Raises ValueError naming what is missing."""
+    caption = _text(raw, fields["caption"])
+    if not caption:
+        source = ".txt member" if fields["caption"] == "txt" else f"JSON field {fields['caption'][5:]!r}"
+        raise ValueError(f"no caption (the manifest's fields read it from the {source})")
+    record = {"key": raw["__key__"], "kind": "caption", "caption": caption, "question": "", "answer": "",
+              "answer_type": "", "question_type": "", "organ": "", "modality": "", "domain": "", "split": split,
+              "source": "foreign", "extra": {}}  # fmt: skip
+    for name in FIELDS[1:]:
+        if name in fields:
+            record[name] = _text(raw, fields[name])
+    return record

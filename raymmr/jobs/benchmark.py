@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from raymmr.data.sets import resolve_data
+    from raymmr.data.making.sets import resolve_data
     from raymmr.train.benchmark import append_markdown, benchmark, with_plain_ratio, write_json
 
     base = config_from_args(args)

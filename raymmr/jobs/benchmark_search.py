@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from raymmr import storage
-    from raymmr.data.sets import resolve_data
+    from raymmr.data.making.sets import resolve_data
     from raymmr.errors import JobError
     from raymmr.tune.efficiency import run_efficiency
     from raymmr.tune.space import load_space

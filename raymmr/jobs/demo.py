@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     import time
 
     from raymmr import storage
-    from raymmr.data.sets import resolve_data
+    from raymmr.data.making.sets import resolve_data
     from raymmr.pipeline import run_pipeline
 
     cfg = config_from_args(args)

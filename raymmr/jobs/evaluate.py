@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
                         "of the evaluated export")
     args = parser.parse_args(argv)
     from raymmr import storage
-    from raymmr.data.sets import resolve_data
+    from raymmr.data.making.sets import resolve_data
     from raymmr.errors import JobError
     from raymmr.eval.evaluate import evaluate
     from raymmr.perturb import SEVERITIES

@@ -13,7 +13,7 @@ from every split, as M3AE-style papers do. Sources without a validation split (v
 get one carved from train, grouped by image (--val-fraction, default 0.1).
 
 index: a manifest and tokenizer are written beside existing shards (KEY.jpg/jpeg/png/webp + KEY.txt
-caption and/or KEY.json), which stay as they are; see raymmr/data/foreign.py. --field NAME=SOURCE
+caption and/or KEY.json), which stay as they are; see raymmr/data/making/foreign.py. --field NAME=SOURCE
 says where a sample's caption (txt or json:FIELD) and labels (domain/modality/organ=json:FIELD) are;
 shards go to splits by --split SPLIT=GLOB rules, else by a hash of their names (--val-fraction,
 --test-fraction; default: all train).
@@ -22,7 +22,7 @@ shards go to splits by --split SPLIT=GLOB rules, else by a hash of their names (
 import argparse
 import sys
 
-from raymmr.data.converters import CONVERTERS
+from raymmr.data.making.converters import CONVERTERS
 
 SOURCES = ("synthrad", *CONVERTERS)  # SynthRad is generated; every other source has a converter
 
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     from raymmr import storage
     from raymmr.cli import config_from_args
     from raymmr.config import ConfigError
-    from raymmr.data.sets import make_converted_shards, make_synthrad_shards
+    from raymmr.data.making.sets import make_converted_shards, make_synthrad_shards
+    from raymmr.data.making.validate import format_report, validate_shards
     from raymmr.data.shards import MANIFEST
-    from raymmr.data.validate import format_report, validate_shards
 
     if args.source == "validate":
         if not args.directory:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def index(args: argparse.Namespace) -> int:
-    from raymmr.data.foreign import index_shards, parse_fields
+    from raymmr.data.making.foreign import index_shards, parse_fields
     from raymmr.data.shards import ShardError
     from raymmr.storage import StorageError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from raymmr import storage
 from raymmr.config import Config, ConfigError, flatten, load_config, to_yaml, worker_count
-from raymmr.data.sets import resolve_data
+from raymmr.data.making.sets import resolve_data
 from raymmr.errors import Interrupted, JobError
 from raymmr.rundir import RunDir
 from raymmr.train import checkpoint as ckpt

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from raymmr.data.converters.common import (
+from raymmr.data.making.converters.common import (
     ConverterError,
     ImageStore,
     KeyMaker,

@@ -6,7 +6,7 @@ with ``normalize_answer``, labels lower-cased, ``domain`` = ``source`` = the dat
 Layout problems raise ``ConverterError`` (a ValueError) naming the file, field and fix; rows
 whose image is missing are skipped and counted in one logged warning.
 
-    from raymmr.data.converters import CONVERTERS
+    from raymmr.data.making.converters import CONVERTERS
     samples = list(CONVERTERS["vqa-rad"](Path("data_RAD")))
 """
 
@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from raymmr.data.converters.common import ConverterError
-from raymmr.data.converters.pmc_vqa import convert_pmc_vqa
-from raymmr.data.converters.roco import convert_roco
-from raymmr.data.converters.slake import convert_slake
-from raymmr.data.converters.vqa_rad import convert_vqa_rad
+from raymmr.data.making.converters.common import ConverterError
+from raymmr.data.making.converters.pmc_vqa import convert_pmc_vqa
+from raymmr.data.making.converters.roco import convert_roco
+from raymmr.data.making.converters.slake import convert_slake
+from raymmr.data.making.converters.vqa_rad import convert_vqa_rad
 from raymmr.data.schema import Sample
 
 CONVERTERS: dict[str, Callable[[Path], Iterator[Sample]]] = {

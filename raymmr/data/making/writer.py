@@ -20,7 +20,7 @@ from raymmr.data.images import IMAGE_FORMATS, encode_image
 from raymmr.data.schema import SCHEMA_VERSION, Sample
 from raymmr.data.shards import FORMAT, MANIFEST, PRETRAIN_SPLIT, SHARD_NAME, TRAIN_SPLIT, ShardError
 
-logger = logging.getLogger("raymmr.data.writer")
+logger = logging.getLogger("raymmr.data.making.writer")
 
 KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")  # webdataset splits member names at the first dot
 

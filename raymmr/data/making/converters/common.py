@@ -22,7 +22,7 @@ from pathlib import Path
 
 from raymmr.data.answers import normalize_answer
 
-logger = logging.getLogger("raymmr.data.converters")
+logger = logging.getLogger("raymmr.data.making.converters")
 
 SPLITS = {
     "train": "train",

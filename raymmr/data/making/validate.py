@@ -56,7 +56,7 @@ def check_record(record, split: str | None = None) -> list[str]:
 def _check_shard(data: bytes, name: str, image_size: int | None, split: str | None, keys: set[str],
                  fields: dict | None = None) -> tuple[int, list[str], list[str]]:
     """(samples, errors, warnings) of one shard's bytes; every message names shard and member.
-    ``fields``: a foreign shard set's (``raymmr.data.foreign``): its own JSON is not a raymmr record."""
+    ``fields``: a foreign shard set's (``raymmr.data.making.foreign``): its own JSON is not a raymmr record."""
     errors, warnings = [], []
     samples: dict[str, dict[str, bytes]] = {}
     member = "(start)"
@@ -75,7 +75,7 @@ def _check_shard(data: bytes, name: str, image_size: int | None, split: str | No
         if unknown:
             warnings.append(f"{where}: members with extensions {unknown} are never decoded by the loader")
         if fields is not None:
-            from raymmr.data.foreign import foreign_record
+            from raymmr.data.tario import foreign_record
 
             try:
                 foreign_record({"__key__": key, **members}, fields, split or "")

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from raymmr.data.answers import normalize_answer
-from raymmr.data.converters.common import (
+from raymmr.data.making.converters.common import (
     MISSING_IMAGE,
     ConverterError,
     ImageStore,

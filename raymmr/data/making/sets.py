@@ -14,9 +14,9 @@ from pathlib import Path
 
 from raymmr.config import Config, ConfigError, check_synthrad_domains
 from raymmr.data.images import encode_image
+from raymmr.data.making.writer import write_shards
 from raymmr.data.schema import Sample
 from raymmr.data.shards import MANIFEST, ShardError, read_manifest, shard_urls
-from raymmr.data.writer import write_shards
 
 
 @contextlib.contextmanager
@@ -43,7 +43,7 @@ def _intact(out: Path, manifest: dict) -> bool:
 
 def synthrad_config(data_cfg, image_format: str = "jpg") -> dict:
     """Everything the SynthRad shard bytes depend on; a set is reused only when this matches."""
-    from raymmr.data import synthrad
+    from raymmr.data.making import synthrad
     from raymmr.data.tokenizer import TOKENIZER_VERSION
 
     return {"generator": "synthrad", "generator_version": synthrad.GENERATOR_VERSION,
@@ -56,7 +56,7 @@ def synthrad_config(data_cfg, image_format: str = "jpg") -> dict:
 def _synthrad_block(args) -> list[Sample]:
     """Samples of images [start, stop) of a split, images encoded once and shared (picklable)."""
     split, start, stop, kw, image_format = args
-    from raymmr.data import synthrad
+    from raymmr.data.making import synthrad
 
     styles = synthrad.domain_styles(kw["num_domains"])
     out = []
@@ -96,7 +96,7 @@ def make_synthrad_shards(out_dir: str | os.PathLike, data_cfg, *, progress: bool
     """
     from tqdm.auto import tqdm
 
-    from raymmr.data import synthrad
+    from raymmr.data.making import synthrad
 
     out = Path(out_dir)
     config = synthrad_config(data_cfg)
@@ -129,13 +129,13 @@ def make_converted_shards(
     name: str, src: str | os.PathLike, out_dir: str | os.PathLike, data_cfg, *, vocab: str = "train",
     val_fraction: float | None = None, progress: bool = True,
 ) -> dict:
-    """Convert a public dataset (``raymmr.data.converters``) to a shard set; returns the manifest.
+    """Convert a public dataset (``raymmr.data.making.converters``) to a shard set; returns the manifest.
 
     ``vocab``: "train" (clean protocol) or "all" (paper-compatible: answers of every split).
     ``val_fraction``: share of train images moved to a val split, grouped by image so that no
     image is in both (default 0.1 for sources without a validation split, else 0).
     """
-    from raymmr.data.converters import convert
+    from raymmr.data.making.converters import convert
 
     if vocab not in ("train", "all"):
         raise ShardError(f"vocab {vocab!r}: choose 'train' (clean protocol) or 'all' (paper-compatible)")

@@ -30,9 +30,7 @@ from pathlib import Path
 from raymmr import storage
 from raymmr.data.schema import IMAGE_EXTS, SCHEMA_VERSION
 from raymmr.data.shards import FORMAT, MANIFEST, ShardError
-
-FIELDS = ("caption", "domain", "modality", "organ")
-DEFAULT_FIELDS = {"caption": "txt"}
+from raymmr.data.tario import DEFAULT_FIELDS, FIELDS, foreign_record
 
 
 def parse_fields(specs: list[str]) -> dict[str, str]:
@@ -46,37 +44,6 @@ def parse_fields(specs: list[str]) -> dict[str, str]:
             raise ShardError(f"--field {spec!r}: SOURCE is 'json:FIELD'" + (" or 'txt'" if name == "caption" else ""))
         fields[name] = where
     return fields
-
-
-def _text(raw: dict, where: str) -> str:
-    if where == "txt":
-        value = raw.get("txt", b"").decode("utf-8", "replace")
-    else:
-        if "json" not in raw:
-            return ""
-        try:
-            meta = json.loads(raw["json"])
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"malformed JSON ({e})") from None
-        value = meta.get(where[5:]) if isinstance(meta, dict) else None
-        value = "" if value is None or isinstance(value, (dict, list)) else str(value)
-    return " ".join(value.split())
-
-
-def foreign_record(raw: dict, fields: dict[str, str], split: str = "") -> dict:
-    """A raymmr record (a caption sample) from a foreign sample's members, per ``fields``.
-    Raises ValueError naming what is missing."""
-    caption = _text(raw, fields["caption"])
-    if not caption:
-        source = ".txt member" if fields["caption"] == "txt" else f"JSON field {fields['caption'][5:]!r}"
-        raise ValueError(f"no caption (the manifest's fields read it from the {source})")
-    record = {"key": raw["__key__"], "kind": "caption", "caption": caption, "question": "", "answer": "",
-              "answer_type": "", "question_type": "", "organ": "", "modality": "", "domain": "", "split": split,
-              "source": "foreign", "extra": {}}  # fmt: skip
-    for name in FIELDS[1:]:
-        if name in fields:
-            record[name] = _text(raw, fields[name])
-    return record
 
 
 def assign_splits(names: list[str], rules: dict[str, str], val_fraction: float, test_fraction: float) -> dict[str, str]:
