@@ -57,18 +57,23 @@ def test_a_run_gets_params_metrics_the_export_and_a_resume_continues_it(tmp_path
     assert (tmp_path / "mlartifacts").is_dir()
 
 
-def test_tensorboard_alone_opens_no_run_and_a_missing_mlflow_is_a_clear_error(tmp_path, monkeypatch):
+def hide_package(monkeypatch, package: str) -> None:
+    """Make ``import package`` fail as if it were not installed."""
     import builtins
 
-    assert tracking.start_run(load_config("tiny"), "pretrain", RunDir(str(tmp_path / "run"))) is None
     real_import = builtins.__import__
 
-    def no_mlflow(name, *args, **kwargs):
-        if name == "mlflow" or name.startswith("mlflow."):
+    def without(name, *args, **kwargs):
+        if name == package or name.startswith(package + "."):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    monkeypatch.setattr(builtins, "__import__", without)
+
+
+def test_tensorboard_alone_opens_no_run_and_a_missing_mlflow_is_a_clear_error(tmp_path, monkeypatch):
+    assert tracking.start_run(load_config("tiny"), "pretrain", RunDir(str(tmp_path / "run"))) is None
+    hide_package(monkeypatch, "mlflow")
     with pytest.raises(tracking.TrackingError, match=r"pip install 'raymmr\[mlflow\]'"):
         tracking.start_run(load_config("tiny", ["train.tracker=mlflow"]), "pretrain", RunDir(str(tmp_path / "r2")))
 
@@ -203,16 +208,7 @@ def test_a_wandb_run_gets_the_config_and_every_metric_at_its_step_and_a_resume_k
 
 
 def test_a_missing_wandb_is_a_clear_error(tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_wandb(name, *args, **kwargs):
-        if name == "wandb" or name.startswith("wandb."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    hide_package(monkeypatch, "wandb")
     with pytest.raises(tracking.TrackingError, match=r"pip install 'raymmr\[wandb\]'"):
         tracking.start_run(load_config("tiny", ["train.tracker=wandb"]), "pretrain", RunDir(str(tmp_path / "r")))
 
