@@ -214,28 +214,25 @@ def test_a_missing_wandb_is_a_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_tiny_pretraining_with_tracker_wandb_writes_an_offline_run_with_its_config_and_losses(tmp_path, tiny_data):
-    """As a user types it, with W&B offline (no server here): the run directory's wandb/ holds the
-    run, whose config is the job's and whose history has the loss at every log step."""
+def test_a_tiny_pretraining_with_tracker_wandb_writes_an_offline_run_with_its_config_and_losses(
+        ray_local, tiny_data, tmp_path, monkeypatch):
+    """Two Ray Train workers pre-train 4 steps with W&B offline (no server here; WANDB_MODE reaches
+    the workers from the driver): the run directory's wandb/ holds the run, whose config is the
+    job's and whose history has the loss at every log step, as metrics.jsonl has it."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, "jobs/pretrain.py", "--config", "tiny", "--data", tiny_data, "--steps", "4",
-         "--out", str(tmp_path / "run"), "--tracker", "wandb", "--set", "train.log_every=2",
-         "--set", "train.val_every=0", "--set", "train.checkpoint_every=4", "--set", "loss.w_img=0.75"],
-        capture_output=True, text=True, timeout=600, cwd=root, env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[pretrain] W&B run" in proc.stdout, proc.stdout[-3000:]
-    found = wandb_records(tmp_path / "run")
-    saved = json.loads((tmp_path / "run" / tracking.STATE).read_text())
+    from raymmr.train.launch import run_training
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config("tiny", ["train.tracker=wandb", "train.steps=4", "train.log_every=2", "train.val_every=0",
+                               "train.checkpoint_every=4", "loss.w_img=0.75"])
+    run = tmp_path / "run"
+    run_training(cfg, stage="pretrain", out=str(run), data=tiny_data)
+    found = wandb_records(run)
+    saved = json.loads((run / tracking.STATE).read_text())
     assert found["id"] == saved["run_id"] and found["project"] == "raymmr-pretrain"
     assert found["config"]["loss.w_img"] == "0.75" and found["config"]["train.steps"] == "4"
-    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     assert [(h["_step"], h["loss"]) for h in found["history"] if "loss" in h] == logged and len(logged) == 2
 
