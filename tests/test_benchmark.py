@@ -104,3 +104,16 @@ def test_gpu_check_script_dry_runs_on_cpu(tiny_data, tmp_path):
     assert "mode cpu" in log and "skipped" in (out / "gpu-tests.log").read_text()
     table = (out / "BENCHMARKS.md").read_text()
     assert table.count("| cpu |") == 3 and table.count("x the plain loop (overhead") == 2, table
+
+
+def test_table_rows_stay_in_their_own_section(tmp_path):
+    """A row appended to a section's table lands there, not after a table of a later section."""
+    from raymmr.data.benchmark import append_table_rows
+
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\n## A\n\n| a |\n|---|\n| 1 |\n\nnotes\n\n## B\n\n| b |\n|---|\n| 9 |\n")
+    append_table_rows(md, "## A", "| a |\n|---|", ["| 2 |"])
+    append_table_rows(md, "## C", "| c |\n|---|", ["| 3 |"])
+    lines = md.read_text().splitlines()
+    assert lines.index("| 2 |") == lines.index("| 1 |") + 1 < lines.index("## B") < lines.index("| 9 |")
+    assert lines[-1] == "| 3 |" and lines.index("## C") > lines.index("| 9 |")

@@ -161,8 +161,9 @@ def append_table_rows(path: str | os.PathLike, section: str, header: str, rows: 
     else:
         head, tail = text.split(section, 1)
         lines = tail.split("\n")
-        # the row goes after the section's last table line
-        last = max((i for i, line in enumerate(lines) if line.startswith("|")), default=None)
+        # the row goes after the last table line of this section (which ends at the next heading)
+        end = next((i for i, line in enumerate(lines) if i and line.startswith("## ")), len(lines))
+        last = max((i for i, line in enumerate(lines[:end]) if line.startswith("|")), default=None)
         if last is None:
             lines[1:1] = ["", header, *rows]
         else:
