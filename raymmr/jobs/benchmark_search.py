@@ -16,6 +16,7 @@ from pathlib import Path
 
 from raymmr.cli import base_parser, command_line, config_from_args
 from raymmr.data.benchmark import append_table_rows
+from raymmr.tune.efficiency import cells
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,11 +62,7 @@ def append_rows(path: str, report: dict, command: str, plot: str) -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     rows = []
     for name, s in report["searches"].items():
-        c = s["choice"]
-        acc = "none" if c is None else f"{100 * c['val_accuracy']:.1f}% [{100 * c['ci'][0]:.1f}, {100 * c['ci'][1]:.1f}]"
-        diff = "—" if c is None or name == "grid" else (
-            f"{100 * c['minus_grid']:+.1f} [{100 * c['minus_grid_ci'][0]:+.1f}, {100 * c['minus_grid_ci'][1]:+.1f}]")
-        goal = "—" if name == "grid" else ("yes" if s.get("meets_goal") else "no")
-        rows.append(f"| {date} | {machine} | {commit} | `{command}` | {name} | {s['trials']} | {s['steps']:.0f} | "
-                    f"{100 * s['fraction_of_grid']:.0f}% | {acc} | {diff} | {goal} |")
+        c = cells(name, s)
+        rows.append(f"| {date} | {machine} | {commit} | `{command}` | {name} | {c['trials']} | {c['steps']} | "
+                    f"{c['fraction']} | {c['accuracy'] if c['choice'] != 'none' else 'none'} | {c['diff']} | {c['goal']} |")
     append_table_rows(path, SECTION, HEADER, rows, preamble=f"![search efficiency]({plot})\n\n")

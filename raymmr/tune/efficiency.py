@@ -149,20 +149,31 @@ def summarize(results: dict, n_boot: int = 1000) -> dict:
     return out
 
 
+def cells(name: str, search: dict) -> dict[str, str]:
+    """One search's table cells, as the report and BENCHMARKS.md rows both show them: trials,
+    steps, share of the grid's steps, its choice, that choice's accuracy with its interval, its
+    difference from the grid's choice, and whether it meets the goal."""
+    c = search["choice"]
+    out = {"trials": str(search["trials"]), "steps": f"{search['steps']:.0f}",
+           "fraction": f"{100 * search['fraction_of_grid']:.0f}%", "choice": "none", "accuracy": "—", "diff": "—",
+           "goal": "—" if name == "grid" else ("yes" if search.get("meets_goal") else "no")}
+    if c is None:
+        return out
+    out["choice"] = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c["params"].items())
+    out["accuracy"] = f"{100 * c['val_accuracy']:.1f}% [{100 * c['ci'][0]:.1f}, {100 * c['ci'][1]:.1f}]"
+    if name != "grid":
+        out["diff"] = (f"{100 * c['minus_grid']:+.1f} [{100 * c['minus_grid_ci'][0]:+.1f}, "
+                       f"{100 * c['minus_grid_ci'][1]:+.1f}]")
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = ["| search | trials | fine-tuning steps | of the grid's | choice | its validation accuracy | "
              "− the grid's choice (points) | goal met |", "|---|---|---|---|---|---|---|---|"]
     for name, s in report["searches"].items():
-        c = s["choice"]
-        if c is None:
-            lines.append(f"| {name} | {s['trials']} | {s['steps']:.0f} | {100 * s['fraction_of_grid']:.0f}% | none | — | — | no |")
-            continue
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c["params"].items())
-        diff = "—" if name == "grid" else (f"{100 * c['minus_grid']:+.1f} [{100 * c['minus_grid_ci'][0]:+.1f}, "
-                                           f"{100 * c['minus_grid_ci'][1]:+.1f}]")
-        goal = "—" if name == "grid" else ("yes" if s.get("meets_goal") else "no")
-        lines.append(f"| {name} | {s['trials']} | {s['steps']:.0f} | {100 * s['fraction_of_grid']:.0f}% | {params} | "
-                     f"{100 * c['val_accuracy']:.1f}% [{100 * c['ci'][0]:.1f}, {100 * c['ci'][1]:.1f}] | {diff} | {goal} |")
+        c = cells(name, s)
+        lines.append(f"| {name} | {c['trials']} | {c['steps']} | {c['fraction']} | {c['choice']} | {c['accuracy']} | "
+                     f"{c['diff']} | {c['goal']} |")
     return "\n".join(lines) + "\n"
 
 
