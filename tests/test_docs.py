@@ -14,6 +14,7 @@ def sources() -> dict[Path, str]:
     files = [*ROOT.glob("*.md"), *(ROOT / "cluster").glob("*.md")]
     for folder in ("raymmr", "jobs", "tests"):
         files += (ROOT / folder).rglob("*.py")
+        files += (ROOT / folder).rglob("*.yaml")  # presets and search spaces explain themselves too
     return {p: p.read_text() for p in sorted(files) if p.name != "test_docs.py"}
 
 

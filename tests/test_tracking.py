@@ -147,16 +147,27 @@ def test_tensorboard_shows_each_step_once_after_a_restart(tmp_path):
 
 
 def wandb_records(run_dir) -> dict:
-    """What a W&B offline run under ``run_dir/wandb`` holds, read back from its transaction log
-    (``run-<id>.wandb``: LevelDB's log format of W&B protobuf records; offline, W&B keeps the config,
-    history and summary only there): {"id", "project", "config": {key: value}, "history": [{key:
-    value}], "summary": {key: value}}."""
-    import json
+    """The one W&B offline run under ``run_dir/wandb`` (``wandb_runs``)."""
+    (found,) = wandb_runs(run_dir)
+    return found
+
+
+def wandb_runs(folder) -> list[dict]:
+    """Every W&B offline run under ``folder/wandb``, read back (``wandb_log``)."""
     from pathlib import Path
+
+    return [wandb_log(log) for log in sorted(Path(folder, tracking.WANDB_DIR).glob("offline-run-*/run-*.wandb"))]
+
+
+def wandb_log(log) -> dict:
+    """What a W&B offline run holds, read back from its transaction log (``run-<id>.wandb``:
+    LevelDB's log format of W&B protobuf records; offline, W&B keeps the config, history and summary
+    only there): {"id", "project", "config": {key: value}, "history": [{key: value}], "summary":
+    {key: value}}."""
+    import json
 
     from wandb.proto import wandb_internal_pb2
 
-    (log,) = sorted(Path(run_dir, tracking.WANDB_DIR).glob("offline-run-*/run-*.wandb"))
     data, block = log.read_bytes(), 32768
     assert data[:4] == b":W&B", log
     pos, pending, records = 7, b"", []
@@ -247,3 +258,33 @@ def test_a_sweep_with_tracker_wandb_logs_each_trial_through_rays_callback(tmp_pa
     (remote,) = tracking.sweep_callbacks(load_config("tiny", ["train.tracker=wandb", "train.experiment=s1"]), "s3://b/s")
     assert remote.project == "s1" and "dir" not in remote.kwargs
     assert tracking.sweep_callbacks(load_config("tiny"), str(tmp_path)) == []
+
+
+
+@pytest.mark.slow
+def test_a_sweep_with_tracker_wandb_writes_one_offline_run_per_trial(tmp_path):
+    """A 2-trial tiny sweep with --tracker wandb, W&B offline: the sweep directory's wandb/ holds one
+    run per trial, each with the trial's sampled parameters as config and its objective at every
+    rung in the history."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, out = Path(__file__).resolve().parent.parent, tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "jobs/tune_loss_weights.py", "--space", "search_spaces/mask_ratios.yaml", "--num-samples", "2",
+         "--set", "train.steps=12", "--set", "train.val_batches=2", "--confirm-top", "0", "--tracker", "wandb",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=root, env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = wandb_runs(out)
+    trials = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(runs) == len(trials) == 2, (runs, trials)
+    assert {r["project"] for r in runs} == {"raymmr-sweep"}
+    for found in runs:
+        sampled = {k for k in found["config"] if k.startswith("masking.")}
+        assert sampled, found["config"]  # the trial's parameters
+        rungs = [h for h in found["history"] if "val_vqa_accuracy" in h]
+        assert rungs and [h["rung"] for h in rungs] == list(range(1, len(rungs) + 1)), found["history"]
