@@ -46,3 +46,40 @@ def test_the_checks_catch_a_missing_document_or_section():
     assert citations("see docs/SPEC.md §5, and docs/NOPE.md") == [("docs/SPEC.md", [5]), ("docs/NOPE.md", [])]
     assert BARE.search("the protocol (SPEC §5)") and BARE.search("layouts (DATA_FORMATS.md)")
     assert not BARE.search("the protocol (docs/SPEC.md §5)")
+
+
+# Dotted names that look like raymmr's but are not code: an example, and MLflow tag names.
+NOT_CODE = {"raymmr.x", "raymmr.run_dir", "raymmr.stage"}
+
+
+def unresolved(reference: str) -> bool:
+    """Whether ``raymmr.a.b.c`` names no module, or no attribute of its longest module prefix."""
+    import importlib
+
+    parts = reference.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            continue
+    for attr in parts[i:]:
+        if not hasattr(target, attr):
+            return True
+        target = getattr(target, attr)
+    return False
+
+
+def test_every_dotted_raymmr_name_in_docs_and_docstrings_exists():
+    """After a function or module moves, a README line or docstring naming its old home fails here."""
+    found, stale = 0, []
+    for path, text in sources().items():
+        if path.suffix == ".yaml" or path.parent.name == "tests":
+            continue
+        for m in re.finditer(r"(?<![\w/.])(raymmr(?:\.[A-Za-z_]\w*)+)", text):
+            found += 1
+            if m.group(1) not in NOT_CODE and unresolved(m.group(1)):
+                stale.append(f"{path.relative_to(ROOT)}: {m.group(1)}")
+    assert found > 100, f"only {found} references found"
+    assert not stale, stale
+    assert unresolved("raymmr.tune.runner.tpe_startup_trials") and not unresolved("raymmr.tune.study.tpe_startup_trials")
