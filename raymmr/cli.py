@@ -12,8 +12,7 @@ import logging
 import shlex
 import sys
 
-from raymmr.config import METHODS, Config, ConfigError, load_config
-from raymmr.train.tracking import TRACKERS
+from raymmr.config import METHODS, TRACKERS, Config, ConfigError, load_config
 
 
 def base_parser(description: str, *, out_default: str | None = None) -> argparse.ArgumentParser:

@@ -256,6 +256,10 @@ class DataConfig:
     samples_per_shard: int = _f(1000, range=(1, 10**7))
 
 
+# The experiment trackers beside metrics.jsonl and TensorBoard (raymmr.train.tracking).
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
 @dataclass
 class TrainConfig:
     steps: int = _f(10000, range=(0, 10_000_000), help="optimizer steps of pre-training")
@@ -288,7 +292,7 @@ class TrainConfig:
                                      help="host memory Ray reserves for each worker, in GB (0 = none): Ray places "
                                      "workers only where it is free; the embedded fit check and a sweep's "
                                      "concurrency count it")
-    tracker: str = _f("tensorboard", choices=["tensorboard", "mlflow", "wandb"],
+    tracker: str = _f("tensorboard", choices=list(TRACKERS),
                       help="metrics.jsonl and TensorBoard always; mlflow / wandb: also an MLflow / W&B run per stage "
                       "(raymmr.train.tracking)")
     tracking_uri: str = _f("", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")

@@ -263,6 +263,8 @@ def test_clip_text_tower_comes_with_its_own_tokenizer_and_a_mask_token(tmp_path)
     assert table.shape[0] == len(vocab) + 1
     assert torch.equal(table[: len(vocab)], ref.get_input_embeddings().weight)  # trained rows, same ids
     out = save_export(model, cfg, tmp_path / "export", tokenizer=tok, answers=["yes", "no", "left"])
+    with pytest.raises(ValueError, match="Hugging Face tokenizer's folder"):  # its config would be lost
+        save_export(model, cfg, tmp_path / "export2", tokenizer=str(clip_dir), answers=["yes", "no", "left"])
     again = load_tokenizer(str(out))
     assert again.mask_token_id == tok.mask_token_id and len(again) == len(tok)
     predictor = Predictor.from_export(out, device="cpu")

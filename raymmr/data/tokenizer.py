@@ -56,10 +56,18 @@ def exportable_tokenizer(cfg, data: str):
     from raymmr import storage
 
     source = storage.local_source(str(tokenizer_source(cfg, data)), "tokenizers")
-    path = Path(source)
+    bare = bare_tokenizer_file(source)
+    return str(bare) if bare is not None else load_tokenizer(source)
+
+
+def bare_tokenizer_file(path: str | os.PathLike) -> Path | None:
+    """The tokenizer.json of a bare tokenizer (the file itself, or a folder holding one without a
+    Hugging Face ``tokenizer_config.json``); None for anything else (a Hugging Face tokenizer's
+    folder or name)."""
+    path = Path(path)
     if path.is_dir() and (path / TOKENIZER_FILE).is_file() and not (path / "tokenizer_config.json").exists():
         path = path / TOKENIZER_FILE
-    return str(path) if path.is_file() else load_tokenizer(source)
+    return path if path.is_file() else None
 
 
 def perturbed_variants(texts: list[str], *, seed: int = 0, max_texts: int = 20000) -> list[str]:
@@ -125,10 +133,8 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     from raymmr import storage
 
     name_or_path = storage.local_source(str(name_or_path), "tokenizers")  # a URL: its copy in the cache
-    path = Path(name_or_path)
-    if path.is_dir() and (path / TOKENIZER_FILE).exists() and not (path / "tokenizer_config.json").exists():
-        path = path / TOKENIZER_FILE
-    if path.is_file():
+    path = bare_tokenizer_file(name_or_path)
+    if path is not None:
         return PreTrainedTokenizerFast(
             tokenizer_file=str(path), pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
             sep_token="[SEP]", mask_token="[MASK]",

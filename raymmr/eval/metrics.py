@@ -388,7 +388,7 @@ def retrieval_metrics(sim: torch.Tensor, ks: Sequence[int] = RECALL_KS,
 def better(metric: str, *, loss: bool = False) -> str:
     """The direction in which ``metric`` improves, "min" or "max": ranks (``*rank*``) and losses
     (``*loss*``, or any loss term when ``loss``: ``val_con_inter`` ...) go down; accuracies and
-    recalls go up. The one definition: robustness drops, the sweep's mode check and its reports."""
+    recalls go up. The one definition: robustness drops and the sweep's mode check."""
     return "min" if loss or "rank" in metric or "loss" in metric else "max"
 
 

@@ -170,6 +170,9 @@ def _save_tokenizer(tokenizer, out: Path) -> None:
         return
     src = Path(tokenizer)
     if src.is_dir():
+        if (src / "tokenizer_config.json").exists():  # its special tokens live there: copy all of it
+            raise ValueError(f"save_export: {tokenizer} is a Hugging Face tokenizer's folder; give the tokenizer "
+                             "loaded (its save_pretrained keeps the special-token config)")
         src = src / "tokenizer.json"
     if not src.is_file():
         raise ValueError(f"save_export: {tokenizer!r} is neither a tokenizer.json, a folder holding one, nor a "

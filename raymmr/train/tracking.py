@@ -42,7 +42,6 @@ from raymmr.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 STATE = "tracking.json"  # in the run directory: the MLflow or W&B run a --resume continues
 WANDB_DIR = "wandb"  # in the run directory: the W&B run's local files
 # W&B's own settings, handed from the driver to the workers (a cluster's workers do not share
