@@ -239,59 +239,72 @@ def finish_run(tracker: TrackerRun | None, *, export_dir: str | None, status: st
     client.set_terminated(tracker.run_id, status=status)
 
 
-class MetricsLog:
-    """Rank 0's appender to the driver's MLflow run: every numeric field of a metrics record."""
+class _Appender:
+    """Rank 0's appender to a tracker run: every numeric field of a metrics record at its step.
+    Never ends the training: an unreachable tracker costs its copy of the metrics, which
+    metrics.jsonl keeps; the first failure is reported, the rest counted."""
 
-    def __init__(self, tracker: TrackerRun, stage: str):
-        from mlflow.tracking import MlflowClient
+    name = ""  # the tracker, in the warning
 
-        self.client, self.run_id, self.stage = MlflowClient(tracker.uri), tracker.run_id, stage
+    def __init__(self, run_id: str):
+        self.run_id = run_id
         self.failed = 0  # records the tracker did not take (metrics.jsonl and TensorBoard have them)
-
-    def close(self) -> None:
-        """Nothing to do here: the driver closes an MLflow run (``finish_run``), with the export."""
-
-    def write(self, record: dict) -> None:
-        """Never ends the training: an unreachable tracker costs its copy of the metrics, which
-        metrics.jsonl keeps; the first failure is reported, the rest counted."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(record["step"])) for k, v in record.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]  # fmt: skip
-        try:
-            for i in range(0, len(metrics), 1000):
-                self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
-        except Exception as e:  # noqa: BLE001 - any client or network error
-            self.failed += 1
-            if self.failed == 1:
-                log.warning("MLflow run %s did not take the metrics of step %s (%s); training goes on, "
-                            "metrics.jsonl has them", self.run_id, record["step"], e)
-
-
-class WandbLog:
-    """Rank 0's W&B run: opened with the resolved config, every numeric field of a metrics record
-    logged at its step, finished (and its local files copied into the run directory) by ``close``.
-    Like ``MetricsLog``, never ends the training."""
-
-    def __init__(self, tracker: TrackerRun, stage: str, cfg: Config, run_dir: RunDir):
-        import wandb
-
-        self.run_dir, self.failed = run_dir, 0
-        self.run = wandb.init(id=tracker.run_id, project=tracker.project, resume="allow", job_type=stage,
-                              name=f"{stage}-{tracker.run_id}", config=flat_params(cfg),
-                              dir=str(run_dir.local), settings=wandb.Settings(console="off", silent=True))
 
     def write(self, record: dict) -> None:
         metrics = {k: float(v) for k, v in record.items()
                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
         try:
-            self.run.log(metrics, step=int(record["step"]))
+            self.log(metrics, int(record["step"]))
         except Exception as e:  # noqa: BLE001 - any client or network error
             self.failed += 1
             if self.failed == 1:
-                log.warning("W&B run %s did not take the metrics of step %s (%s); training goes on, "
-                            "metrics.jsonl has them", self.run.id, record["step"], e)
+                log.warning("%s run %s did not take the metrics of step %s (%s); training goes on, "
+                            "metrics.jsonl has them", self.name, self.run_id, record["step"], e)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to do by default: the driver closes an MLflow run (``finish_run``), with the export."""
+
+
+class MetricsLog(_Appender):
+    """Rank 0's appender to the driver's MLflow run."""
+
+    name = "MLflow"
+
+    def __init__(self, tracker: TrackerRun, stage: str):
+        from mlflow.tracking import MlflowClient
+
+        super().__init__(tracker.run_id)
+        self.client, self.stage = MlflowClient(tracker.uri), stage
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+
+class WandbLog(_Appender):
+    """Rank 0's W&B run: opened with the resolved config, finished (and its local files copied into
+    the run directory) by ``close``."""
+
+    name = "W&B"
+
+    def __init__(self, tracker: TrackerRun, stage: str, cfg: Config, run_dir: RunDir):
+        import wandb
+
+        super().__init__(tracker.run_id)
+        self.run_dir = run_dir
+        self.run = wandb.init(id=tracker.run_id, project=tracker.project, resume="allow", job_type=stage,
+                              name=f"{stage}-{tracker.run_id}", config=flat_params(cfg),
+                              dir=str(run_dir.local), settings=wandb.Settings(console="off", silent=True))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
 
     def close(self) -> None:
         self.run.finish()
