@@ -306,14 +306,15 @@ def test_a_config_and_a_benchmark_in_a_bucket(url):
     """`--config s3://.../best_config.yaml` (what a sweep writes there) loads; a benchmark's `--out`
     URL receives its JSON (not a local folder named after the URL)."""
     from raymmr.config import ConfigError, load_config, to_yaml
-    from raymmr.train.benchmark import write_json
+    from raymmr.train.benchmark import json_path, write_json
 
     cfg = load_config("tiny", ["loss.w_img=0.5", "train.num_workers=2:4"])
     storage.write_text(f"{url}/sweep/best_config.yaml", to_yaml(cfg))
     assert load_config(f"{url}/sweep/best_config.yaml") == cfg
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(f"{url}/sweep/none.yaml")
-    where = write_json([{"samples_per_s": 1.0}], f"{url}/bench")
+    where = json_path(f"{url}/bench")
+    write_json([{"samples_per_s": 1.0}], where)
     assert where.startswith(f"{url}/bench/benchmark-") and json.loads(storage.read_text(where)) == [{"samples_per_s": 1.0}]
 
 

@@ -41,7 +41,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
     from raymmr.data.loader import make_loader
     from raymmr.objective.flops import training_flops_per_sample
     from raymmr.train.engine import build_engine, build_optimizer, precision_context, use_bf16
-    from raymmr.train.metrics import measured_peak_flops
+    from raymmr.train.metrics import datasheet_peak_flops, measured_peak_flops
     from raymmr.train.momentum import MomentumEMA
     from raymmr.train.setup import compile_model, new_model, stage_loader_args, stage_task, stage_urls
 
@@ -99,17 +99,31 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
     elapsed = time.perf_counter() - t0
     samples = steps * cfg.train.batch_size * cfg.train.grad_accum
     peak = measured_peak_flops(device)
+    name = torch.cuda.get_device_name(0) if on_gpu else "cpu"
+    datasheet = datasheet_peak_flops(name) if on_gpu else None
     tflops = samples * flops / elapsed / 1e12
     return {
         "stage": stage, "preset": cfg.preset, "zero_stage": "plain" if plain else cfg.train.zero_stage,
         "batch_size": cfg.train.batch_size,
         "grad_accum": cfg.train.grad_accum, "precision": "bf16" if bf16 else "fp32", "compile": cfg.train.compile,
-        "device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "params_trainable": n_params,
+        "device": name, "params_trainable": n_params,
         "gflops_per_sample": flops / 1e9, "samples_per_s": samples / elapsed, "tflops": tflops,
         "peak_tflops_measured": peak / 1e12, "mfu": tflops * 1e12 / peak if peak else None,
+        "peak_tflops_datasheet": datasheet / 1e12 if datasheet else None,
+        "mfu_datasheet": tflops * 1e12 / datasheet if datasheet else None,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
         "data_wait": wait / elapsed, "steps": steps,
     }
+
+
+def failed_row(cfg: Config, stage: str, zero, error: BaseException) -> dict:
+    """The row of a configuration that could not run (out of memory, a compile error): what it was
+    and the error's first line, so a grid's table says why a cell is empty."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return {"stage": stage, "preset": cfg.preset, "zero_stage": zero, "batch_size": cfg.train.batch_size,
+            "grad_accum": cfg.train.grad_accum, "compile": cfg.train.compile,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "error": f"{type(error).__name__}: {first}"[:300]}
 
 
 class PlainStep:
@@ -135,16 +149,21 @@ class PlainStep:
 
 
 def with_plain_ratio(rows: list[dict]) -> list[dict]:
-    """Each DeepSpeed row gets ``vs_plain``: its samples/s over the plain loop's at the same stage
-    and batch size, measured in the same run (None without such a plain row)."""
-    plain = {(r["stage"], r["batch_size"]): r["samples_per_s"] for r in rows if r["zero_stage"] == "plain"}
+    """Each DeepSpeed row gets ``vs_plain``: its samples/s over the plain loop's at the same stage,
+    batch size and compile setting, measured in the same run (None without such a plain row)."""
+    plain = {(r["stage"], r["batch_size"], r.get("compile")): r["samples_per_s"] for r in rows
+             if r["zero_stage"] == "plain" and "error" not in r}
     for r in rows:
-        base = plain.get((r["stage"], r["batch_size"]))
-        r["vs_plain"] = r["samples_per_s"] / base if base and r["zero_stage"] != "plain" else None
+        base = plain.get((r["stage"], r["batch_size"], r.get("compile")))
+        r["vs_plain"] = r["samples_per_s"] / base if base and r["zero_stage"] != "plain" and "error" not in r else None
     return rows
 
 
 def commit() -> str:
+    """The commit measured: ``RAYMMR_COMMIT`` when set (a copy of the tree without .git, as sent to a
+    GPU machine), else git's short hash, else "unknown"."""
+    if os.environ.get("RAYMMR_COMMIT"):
+        return os.environ["RAYMMR_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -152,27 +171,41 @@ def commit() -> str:
         return "unknown"
 
 
+TABLE_HEADER = "## Training step (one device)"
+TABLE_COLUMNS = ("| date | device | commit | stage | ZeRO | batch | precision | compile | samples/s | TFLOP/s | "
+                 "MFU (measured peak) | MFU (datasheet peak) | peak mem GB | data wait | command | vs plain |")
+
+
 def append_markdown(rows: list[dict], path: str, command: str) -> None:
     """Append one table row per result to BENCHMARKS.md under the step-benchmark section."""
-    p = Path(path)
-    text = p.read_text() if p.exists() else "# Benchmarks\n"
-    header = "## Training step (one device)"
-    if header not in text:
-        text += (f"\n{header}\n\n| date | device | commit | stage | ZeRO | batch | precision | samples/s | "
-                 "TFLOP/s | MFU | peak mem GB | data wait | command | vs plain |\n"
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    from raymmr.data.benchmark import append_table_rows
+
     date = time.strftime("%Y-%m-%d")
+    lines = []
     for r in rows:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (CPU)"
-        mem = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "n/a"
-        row = (f"| {date} | {r['device']} | {commit()} | {r['stage']} | {r['zero_stage']} | {r['batch_size']} | "
-               f"{r['precision']} | {r['samples_per_s']:.1f} | {r['tflops']:.2f} | {mfu} | {mem} | "
-               f"{100 * r['data_wait']:.1f}% | `{command}` | {vs_plain(r)} |\n")
-        # insert right after this section's table header (keep other sections intact)
-        start = text.index(header)
-        nxt = text.find("\n## ", start + len(header))
-        text = text + row if nxt == -1 else text[:nxt] + row + text[nxt:]
-    p.write_text(text)
+        head = (f"| {date} | {r['device']} | {commit()} | {r['stage']} | {r['zero_stage']} | {r['batch_size']} | "
+                f"{r.get('precision', '—')} | {'on' if r.get('compile') else 'off'} |")
+        if "error" in r:
+            cells = " — | — | — | — | — | — |"
+            last = f"failed: {r['error']}".replace("|", "/")
+        else:
+            mem = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "n/a"
+            cells = (f" {r['samples_per_s']:.1f} | {r['tflops']:.2f} | {mfu_cell(r.get('mfu'), r)} | "
+                     f"{mfu_cell(r.get('mfu_datasheet'), r, r.get('peak_tflops_datasheet'))} | {mem} | "
+                     f"{100 * r['data_wait']:.1f}% |")
+            last = vs_plain(r)
+        lines.append(f"{head}{cells} `{command}` | {last} |")
+    append_table_rows(Path(path), TABLE_HEADER, TABLE_COLUMNS + "\n" + "|---" * TABLE_COLUMNS.count(" | ") + "|---|",
+                      lines)
+
+
+def mfu_cell(mfu: float | None, row: dict, peak_tflops: float | None = None) -> str:
+    """An MFU as a percentage, with the peak it is measured against when given; "n/a" and why otherwise."""
+    if row["device"] == "cpu":
+        return "n/a (CPU)"
+    if mfu is None:
+        return "n/a (no datasheet peak for this device: add it to train.metrics.DATASHEET_BF16_TFLOPS)"
+    return f"{100 * mfu:.1f}%" + (f" of {peak_tflops:.0f}" if peak_tflops else "")
 
 
 def vs_plain(row: dict) -> str:
@@ -183,10 +216,15 @@ def vs_plain(row: dict) -> str:
     return "—" if ratio is None else f"{ratio:.2f}x the plain loop (overhead {100 * (1 - ratio):+.1f}%)"
 
 
-def write_json(rows: list[dict], out: str) -> str:
-    """The rows as ``benchmark-<time>.json`` in ``out`` (a directory or a URL); returns where."""
+def json_path(out: str) -> str:
+    """Where a run's rows go: ``benchmark-<time>.json`` in ``out`` (a directory or a URL)."""
     from raymmr import storage
 
-    f = storage.join(storage.normalize(out), f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    storage.write_text(f, json.dumps(rows, indent=1))
-    return f
+    return storage.join(storage.normalize(out), f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+
+def write_json(rows: list[dict], path: str) -> None:
+    """The rows so far, rewritten whole at ``path`` after each configuration."""
+    from raymmr import storage
+
+    storage.write_text(path, json.dumps(rows, indent=1))

@@ -46,6 +46,26 @@ def measured_peak_flops(device: torch.device) -> float:
     return _PEAK_FLOPS[key]
 
 
+# Dense bf16 tensor-core peak (no sparsity) from NVIDIA's datasheets, TFLOP/s, by a part of the name
+# torch.cuda.get_device_name reports. Checked in order: the first match wins, so a variant's name
+# ("H100 PCIe", "L40S") comes before the name it contains ("H100", "L4").
+DATASHEET_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200 NVL", 835.0),
+    ("H200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+)
+
+
+def datasheet_peak_flops(device_name: str) -> float | None:
+    """The datasheet's dense bf16 FLOP/s for a GPU by name; None for a GPU not in the table."""
+    return next((tflops * 1e12 for part, tflops in DATASHEET_BF16_TFLOPS if part in device_name), None)
+
+
 def console(line: str) -> None:
     """A line on the worker's stdout, once. (Ray Train patches ``print`` in workers to tee into
     its logger as well, which shows every progress line twice on the driver.)"""
