@@ -7,8 +7,11 @@
 #      the plain loop and ZeRO 2 at batch 256                              (at most GPU_CHECK_EAGER_S, 180 s)
 #   3. pytest -m gpu: the tiny pipeline in bf16 with NCCL and ZeRO-2, the bf16 momentum check, compiled =
 #      eager on CUDA, perturbations on CUDA                                 (at most GPU_CHECK_TESTS_S, 200 s)
-#   4. the step compiled: the plain loop, then the fastest eager DeepSpeed configuration of step 2 (the time left)
+#   4. the step compiled: the plain loop, then the fastest eager DeepSpeed configuration of step 2, each
+#      profiled for a few more steps into $OUT/profile.txt (the ops that took the most GPU time; the time left)
 # Every benchmark row lands in $OUT/BENCHMARKS.md and $OUT/bench/*.json as soon as it is measured.
+# $OUT holds 8 files at most (what a device call brings back): gpu_check.log (nvidia-smi in it),
+# install.log, benchmark.log, gpu-tests.log, BENCHMARKS.md, profile.txt and bench/ (two JSON files).
 # Without a GPU it is a dry run on CPU: the same steps with the tiny preset and a few steps each (and
 # compile left off: tests/test_model.py covers it on CPU), so a GPU window is not lost to a typo;
 # tests/test_benchmark.py runs it.
@@ -43,7 +46,7 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   DATA=(--set data.synthrad_pretrain=1000 --set data.synthrad_train=200 --set data.synthrad_val=50
         --set data.synthrad_test=50)
   "$PY" -c "import torch; print(torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee -a "$OUT/gpu_check.log"
-  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+  nvidia-smi >> "$OUT/gpu_check.log" 2>&1
 else
   MODE=cpu CONFIG=tiny STEPS=2 WARMUP=1 COMPILE=false
   EAGER=plain:4,0:4,2:4 SMALL=4
@@ -51,13 +54,13 @@ else
 fi
 say "mode $MODE, budget ${BUDGET}s"
 
-bench() {  # bench SECONDS LABEL CONFIGS COMPILE: one benchmark job, cut at SECONDS (its rows so far are kept)
-  local secs=$1 label=$2
+bench() {  # bench SECONDS LABEL CONFIGS COMPILE [FLAGS]: one benchmark job, cut at SECONDS (its rows so far are kept)
+  local secs=$1 label=$2 configs=$3 compile=$4; shift 4
   if [ "$secs" -lt 20 ]; then say "benchmark $label: skipped, ${secs}s left of the budget"; status=1; return; fi
-  say "benchmark $label: $CONFIG pretrain, $3, compile $4 (at most ${secs}s)"
-  timeout --kill-after=10 "$secs" "$PY" jobs/benchmark.py --config "$CONFIG" --stage pretrain --configs "$3" \
-    --steps "$STEPS" --warmup "$WARMUP" --set "train.compile=$4" "${DATA[@]}" \
-    --out "$OUT/bench" --markdown "$OUT/BENCHMARKS.md" >> "$OUT/benchmark.log" 2>&1
+  say "benchmark $label: $CONFIG pretrain, $configs, compile $compile (at most ${secs}s)"
+  timeout --kill-after=10 "$secs" "$PY" jobs/benchmark.py --config "$CONFIG" --stage pretrain --configs "$configs" \
+    --steps "$STEPS" --warmup "$WARMUP" --set "train.compile=$compile" "${DATA[@]}" \
+    --out "$OUT/bench" --markdown "$OUT/BENCHMARKS.md" "$@" >> "$OUT/benchmark.log" 2>&1
   local rc=$?
   if [ $rc -ne 0 ]; then say "benchmark $label: exit $rc ($([ $rc -ge 124 ] && echo "out of time, " )rows so far kept): $OUT/benchmark.log"; status=1; fi
 }
@@ -87,7 +90,7 @@ best = max(ds, key=lambda r: r["samples_per_s"], default={"zero_stage": 2, "batc
 print(f"{best['zero_stage']}:{best['batch_size']}")
 PY
 )
-bench "$(capped 100000 0)" compiled "plain:${best#*:},$best" "$COMPILE"
+bench "$(capped 100000 0)" compiled "plain:${best#*:},$best" "$COMPILE" --profile "$OUT/profile.txt"
 
 say "done (exit $status) in ${SECONDS}s; rows for BENCHMARKS.md in $OUT/BENCHMARKS.md"
 exit $status

@@ -140,25 +140,30 @@ def test_benchmark_job_keeps_going_after_a_failing_configuration_and_writes_each
     out, md = tmp_path / "b", tmp_path / "B.md"
     seen = []
 
-    def fake(cfg, *, stage, data, steps, warmup, plain):
+    def fake(cfg, *, stage, data, steps, warmup, plain, profile):
         seen.append([r["zero_stage"] for f in out.glob("*.json") for r in json.loads(f.read_text())])
         if cfg.train.zero_stage == 1 and not plain:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
         return {"stage": stage, "preset": cfg.preset, "zero_stage": "plain" if plain else cfg.train.zero_stage,
                 "batch_size": cfg.train.batch_size, "precision": "fp32", "compile": False, "device": "cpu",
                 "samples_per_s": 10.0 if plain else 12.0, "tflops": 0.1, "mfu": None, "mfu_datasheet": None,
-                "peak_tflops_datasheet": None, "peak_memory_gb": None, "data_wait": 0.01}
+                "peak_tflops_datasheet": None, "peak_memory_gb": None, "data_wait": 0.01,
+                **({"profile": f"ops of {cfg.train.zero_stage}"} if profile else {})}
 
     monkeypatch.setattr(bench, "benchmark", fake)
     monkeypatch.setattr(sets, "resolve_data", lambda cfg, data: "unused")
     with pytest.raises(JobError, match=r"1 of 3 configurations failed .*1:8 \(RuntimeError: CUDA out of memory"):
-        main(["--configs", "plain:8,1:8,2:8", "--out", str(out), "--markdown", str(md)])
+        main(["--configs", "plain:8,1:8,2:8", "--out", str(out), "--markdown", str(md),
+              "--profile", str(tmp_path / "profile.txt")])
     assert seen == [[], ["plain"], ["plain", 1]]
     rows = json.loads(next(out.glob("benchmark-*.json")).read_text())
     assert [r["zero_stage"] for r in rows] == ["plain", 1, 2]
     assert rows[1]["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" and rows[1]["vs_plain"] is None
     assert rows[2]["vs_plain"] == pytest.approx(1.2)
     assert md.read_text().count("| cpu |") == 3 and "failed: RuntimeError" in md.read_text()
+    profile = (tmp_path / "profile.txt").read_text()  # one section per configuration measured, none in the JSON
+    assert profile.count("== pretrain tiny: ZeRO") == 2 and "ZeRO 2, batch 8" in profile and "ops of 2" in profile
+    assert all("profile" not in r for r in rows)
 
 
 def test_benchmark_job_refuses_a_bad_configuration_before_measuring_any(tmp_path, monkeypatch):
@@ -200,6 +205,12 @@ def test_gpu_check_script_dry_runs_on_cpu(tiny_data, tmp_path):
     best = max(eager, key=lambda r: r["samples_per_s"])
     assert [r["zero_stage"] for r in rows] == ["plain", 0, 2, "plain", best["zero_stage"]]
     assert f"plain:4,{best['zero_stage']}:4" in log
+    # the compiled pair profiled, each under a title naming it, the step's parts among the ops
+    profile = (out / "profile.txt").read_text()
+    assert profile.count("== pretrain tiny: ZeRO ") == 2 and "ZeRO plain, batch 4" in profile, profile[:2000]
+    assert "raymmr.forward" in profile and "raymmr.backward" in profile
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8, files  # what a device call brings back
 
 
 def test_gpu_check_script_skips_what_its_budget_cannot_hold(tmp_path):

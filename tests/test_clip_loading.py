@@ -262,6 +262,16 @@ def test_clip_text_tower_comes_with_its_own_tokenizer_and_a_mask_token(tmp_path)
     table = model.text_encoder.model.get_input_embeddings().weight
     assert table.shape[0] == len(vocab) + 1
     assert torch.equal(table[: len(vocab)], ref.get_input_embeddings().weight)  # trained rows, same ids
+    # what an export takes: the tokenizer the run loaded (not loaded again), else a fresh load; a bare
+    # tokenizer.json as its file
+    from raymmr.data import tokenizer as tokenizers
+
+    assert tokenizers.exportable_tokenizer(cfg, "/no/shards", tok) is tok
+    assert tokenizers.exportable_tokenizer(cfg, "/no/shards").mask_token_id == tok.mask_token_id
+    (tmp_path / "bare").mkdir()
+    tok.backend_tokenizer.save(str(tmp_path / "bare" / "tokenizer.json"))
+    assert tokenizers.exportable_tokenizer(tiny(f"data.tokenizer={tmp_path / 'bare'}"), "/no/shards", tok) == str(
+        tmp_path / "bare" / "tokenizer.json")
     out = save_export(model, cfg, tmp_path / "export", tokenizer=tok, answers=["yes", "no", "left"])
     with pytest.raises(ValueError, match="Hugging Face tokenizer's folder"):  # its config would be lost
         save_export(model, cfg, tmp_path / "export2", tokenizer=str(clip_dir), answers=["yes", "no", "left"])

@@ -49,15 +49,18 @@ def tokenizer_source(cfg, data: str) -> str:
     return shard_tokenizer(data)
 
 
-def exportable_tokenizer(cfg, data: str):
+def exportable_tokenizer(cfg, data: str, loaded=None):
     """The run's tokenizer (``tokenizer_source``) as an export takes it (``model.export.save_export``):
     the local tokenizer.json of a bare one (copied as it is), else the loaded Hugging Face
-    tokenizer (saved with its special-token config)."""
+    tokenizer (saved with its special-token config): ``loaded`` when the caller has it already
+    (``train.setup.new_model`` returns it), else loaded here."""
     from raymmr import storage
 
     source = storage.local_source(str(tokenizer_source(cfg, data)), "tokenizers")
     bare = bare_tokenizer_file(source)
-    return str(bare) if bare is not None else load_tokenizer(source)
+    if bare is not None:
+        return str(bare)
+    return loaded if loaded is not None else load_tokenizer(source)
 
 
 def bare_tokenizer_file(path: str | os.PathLike) -> Path | None:

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--data")
     parser.add_argument("--markdown", help="append result rows to this file (e.g. BENCHMARKS.md)")
+    parser.add_argument("--profile", help="after timing each configuration, profile a few more steps and append "
+                                          "the ops that took the most device time to this text file")
     parser.add_argument("--baseline", choices=["plain"],
                         help="plain: also time the same model, task and loader in a plain PyTorch loop (no "
                              "DeepSpeed, no Ray) at each batch size; every row gets its ratio to it")
@@ -58,7 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from raymmr.data.making.sets import resolve_data
-    from raymmr.train.benchmark import append_markdown, benchmark, failed_row, json_path, with_plain_ratio, write_json
+    from raymmr.train.benchmark import (
+        append_markdown,
+        append_profile,
+        benchmark,
+        failed_row,
+        json_path,
+        with_plain_ratio,
+        write_json,
+    )
 
     base = config_from_args(args)
     if args.configs:
@@ -75,11 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     for (zero, bs), cfg in zip(runs, configs):
         try:
             row = benchmark(cfg, stage=args.stage, data=data, steps=args.steps, warmup=args.warmup,
-                            plain=zero == "plain")
+                            plain=zero == "plain", profile=bool(args.profile))
         except Exception as e:  # a configuration that cannot run here is a result, not the end of the grid
             traceback.print_exc()
             row = failed_row(cfg, args.stage, zero, e)
             failed.append(f"{zero}:{bs} ({row['error']})")
+        table = row.pop("profile", None)
+        if table:
+            append_profile(args.profile, row, table)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         rows.append(row)
         with_plain_ratio(rows)

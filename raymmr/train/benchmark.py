@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 from raymmr.config import Config
 
@@ -32,12 +33,20 @@ def init_single_process_group(backend: str) -> None:
     dist.init_process_group(backend=backend, rank=0, world_size=1)
 
 
-def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, plain: bool = False) -> dict:
+PROFILE_STEPS = 3
+PROFILE_ROWS = 30
+STEP_PARTS = ("raymmr.data", "raymmr.forward", "raymmr.backward", "raymmr.optimizer", "raymmr.momentum")
+
+
+def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, plain: bool = False,
+              profile: bool = False) -> dict:
     """Time ``steps`` optimizer steps after ``warmup`` ones; returns one result row. The model,
     task and loader are built as a training rank builds them (``raymmr.train.setup``), on this
     process's GPU when there is one. ``plain``: the same model, task and loader in a plain PyTorch
     loop instead (torch AdamW, gradient clipping, the same autocast; no DeepSpeed, no Ray): the
-    baseline raymmr's step is measured against (row ``zero_stage`` "plain")."""
+    baseline raymmr's step is measured against (row ``zero_stage`` "plain"). ``profile``: then
+    ``PROFILE_STEPS`` more steps under ``torch.profiler``; the row's ``profile`` holds the table of
+    the ops that took the most device time (CPU time on CPU), the step's parts (``STEP_PARTS``) among them."""
     from raymmr.data.loader import make_loader
     from raymmr.objective.flops import training_flops_per_sample
     from raymmr.train.engine import build_engine, build_optimizer, precision_context, use_bf16
@@ -70,7 +79,8 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
         wait = 0.0
         for _ in range(cfg.train.grad_accum):
             t = time.perf_counter()
-            batch = next(batches)
+            with record_function("raymmr.data"):
+                batch = next(batches)
             wait += time.perf_counter() - t
             batch.pop("skipped", None)
             batch.pop("position", None)
@@ -80,11 +90,14 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
                 batch["has_partner"] = torch.ones(len(batch["key"]), dtype=torch.bool, device=device)
                 batch["partner_similarity"] = torch.full((len(batch["key"]),), cfg.finetune.similarity_threshold,
                                                          device=device)  # a stand-in cosine
-            with precision_context(bf16):
+            with record_function("raymmr.forward"), precision_context(bf16):
                 terms = task(engine.module, batch)
-            engine.backward(terms["loss"])
-            engine.step()
-        momentum.update()
+            with record_function("raymmr.backward"):
+                engine.backward(terms["loss"])
+            with record_function("raymmr.optimizer"):
+                engine.step()
+        with record_function("raymmr.momentum"):
+            momentum.update()
         return wait
 
     for _ in range(warmup):
@@ -98,6 +111,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     samples = steps * cfg.train.batch_size * cfg.train.grad_accum
+    table = profile_table(step, on_gpu) if profile else None
     peak = measured_peak_flops(device)
     name = torch.cuda.get_device_name(0) if on_gpu else "cpu"
     datasheet = datasheet_peak_flops(name) if on_gpu else None
@@ -112,8 +126,23 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
         "peak_tflops_datasheet": datasheet / 1e12 if datasheet else None,
         "mfu_datasheet": tflops * 1e12 / datasheet if datasheet else None,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
-        "data_wait": wait / elapsed, "steps": steps,
+        "data_wait": wait / elapsed, "steps": steps, **({"profile": table} if table else {}),
     }
+
+
+def profile_table(step, on_gpu: bool) -> str:
+    """``PROFILE_STEPS`` calls of ``step`` under ``torch.profiler``: the ``PROFILE_ROWS`` ops with
+    the most self time on the device (on the CPU without a GPU), as torch's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILE_STEPS):
+            step()
+        if on_gpu:
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_device_time_total" if on_gpu else "self_cpu_time_total",
+                                     row_limit=PROFILE_ROWS)
 
 
 def failed_row(cfg: Config, stage: str, zero, error: BaseException) -> dict:
@@ -214,6 +243,15 @@ def vs_plain(row: dict) -> str:
         return "the plain PyTorch loop (no DeepSpeed)"
     ratio = row.get("vs_plain")
     return "—" if ratio is None else f"{ratio:.2f}x the plain loop (overhead {100 * (1 - ratio):+.1f}%)"
+
+
+def append_profile(path: str, row: dict, table: str) -> None:
+    """Add one configuration's profile table to the text file ``path``, under a line naming it."""
+    title = (f"== {row['stage']} {row['preset']}: ZeRO {row['zero_stage']}, batch {row['batch_size']}, "
+             f"compile {'on' if row.get('compile') else 'off'}, {row['device']}, "
+             f"{PROFILE_STEPS} steps after the timed ones ==")
+    with open(path, "a") as f:
+        f.write(f"{title}\n{table}\n")
 
 
 def json_path(out: str) -> str:

@@ -512,7 +512,7 @@ def export_latest(cfg: Config, run: RunDir, data: str, stage: str) -> str:
     state.update({k: torch.empty_like(v) for k, v in model.state_dict().items() if v.numel() == 0})
     model.load_state_dict(state, strict=True)
     export_dir = run.local / storage.EXPORT
-    save_export(model, cfg, export_dir, tokenizer=exportable_tokenizer(cfg, data), answers=manifest["answers"],
+    save_export(model, cfg, export_dir, tokenizer=exportable_tokenizer(cfg, data, tokenizer), answers=manifest["answers"],
                 stage=stage)
     verify_export(cfg, export_dir, local / ckpt.PROBE, vocab_size=len(tokenizer))
     run.upload(storage.EXPORT)
