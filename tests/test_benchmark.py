@@ -208,7 +208,7 @@ def test_gpu_check_script_dry_runs_on_cpu(tiny_data, tmp_path):
     # the compiled pair profiled, each under a title naming it, the step's parts among the ops
     profile = (out / "profile.txt").read_text()
     assert profile.count("== pretrain tiny: ZeRO ") == 2 and "ZeRO plain, batch 4" in profile, profile[:2000]
-    assert "raymmr.forward" in profile and "raymmr.backward" in profile
+    assert "step/forward" in profile and "step/backward" in profile
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8, files  # what a device call brings back
 

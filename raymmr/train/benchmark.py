@@ -35,7 +35,7 @@ def init_single_process_group(backend: str) -> None:
 
 PROFILE_STEPS = 3
 PROFILE_ROWS = 30
-STEP_PARTS = ("raymmr.data", "raymmr.forward", "raymmr.backward", "raymmr.optimizer", "raymmr.momentum")
+STEP_PARTS = ("step/data", "step/forward", "step/backward", "step/optimizer", "step/momentum")
 
 
 def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, plain: bool = False,
@@ -79,7 +79,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
         wait = 0.0
         for _ in range(cfg.train.grad_accum):
             t = time.perf_counter()
-            with record_function("raymmr.data"):
+            with record_function("step/data"):
                 batch = next(batches)
             wait += time.perf_counter() - t
             batch.pop("skipped", None)
@@ -90,13 +90,13 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
                 batch["has_partner"] = torch.ones(len(batch["key"]), dtype=torch.bool, device=device)
                 batch["partner_similarity"] = torch.full((len(batch["key"]),), cfg.finetune.similarity_threshold,
                                                          device=device)  # a stand-in cosine
-            with record_function("raymmr.forward"), precision_context(bf16):
+            with record_function("step/forward"), precision_context(bf16):
                 terms = task(engine.module, batch)
-            with record_function("raymmr.backward"):
+            with record_function("step/backward"):
                 engine.backward(terms["loss"])
-            with record_function("raymmr.optimizer"):
+            with record_function("step/optimizer"):
                 engine.step()
-        with record_function("raymmr.momentum"):
+        with record_function("step/momentum"):
             momentum.update()
         return wait
 
