@@ -41,25 +41,6 @@ def test_tiny_model_flops_by_hand():
     assert training_flops_per_sample(model, "pretrain", cfg.loss, cfg.masking) == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.slow
-def test_benchmark_job_runs_and_appends_a_row(tiny_data, tmp_path):
-    md = tmp_path / "BENCH.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "--config", "tiny", "--zero-stages", "0,2",
-         "--batch-sizes", "4", "--steps", "2", "--warmup", "1", "--data", tiny_data, "--out", str(tmp_path / "b"),
-         "--markdown", str(md), "--set", "data.loader_workers=0", "--baseline", "plain"],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads(next((tmp_path / "b").glob("benchmark-*.json")).read_text())
-    assert [r["zero_stage"] for r in rows] == ["plain", 0, 2]
-    assert all(r["samples_per_s"] > 0 and r["gflops_per_sample"] > 0 and 0 <= r["data_wait"] <= 1 for r in rows)
-    assert rows[0]["vs_plain"] is None
-    assert all(r["vs_plain"] == pytest.approx(r["samples_per_s"] / rows[0]["samples_per_s"]) for r in rows[1:])
-    table = md.read_text()
-    assert table.count("| cpu |") == 3 and "jobs/benchmark.py" in table
-    assert "the plain PyTorch loop (no DeepSpeed)" in table and table.count("x the plain loop (overhead") == 2
-
-
 def test_plain_step_averages_accumulated_gradients_then_clips():
     import torch
 
@@ -166,6 +147,27 @@ def test_benchmark_job_keeps_going_after_a_failing_configuration_and_writes_each
     assert all("profile" not in r for r in rows)
 
 
+def test_benchmark_job_runs_the_grid_after_the_plain_loop(tmp_path, monkeypatch):
+    import raymmr.data.making.sets as sets
+    import raymmr.train.benchmark as bench
+    from raymmr.jobs.benchmark import main
+
+    ran = []
+
+    def fake(cfg, *, stage, data, steps, warmup, plain, profile):
+        ran.append(("plain" if plain else cfg.train.zero_stage, cfg.train.batch_size))
+        return {"stage": stage, "preset": cfg.preset, "zero_stage": ran[-1][0], "batch_size": cfg.train.batch_size,
+                "samples_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "benchmark", fake)
+    monkeypatch.setattr(sets, "resolve_data", lambda cfg, data: "unused")
+    main(["--zero-stages", "0,2", "--batch-sizes", "4,8", "--baseline", "plain", "--out", str(tmp_path)])
+    assert ran == [("plain", 4), ("plain", 8), (0, 4), (0, 8), (2, 4), (2, 8)]
+    ran.clear()
+    main(["--out", str(tmp_path)])  # the preset's batch size and ZeRO-2, no baseline
+    assert ran == [(2, 32)]
+
+
 def test_benchmark_job_refuses_a_bad_configuration_before_measuring_any(tmp_path, monkeypatch):
     import raymmr.train.benchmark as bench
     from raymmr.config import ConfigError
@@ -204,6 +206,11 @@ def test_gpu_check_script_dry_runs_on_cpu(tiny_data, tmp_path):
     eager = [r for r in rows[:3] if r["zero_stage"] != "plain"]
     best = max(eager, key=lambda r: r["samples_per_s"])
     assert [r["zero_stage"] for r in rows] == ["plain", 0, 2, "plain", best["zero_stage"]]
+    assert all(r["samples_per_s"] > 0 and r["gflops_per_sample"] > 0 and 0 <= r["data_wait"] <= 1 for r in rows)
+    assert rows[0]["vs_plain"] is None and rows[3]["vs_plain"] is None
+    assert all(r["vs_plain"] == pytest.approx(r["samples_per_s"] / rows[0]["samples_per_s"]) for r in rows[1:3])
+    assert rows[4]["vs_plain"] == pytest.approx(rows[4]["samples_per_s"] / rows[3]["samples_per_s"])
+    assert "jobs/benchmark.py" in table and "the plain PyTorch loop (no DeepSpeed)" in table
     assert f"plain:4,{best['zero_stage']}:4" in log
     # the compiled pair profiled, each under a title naming it, the step's parts among the ops
     profile = (out / "profile.txt").read_text()
