@@ -288,3 +288,14 @@ def test_kinds_keeps_only_those_samples_and_a_split_without_them_is_an_error(dat
     with pytest.raises(RuntimeError, match="yielded no vqa sample"):
         list(loader([str(captions)], data, kinds=("vqa",), epoch_mode="resampled", samples_per_epoch=8,
                     manifest=None))
+
+
+@pytest.mark.parametrize("cuda, gpus, pinned", [(False, 0, False), (False, 1, False), (True, 0, False), (True, 1, True)])
+def test_batches_are_pinned_only_for_a_rank_that_trains_on_a_gpu(monkeypatch, cuda, gpus, pinned):
+    from raymmr.config import load_config
+    from raymmr.train.setup import stage_loader_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = load_config("tiny", [f"train.gpus_per_worker={gpus}"])
+    manifest = {"answers": ["yes", "no"]}
+    assert stage_loader_args(cfg, "pretrain", None, manifest, rank=0, world_size=1)["pin_memory"] is pinned

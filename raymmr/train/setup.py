@@ -245,7 +245,8 @@ def stage_urls(data: str, stage: str, manifest: dict) -> list[str]:
 
 def stage_loader_args(cfg: Config, stage: str, tokenizer, manifest: dict, *, rank: int, world_size: int) -> dict:
     """What every loader of this rank shares (``make_loader``'s arguments but the epoch's):
-    tokenizer, answers, sizes, perturbation, and the sample kinds the stage trains on."""
+    tokenizer, answers, sizes, perturbation, the sample kinds the stage trains on, and pinned
+    batches when the rank trains on a GPU (their copy to it then overlaps the step)."""
     return dict(
         tokenizer=tokenizer,
         answers=manifest["answers"],
@@ -260,6 +261,7 @@ def stage_loader_args(cfg: Config, stage: str, tokenizer, manifest: dict, *, ran
         manifest=manifest,
         kinds=STAGE_KINDS[stage],
         blank_images=cfg.data.blank_images,
+        pin_memory=torch.cuda.is_available() and cfg.train.gpus_per_worker > 0,
     )
 
 
