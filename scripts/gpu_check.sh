@@ -6,7 +6,7 @@
 #   2. the base pre-training step, eager: the plain PyTorch loop and ZeRO 2, 0, 1 at base's batch 128, then
 #      the plain loop and ZeRO 2 at batch 256                              (at most GPU_CHECK_EAGER_S, 180 s)
 #   3. pytest -m gpu: the tiny pipeline in bf16 with NCCL and ZeRO-2, the bf16 momentum check, compiled =
-#      eager on CUDA, perturbations on CUDA                                 (at most GPU_CHECK_TESTS_S, 200 s)
+#      eager on CUDA, perturbations on CUDA (at most GPU_CHECK_TESTS_S, 200 s; its Ray in a temp dir of its own)
 #   4. the step compiled: the plain loop, then the fastest eager DeepSpeed configuration of step 2, each
 #      profiled for a few more steps into $OUT/profile.txt (the ops that took the most GPU time; the time left)
 # Every benchmark row lands in $OUT/BENCHMARKS.md and $OUT/bench/*.json as soon as it is measured.
@@ -74,11 +74,16 @@ if [ "$secs" -lt 20 ]; then
   say "pytest -m gpu: skipped, ${secs}s left of the budget"; status=1
 else
   say "pytest -m gpu (at most ${secs}s)"
-  timeout --kill-after=10 "$secs" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests > "$OUT/gpu-tests.log" 2>&1
+  # The tests' Ray in a temp dir of its own: what a cut-short run leaves (its daemons start sessions of
+  # their own, out of timeout's reach) is found by that path and ended, holding no GPU memory for step 4.
+  # Never `ray stop`: it would end every Ray on the machine (a test runner's own included).
+  ray_tmp=$(mktemp -d /tmp/gpu_check_ray.XXXXXX)
+  RAY_TMPDIR=$ray_tmp timeout --kill-after=10 "$secs" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests \
+    > "$OUT/gpu-tests.log" 2>&1
   rc=$?
+  if pkill -9 -f "$ray_tmp"; then say "ended the Ray processes the GPU tests left"; sleep 2; fi
   if [ $rc -ne 0 ]; then say "GPU tests failed (exit $rc$([ $rc -ge 124 ] && echo ", out of time")): $OUT/gpu-tests.log"; status=1; fi
   tail -n 3 "$OUT/gpu-tests.log" | tee -a "$OUT/gpu_check.log"
-  ray stop --force > /dev/null 2>&1 || "$PY" -m ray.scripts.scripts stop --force > /dev/null 2>&1 || true
 fi
 
 # 4. compiled: the plain loop and the fastest eager DeepSpeed configuration, at its batch size

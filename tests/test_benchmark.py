@@ -192,12 +192,14 @@ def run_gpu_check(out, **env):
 
 
 @pytest.mark.slow
-def test_gpu_check_script_dry_runs_on_cpu(tiny_data, tmp_path):
+def test_gpu_check_script_dry_runs_on_cpu(ray_local, tiny_data, tmp_path):
     """scripts/gpu_check.sh without a GPU: the GPU tests are collected and skip, the eager grid runs
     beside the plain loop, then the "compiled" step (compile stays off on CPU) runs the plain loop and
-    the fastest eager DeepSpeed configuration, chosen from the rows the grid wrote."""
+    the fastest eager DeepSpeed configuration, chosen from the rows the grid wrote. Another Ray on
+    the machine (this test run's) outlives the script: it ends only the Ray its own tests left."""
     out = tmp_path / "gpu"
     proc, log = run_gpu_check(out)
+    assert ray_local.get(ray_local.remote(lambda: 1).remote(), timeout=60) == 1
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log
     assert "mode cpu" in log and "skipped" in (out / "gpu-tests.log").read_text()
     table = (out / "BENCHMARKS.md").read_text()
