@@ -307,7 +307,14 @@ class WandbLog(_Appender):
         self.run.log(metrics, step=step)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() returns once the run's last records are handed to W&B's service, which writes them
+        # to the offline transaction log (run-<id>.wandb) afterwards: an upload right away could copy a
+        # log holding its header alone (seen in 1 of 8 runs). teardown() returns when the service has
+        # ended, its files closed.
+        wandb.teardown()
         self.run_dir.upload(WANDB_DIR)
 
 
