@@ -306,7 +306,7 @@ def test_a_config_and_a_benchmark_in_a_bucket(url):
     """`--config s3://.../best_config.yaml` (what a sweep writes there) loads; a benchmark's `--out`
     URL receives its JSON (not a local folder named after the URL)."""
     from raymmr.config import ConfigError, load_config, to_yaml
-    from raymmr.train.benchmark import json_path, write_json
+    from raymmr.train.benchmark import append_profile, json_path, write_json
 
     cfg = load_config("tiny", ["loss.w_img=0.5", "train.num_workers=2:4"])
     storage.write_text(f"{url}/sweep/best_config.yaml", to_yaml(cfg))
@@ -316,6 +316,11 @@ def test_a_config_and_a_benchmark_in_a_bucket(url):
     where = json_path(f"{url}/bench")
     write_json([{"samples_per_s": 1.0}], where)
     assert where.startswith(f"{url}/bench/benchmark-") and json.loads(storage.read_text(where)) == [{"samples_per_s": 1.0}]
+    row = {"stage": "pretrain", "preset": "tiny", "zero_stage": 2, "batch_size": 4, "device": "cpu"}
+    for table in ("first table", "second table"):  # --profile s3://...: each configuration appended
+        append_profile(f"{url}/bench/profile.txt", row, table)
+    profile = storage.read_text(f"{url}/bench/profile.txt")
+    assert profile.count("== pretrain tiny: ZeRO 2, batch 4") == 2 and profile.index("first") < profile.index("second")
 
 
 def test_one_download_per_node_and_a_cache_pruned_to_its_budget(url, tmp_path, monkeypatch):

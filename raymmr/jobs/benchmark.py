@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data")
     parser.add_argument("--markdown", help="append result rows to this file (e.g. BENCHMARKS.md)")
     parser.add_argument("--profile", help="after timing each configuration, profile a few more steps and append "
-                                          "the ops that took the most device time to this text file")
+                                          "the ops that took the most device time to this text file (a path or a URL)")
     parser.add_argument("--baseline", choices=["plain"],
                         help="plain: also time the same model, task and loader in a plain PyTorch loop (no "
                              "DeepSpeed, no Ray) at each batch size; every row gets its ratio to it")

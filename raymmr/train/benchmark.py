@@ -35,7 +35,6 @@ def init_single_process_group(backend: str) -> None:
 
 PROFILE_STEPS = 3
 PROFILE_ROWS = 30
-STEP_PARTS = ("step/data", "step/forward", "step/backward", "step/optimizer", "step/momentum")
 
 
 def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, plain: bool = False,
@@ -46,7 +45,8 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
     loop instead (torch AdamW, gradient clipping, the same autocast; no DeepSpeed, no Ray): the
     baseline raymmr's step is measured against (row ``zero_stage`` "plain"). ``profile``: then
     ``PROFILE_STEPS`` more steps under ``torch.profiler``; the row's ``profile`` holds the table of
-    the ops that took the most device time (CPU time on CPU), the step's parts (``STEP_PARTS``) among them."""
+    the ops that took the most device time (CPU time on CPU), the step's parts (``step/data``,
+    ``step/forward``, ``step/backward``, ``step/optimizer``, ``step/momentum``) among them."""
     from raymmr.data.loader import make_loader
     from raymmr.objective.flops import training_flops_per_sample
     from raymmr.train.engine import build_engine, build_optimizer, precision_context, use_bf16
@@ -113,7 +113,7 @@ def benchmark(cfg: Config, *, stage: str, data: str, steps: int, warmup: int, pl
     samples = steps * cfg.train.batch_size * cfg.train.grad_accum
     table = profile_table(step, on_gpu) if profile else None
     peak = measured_peak_flops(device)
-    name = torch.cuda.get_device_name(0) if on_gpu else "cpu"
+    name = device_name()
     datasheet = datasheet_peak_flops(name) if on_gpu else None
     tflops = samples * flops / elapsed / 1e12
     return {
@@ -145,14 +145,18 @@ def profile_table(step, on_gpu: bool) -> str:
                                      row_limit=PROFILE_ROWS)
 
 
+def device_name() -> str:
+    """The device a row was measured on: the GPU's name, else "cpu"."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def failed_row(cfg: Config, stage: str, zero, error: BaseException) -> dict:
     """The row of a configuration that could not run (out of memory, a compile error): what it was
     and the error's first line, so a grid's table says why a cell is empty."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return {"stage": stage, "preset": cfg.preset, "zero_stage": zero, "batch_size": cfg.train.batch_size,
             "grad_accum": cfg.train.grad_accum, "compile": cfg.train.compile,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "error": f"{type(error).__name__}: {first}"[:300]}
+            "device": device_name(), "error": f"{type(error).__name__}: {first}"[:300]}
 
 
 class PlainStep:
@@ -246,12 +250,15 @@ def vs_plain(row: dict) -> str:
 
 
 def append_profile(path: str, row: dict, table: str) -> None:
-    """Add one configuration's profile table to the text file ``path``, under a line naming it."""
+    """Add one configuration's profile table to the text file ``path`` (a local path or a URL),
+    under a line naming it."""
+    from raymmr import storage
+
     title = (f"== {row['stage']} {row['preset']}: ZeRO {row['zero_stage']}, batch {row['batch_size']}, "
              f"compile {'on' if row.get('compile') else 'off'}, {row['device']}, "
              f"{PROFILE_STEPS} steps after the timed ones ==")
-    with open(path, "a") as f:
-        f.write(f"{title}\n{table}\n")
+    before = storage.read_text(path) if storage.exists(path) else ""
+    storage.write_text(path, f"{before}{title}\n{table}\n")
 
 
 def json_path(out: str) -> str:

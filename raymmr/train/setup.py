@@ -181,10 +181,15 @@ def cross_domain_ids(manifest: dict) -> tuple[int, ...]:
     return tuple(i for i, d in enumerate(manifest.get("domains", [])) if trained and d not in trained)
 
 
+def trains_on_gpu(cfg: Config) -> bool:
+    """Whether a rank trains on a GPU: the job asks for GPUs and this process sees one."""
+    return torch.cuda.is_available() and cfg.train.gpus_per_worker > 0
+
+
 def worker_device(cfg: Config, rank: int) -> tuple[torch.device, bool]:
     """This rank's device (its GPU when the job asks for GPUs and there is one) and whether it is
     a GPU; seeds torch per rank and, on CPU, keeps torch to the rank's CPU share."""
-    on_gpu = torch.cuda.is_available() and cfg.train.gpus_per_worker > 0
+    on_gpu = trains_on_gpu(cfg)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     torch.manual_seed(cfg.train.seed * 1000 + rank)
     if not on_gpu:
@@ -261,7 +266,7 @@ def stage_loader_args(cfg: Config, stage: str, tokenizer, manifest: dict, *, ran
         manifest=manifest,
         kinds=STAGE_KINDS[stage],
         blank_images=cfg.data.blank_images,
-        pin_memory=torch.cuda.is_available() and cfg.train.gpus_per_worker > 0,
+        pin_memory=trains_on_gpu(cfg),
     )
 
 
